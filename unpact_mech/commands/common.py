@@ -23,7 +23,8 @@ def add_model_options(p: argparse.ArgumentParser, *, flag: str = "--model", defa
                    + (f" (default: {default})" if default else ""))
 
 
-def add_run_options(p: argparse.ArgumentParser, *, data_default: str | None = "builtin:real_facts") -> None:
+def add_run_options(p: argparse.ArgumentParser, *, data_default: str | None = "builtin:real_facts",
+                    batch_size_default: int | None = 16, batch_size_help: str = "items per forward pass") -> None:
     """--backend, --data, --schema, --out, --overwrite, --seed, --batch-size, --prompt-format, --allow-pickle, --quiet."""
     p.add_argument("--backend", default="transformer_lens", choices=["transformer_lens", "nnsight"],
                    help="interpretability backend wrapping the model (default: transformer_lens)")
@@ -35,7 +36,8 @@ def add_run_options(p: argparse.ArgumentParser, *, data_default: str | None = "b
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory (atomically, at the end)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="items per forward pass (default: 16)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size_default,
+                   help=batch_size_help + (f" (default: {batch_size_default})" if batch_size_default is not None else ""))
     p.add_argument("--prompt-format", default="auto", choices=["auto", "chat", "plain"],
                    help="auto = the chat template if the tokenizer has one, else 'Question: ...\\nAnswer:'")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights from a model directory")

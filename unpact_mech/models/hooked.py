@@ -12,7 +12,8 @@ One small interface:
 * :meth:`run_with_cache` — shorthand returning ``(logits, cache)``;
 * :meth:`embed` — token embeddings, to differentiate with respect to (pass them back as ``inputs_embeds``);
 * :meth:`generate` — greedy decoding with a KV cache, interventions active on every step;
-* :meth:`reference_copy`, :meth:`save` / :func:`~unpact_mech.models.loading.load_model`.
+* :meth:`reference_copy`, :meth:`save` / :func:`~unpact_mech.models.loading.load_model`;
+* :meth:`forward_through` — run forwards through a distributed wrapper of ``.hf`` (``accelerator.prepare``).
 """
 
 from __future__ import annotations
@@ -155,6 +156,24 @@ class HookedLM:
             for n, p in self._params.items():
                 p.requires_grad_(flags[n])
 
+    @contextlib.contextmanager
+    def forward_through(self, wrapper: torch.nn.Module) -> Iterator["HookedLM"]:
+        """Within the context, every forward calls ``wrapper`` instead of ``self.hf``.
+
+        ``wrapper`` must wrap this model's own HF module (``wrapper.module[.module...] is self.hf``), e.g. the
+        ``DistributedDataParallel`` returned by ``accelerator.prepare(model.hf)``: DDP synchronises gradients only
+        for forwards that go through its own ``forward``, so a training loop that calls :meth:`forward` on a
+        multi-process run needs this. Hooks, caches and interventions work unchanged (they sit on ``hf``'s
+        submodules). ``wrapper is self.hf`` (what ``prepare`` returns on one process) is a no-op.
+        """
+        inner = wrapper
+        while inner is not self.hf and isinstance(getattr(inner, "module", None), torch.nn.Module):
+            inner = inner.module
+        if inner is not self.hf:
+            raise ValueError(f"{type(wrapper).__name__} does not wrap this model's HF module")
+        with self.backend.calling(wrapper):
+            yield self
+
     # -- forward ---------------------------------------------------------------------------------------------------
     def embed(self, input_ids: Tensor) -> Tensor:
         """Token embeddings (B, T, d_model) of ``input_ids`` (``W_E[input_ids]``)."""
@@ -207,15 +226,16 @@ class HookedLM:
         past_key_values: Any = None,
         use_cache: bool = False,
         query_offset: int = 0,
-        logits_to_keep: int | None = None,
+        logits_to_keep: int | Tensor | None = None,
     ) -> ForwardOutput:
         """Run the model once through the backend.
 
         ``input_ids`` (B, T) or ``inputs_embeds`` (B, T, d). ``attention_mask`` (B, T_past + T) for padded
         batches (position ids are then derived from it). ``query_offset``: absolute position of this forward's
         first token (non-zero only for KV-cached decoding). ``logits_to_keep=k`` computes logits for the last
-        ``k`` positions only. Interventions and cached activations use the shapes documented in
-        :mod:`unpact_mech.models.hooks`; the cache holds the values after interventions at the same hook.
+        ``k`` positions only (a 1-D index tensor keeps those positions, as in HF). Interventions and cached
+        activations use the shapes documented in :mod:`unpact_mech.models.hooks`; the cache holds the values
+        after interventions at the same hook.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")

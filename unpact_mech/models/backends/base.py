@@ -5,12 +5,18 @@ with a set of hook functions attached at native hook names (all of
 :data:`~unpact_mech.models.hooks.NATIVE_BLOCK_KINDS` and ``hook_embed``). Each function maps the activation
 (in TransformerLens shape, see :mod:`unpact_mech.models.hooks`) to the activation that continues the forward.
 Everything else — caching, interventions, resid_mid, generation, gradients — is built on that in HookedLM.
+
+``run`` calls :attr:`Backend.module`, which is the HF module itself except inside :meth:`Backend.calling`: there it is
+a wrapper whose forward calls the HF module (e.g. the ``DistributedDataParallel`` that ``accelerator.prepare``
+returns), so the wrapper's own forward logic — DDP's gradient synchronisation — runs while the hooks still fire on
+the HF submodules.
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 from torch import Tensor
 
@@ -26,10 +32,21 @@ class Backend(ABC):
 
     def __init__(self, hf, tokenizer, source_dir: str, arch: Architecture, shape: ModelShape) -> None:
         self.hf, self.tokenizer, self.source_dir, self.arch, self.shape = hf, tokenizer, source_dir, arch, shape
+        #: What :meth:`run` calls: ``hf``, or a wrapper around it inside :meth:`calling`.
+        self.module: Callable[..., Any] = hf
+
+    @contextlib.contextmanager
+    def calling(self, module: Callable[..., Any]) -> Iterator[None]:
+        """Within the context, :meth:`run` calls ``module`` (a wrapper whose forward calls ``hf``) instead of ``hf``."""
+        previous, self.module = self.module, module
+        try:
+            yield
+        finally:
+            self.module = previous
 
     @abstractmethod
     def run(self, model_inputs: Mapping[str, Any], hooks: Mapping[str, ActFn]) -> Any:
-        """Forward ``self.hf(**model_inputs)`` with ``hooks`` attached; return the HF output (``.logits``,
+        """Forward ``self.module(**model_inputs)`` (normally ``self.hf``) with ``hooks`` attached; return the HF output (``.logits``,
         ``.past_key_values``). ``hooks`` keys are native hook names; functions run in execution order."""
 
     @property

@@ -10,10 +10,14 @@ order (see :attr:`~unpact_mech.models.hooks.HookSite.order`). Native locations p
 * ``attn.hook_pattern`` -> the dropout op inside the eager attention function (identity in eval; its output
   feeds ``attn @ V``), reached with nnsight's ``.source`` drilling.
 The model must run eager attention (set at load) so the pattern exists as a tensor.
+
+The trace's model call goes through :attr:`Backend.module` (``_call`` is routed there), so inside
+:meth:`Backend.calling` a distributed wrapper of the HF module runs the forward while nnsight's hooks fire as usual.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import torch
@@ -23,14 +27,28 @@ from unpact_mech.models.backends.base import ActFn, Backend
 from unpact_mech.models.hooks import HookSite, parse_hook
 
 
+@functools.lru_cache(maxsize=None)
+def _routed_model_class():
+    """``TransformersModel`` whose model call goes through the owning backend's :attr:`Backend.module`."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    class RoutedTransformersModel(TransformersModel):
+        def _call(self, *inputs: Any, **kwargs: Any) -> Any:
+            backend = self.__dict__.get("_unpact_backend")
+            if backend is None or backend.module is backend.hf:
+                return super()._call(*inputs, **kwargs)
+            return backend.module(*inputs, **kwargs)
+
+    return RoutedTransformersModel
+
+
 class NNsightBackend(Backend):
     name = "nnsight"
 
     def __init__(self, hf, tokenizer, source_dir, arch, shape) -> None:
         super().__init__(hf, tokenizer, source_dir, arch, shape)
-        from nnsight.modeling.transformers import TransformersModel
-
-        self.lm = TransformersModel(hf, task="text-generation", tokenizer=tokenizer)
+        self.lm = _routed_model_class()(hf, task="text-generation", tokenizer=tokenizer)
+        object.__setattr__(self.lm, "_unpact_backend", self)  # plain attribute, bypassing the Envoy's __setattr__
         # Source-instrument every attention module now: instrumenting it inside a trace, after its forward has
         # started (e.g. when hook_v was read first), is too late. Outside a trace the instrumentation is inert.
         for layer in range(shape.n_layers):

@@ -50,4 +50,4 @@ class TransformerLensBackend(Backend):
     def run(self, model_inputs: Mapping[str, Any], hooks: Mapping[str, ActFn]) -> Any:
         fwd = [(name, self._wrap(name, fn)) for name, fn in hooks.items()]
         with self.bridge.hooks(fwd_hooks=fwd):
-            return self.hf(**model_inputs)
+            return self.module(**model_inputs)

@@ -1,0 +1,359 @@
+"""The ONE training loop for every gradient method, written with ``accelerate``.
+
+The same code runs on one CPU process and under ``accelerate launch`` (DDP over N processes). It trains the
+parameters of the SAME module the backends wrap (``model.hf``, no copy); accelerate's ``prepare`` returns that
+module itself on one process and a ``DistributedDataParallel`` wrapper around it on several. DDP synchronises
+gradients only for forwards that pass through the wrapper's own ``forward``, while the backend calls ``model.hf``;
+so the loss forward runs inside :meth:`HookedLM.forward_through(prepared) <unpact_mech.models.hooked.HookedLM.forward_through>`,
+which makes the backend call the wrapper (hooks and caches are unchanged: they sit on ``hf``'s submodules).
+
+One optimizer step (``step`` counts these):
+
+1. for each of ``grad_accum`` micro-batches — ``batch_size`` forget rows (+ ``batch_size`` retain rows if the method
+   has a retain term), a pure function of ``(seed, step, micro-batch, rank)`` — run ONE policy forward
+   (``logits_to_keep`` = the answer span; cached hooks if the method asks), the method's loss, a finiteness check
+   (reduced over processes, before ``backward``), ``backward(loss / grad_accum)`` (DDP's all-reduce on the last
+   micro-batch only: ``no_sync`` before);
+2. clip the gradient norm (``max_grad_norm``; the norm is checked finite), AdamW step, lr schedule step.
+
+Evaluations (step 0, every ``eval_every`` steps, the end) and checkpoints (every ``checkpoint_every`` steps) run
+on the main process. Guards: a non-finite loss or gradient norm raises :class:`UnlearningFailed` before any
+update with it (the last checkpoint stays the last good state); so does a run in which no weight changed.
+Training runs in eval mode (no dropout): deterministic by seed, and the model attribution sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from unpact_mech.errors import InputError
+from unpact_mech.unlearning import params as P
+from unpact_mech.unlearning.batches import UnlearningSet, make_batch, sample_indices
+from unpact_mech.unlearning.checkpoint import CheckpointStore
+from unpact_mech.unlearning.methods.base import LossTerms, PolicyOutput, UnlearningMethod
+
+if TYPE_CHECKING:
+    from unpact_mech.models.hooked import HookedLM
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+#: An evaluation at a step: returns (summary row, long per-item rows).
+Evaluate = Callable[[int], "tuple[dict[str, Any], list[dict[str, Any]]]"]
+
+
+class UnlearningFailed(RuntimeError):
+    """Training could not produce an unlearned model (non-finite loss, no weight changed): exit 1, nothing saved."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (validated on construction: bad values raise :class:`InputError`)."""
+
+    steps: int
+    lr: float
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        def bad(flag: str, why: str, value: Any) -> InputError:
+            return InputError(f"{flag} {why}, got {value}")
+
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise bad("--steps", "must be an integer >= 1", self.steps)
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise bad("--lr", "must be a finite number > 0", self.lr)
+        for flag, value in (("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum)):
+            if value < 1:
+                raise bad(flag, "must be >= 1", value)
+        for flag, value in (("--warmup-steps", self.warmup_steps), ("--eval-every", self.eval_every),
+                            ("--checkpoint-every", self.checkpoint_every)):
+            if value < 0:
+                raise bad(flag, "must be >= 0", value)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"--lr-schedule {self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}")
+        if not math.isfinite(self.max_grad_norm) or self.max_grad_norm < 0:
+            raise bad("--max-grad-norm", "must be >= 0 (0 = no clipping)", self.max_grad_norm)
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise bad("--weight-decay", "must be >= 0", self.weight_decay)
+
+
+def lr_factor(step: int, *, steps: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base lr at optimizer step ``step`` (0-based).
+
+    Warm-up: ``(step+1)/(warmup+1)`` for ``step < warmup`` (never 0, unlike HF's, which wastes a step). Then
+    ``constant``: 1; ``linear``: ``(steps − step)/(steps − warmup)``; ``cosine``: ``½(1 + cos(π·(step − warmup)/(steps − warmup)))``.
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant" or steps <= warmup:
+        return 1.0
+    progress = (step - warmup) / (steps - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. ``dynamics``: one row per evaluation; ``item_rows``: long per-item rows of all
+    evaluations; ``loss_log``: one row per optimizer step; ``base``: the trainable weights before training."""
+
+    steps: int
+    loss_log: list[dict[str, Any]]
+    dynamics: list[dict[str, Any]]
+    item_rows: list[dict[str, Any]]
+    base: dict[str, Tensor] = field(repr=False)
+    trainable: list[str] = field(repr=False)
+    changed: list[str] = field(repr=False)
+    resumed_from: int | None = None
+    train_seconds: float = 0.0
+
+
+def policy_forward(model: "HookedLM", method: UnlearningMethod, batch) -> PolicyOutput:
+    """The micro-step's single forward: logits over the answer span (if needed) and the method's hooks, with grad."""
+    out = model.forward(
+        batch.tf.input_ids, cache=method.cache_hooks(model),
+        logits_to_keep=batch.tf.keep if method.needs_logits else 1,
+    )
+    return PolicyOutput(batch, out.logits if method.needs_logits else None, out.cache)
+
+
+def make_accelerator(model: "HookedLM"):
+    """An ``Accelerator`` on the model's device type (the foundation loads models on the CPU)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=model.device.type == "cpu")
+
+
+@dataclass
+class Session:
+    """The prepared training objects of a :meth:`Trainer.session`: the (possibly DDP-wrapped) module, the AdamW
+    optimizer over the trainable parameters and its lr schedule."""
+
+    prepared: Any
+    optimizer: Any
+    scheduler: Any
+    params: list[torch.nn.Parameter]
+
+
+class Trainer:
+    """One training run. :func:`train` is the usual entry point; :meth:`session` + :meth:`step` expose single
+    optimizer steps (benchmarks, custom loops)."""
+
+    def __init__(self, model: "HookedLM", method: UnlearningMethod, data: UnlearningSet, config: TrainConfig, *,
+                 trainable: Sequence[str], store: CheckpointStore | None = None, evaluate: Evaluate | None = None,
+                 accelerator=None, progress: bool = True, callback: Callable[[int], None] | None = None) -> None:
+        self.model, self.method, self.data, self.cfg = model, method, data, config
+        self.trainable = list(trainable)
+        self.store, self.evaluate, self.progress, self.callback = store, evaluate, progress, callback
+        self.owns_accelerator = accelerator is None
+        self.acc = accelerator if accelerator is not None else make_accelerator(model)
+        self.loss_log: list[dict[str, Any]] = []
+        self.dynamics: list[dict[str, Any]] = []
+        self.item_rows: list[dict[str, Any]] = []
+        self.base: dict[str, Tensor] = {}
+        self.resumed_store = False
+
+    # -- batches ----------------------------------------------------------------------------------------------------
+    def batch(self, step: int, micro: int):
+        """Micro-batch ``micro`` of optimizer step ``step`` on this process (a pure function of seed and position)."""
+        cfg, acc = self.cfg, self.acc
+        nf = min(cfg.batch_size, len(self.data.forget))
+        nr = min(cfg.batch_size, len(self.data.retain)) if self.method.needs_retain else 0
+        slot = (step * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
+        f_idx = sample_indices(len(self.data.forget), cfg.seed, 0, slot * nf, nf)
+        r_idx = sample_indices(len(self.data.retain), cfg.seed, 1, slot * nr, nr) if nr else []
+        return make_batch(self.data, f_idx, r_idx, self.model.pad_token_id).to(self.model.device)
+
+    # -- evaluation (main process) ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def unlearned_view(self):
+        """The model's weights as the unlearned model has them (task vectors: θ − s·τ for the current θ_t)."""
+        if not self.method.transforms_weights:
+            yield
+            return
+        trained = P.snapshot(self.model, self.trainable)
+        self.model.load_state_dict(self.method.unlearned_weights(self.base, trained))
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(trained)
+
+    def run_evaluation(self, step: int, *, view: bool = True) -> None:
+        if self.evaluate is not None and self.acc.is_main_process:
+            with (self.unlearned_view() if view else contextlib.nullcontext()), torch.no_grad():
+                row, items = self.evaluate(step)
+            self.dynamics.append({"step": step, **row})
+            self.item_rows.extend({**r, "step": step} for r in items)
+        self.acc.wait_for_everyone()
+
+    # -- checkpoints -------------------------------------------------------------------------------------------------
+    def save(self, step: int, session: Session) -> None:
+        if self.store is not None and self.acc.is_main_process:
+            if not self.resumed_store:  # a fresh run replaces whatever an earlier run left in the directory
+                self.store.clear()
+                self.resumed_store = True
+            self.store.save(step, P.current(self.model, self.trainable), session.optimizer.state_dict(),
+                            session.scheduler.state_dict(),
+                            {"loss_log": self.loss_log, "dynamics": self.dynamics, "item_rows": self.item_rows})
+        self.acc.wait_for_everyone()
+
+    def restore(self, session: Session) -> int | None:
+        path = self.store.latest() if self.store is not None else None
+        if path is None:
+            return None
+        ckpt = self.store.load(path)
+        self.resumed_store = True
+        if set(ckpt.trainable) != set(self.trainable):
+            raise InputError(f"--resume: checkpoint {path} holds other trainable parameters than this run")
+        self.model.load_state_dict(ckpt.trainable)
+        session.optimizer.load_state_dict(ckpt.optimizer)
+        session.scheduler.load_state_dict(ckpt.scheduler)
+        self.loss_log = list(ckpt.progress.get("loss_log", []))
+        self.dynamics = list(ckpt.progress.get("dynamics", []))
+        self.item_rows = list(ckpt.progress.get("item_rows", []))
+        return ckpt.step
+
+    # -- one optimizer step ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def session(self):
+        """Trainable flags set, model and optimizer prepared by accelerate; everything released on exit."""
+        cfg, acc = self.cfg, self.acc
+        with P.trainable_only(self.model, self.trainable) as params:
+            prepared = acc.prepare(self.model.hf)
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+                lr_factor, steps=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule))
+            session = Session(prepared, acc.prepare(optimizer), scheduler, params)
+            try:
+                yield session
+            finally:
+                del session, prepared, optimizer, scheduler
+                if self.owns_accelerator:
+                    acc.free_memory()  # drops the DDP wrapper (its gradient buckets and hooks)
+
+    def check_finite(self, value: Tensor | float, what: str, step: int, terms: Tensor | None = None) -> None:
+        if math.isfinite(float(value)):
+            return
+        detail = ""
+        if terms is not None:
+            detail = f" (forget loss {float(terms[1]):.4g}, retain loss {float(terms[2]):.4g})"
+        raise UnlearningFailed(
+            f"{what} became {float(value)} at step {step + 1} of {self.method.name}{detail}; stopped, nothing saved "
+            f"as final (try a lower --lr than {self.cfg.lr:g})"
+        )
+
+    def step(self, step: int, session: Session) -> dict[str, Any]:
+        """Optimizer step ``step`` (0-based): accumulate ``grad_accum`` micro-batches, clip, AdamW, schedule."""
+        cfg, acc, model = self.cfg, self.acc, self.model
+        sums = torch.zeros(3)
+        for micro in range(cfg.grad_accum):
+            batch = self.batch(step, micro)
+            last = micro == cfg.grad_accum - 1
+            with (contextlib.nullcontext() if last else acc.no_sync(session.prepared)):
+                with model.forward_through(session.prepared):
+                    terms: LossTerms = self.method.loss(policy_forward(model, self.method, batch))
+                retain = terms.retain.detach() if terms.retain is not None else torch.zeros((), device=terms.total.device)
+                logged = acc.reduce(torch.stack([terms.total.detach(), terms.forget.detach(), retain]).float(), "mean")
+                self.check_finite(logged[0], "the loss", step, logged)
+                acc.backward(terms.total / cfg.grad_accum)
+            sums += logged.cpu() / cfg.grad_accum
+        grad_norm = float("nan")
+        if cfg.max_grad_norm > 0:
+            grad_norm = float(acc.clip_grad_norm_(session.params, cfg.max_grad_norm))
+            self.check_finite(grad_norm, "the gradient norm", step)
+        lr = session.optimizer.param_groups[0]["lr"]
+        session.optimizer.step()
+        session.scheduler.step()
+        session.optimizer.zero_grad(set_to_none=True)
+        return {"step": step + 1, "lr": lr, "loss": float(sums[0]), "forget_loss": float(sums[1]),
+                "retain_loss": float(sums[2]) if self.method.needs_retain else float("nan"), "grad_norm": grad_norm}
+
+    # -- the run -----------------------------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> TrainResult:
+        cfg, acc, model, method = self.cfg, self.acc, self.model, self.method
+        self.base = P.snapshot(model, self.trainable)
+        method.setup(model, self.data, seed=cfg.seed)  # reference quantities from the base weights
+        train_seconds = 0.0
+        try:
+            with self.session() as session:
+                resumed = self.restore(session) if resume else None
+                start = resumed or 0
+                if resumed is None:
+                    self.run_evaluation(0)
+                bar = tqdm(total=cfg.steps, initial=start, desc=f"unlearn {method.name}", leave=False,
+                           disable=not self.progress or not acc.is_main_process)
+                for step in range(start, cfg.steps):
+                    t_step = time.perf_counter()
+                    row = self.step(step, session)
+                    row["seconds"] = time.perf_counter() - t_step
+                    train_seconds += row["seconds"]
+                    self.loss_log.append(row)
+                    bar.update(1)
+                    bar.set_postfix(forget=f"{row['forget_loss']:.3f}", retain=f"{row['retain_loss']:.3f}", refresh=False)
+                    done = step + 1
+                    if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                        self.run_evaluation(done)
+                    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+                        self.save(done, session)
+                    if self.callback is not None:
+                        self.callback(done)
+                bar.close()
+        finally:
+            method.teardown()
+        trained = P.snapshot(model, self.trainable)
+        if method.transforms_weights:
+            model.load_state_dict(method.unlearned_weights(self.base, trained))
+        changed = P.changed(self.base, P.current(model, self.trainable))
+        if not changed:
+            raise UnlearningFailed(
+                f"no weight changed after {cfg.steps} steps of {method.name} (lr {cfg.lr:g} too small for float32, or "
+                "the trainable parameters get no gradient from this loss)"
+            )
+        if not self.dynamics or self.dynamics[-1]["step"] != cfg.steps:
+            self.run_evaluation(cfg.steps, view=False)  # the weights are already the unlearned ones
+        return TrainResult(cfg.steps, self.loss_log, self.dynamics, self.item_rows, self.base, self.trainable, changed,
+                           resumed_from=resumed, train_seconds=train_seconds)
+
+
+def train(
+    model: "HookedLM",
+    method: UnlearningMethod,
+    data: UnlearningSet,
+    config: TrainConfig,
+    *,
+    trainable: Sequence[str],
+    store: CheckpointStore | None = None,
+    resume: bool = False,
+    evaluate: Evaluate | None = None,
+    accelerator=None,
+    progress: bool = True,
+    callback: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with ``method`` on ``data``; return the logs and evaluations.
+
+    ``trainable``: HF parameter names to train (see :func:`~unpact_mech.unlearning.params.select_trainable`).
+    ``store`` + ``resume``: continue from the store's latest checkpoint (its fingerprint must match).
+    ``evaluate(step)`` runs at step 0 (fresh runs), every ``config.eval_every`` steps and after the last step, on
+    the unlearned weights. ``callback(step)`` runs after every optimizer step (tests use it to interrupt a run).
+    Raises :class:`UnlearningFailed` on a non-finite loss/gradient norm or when no weight changed. With an
+    ``accelerator`` of your own, call its ``free_memory()`` when done (the loop frees only one it created).
+    """
+    trainer = Trainer(model, method, data, config, trainable=trainable, store=store, evaluate=evaluate,
+                      accelerator=accelerator, progress=progress, callback=callback)
+    return trainer.run(resume)

@@ -1,0 +1,213 @@
+"""Unlearn a model in place (:func:`unlearn`) and write the result as a loadable model directory
+(:func:`write_unlearned`). The ``unpact unlearn`` command is a thin layer over these two.
+
+>>> model = load_model("smollm2")                                            # doctest: +SKIP
+>>> result = unlearn(model, load_items("builtin:real_facts"), "npo_gdr")     # doctest: +SKIP
+>>> result.summary["forget_accuracy_after"], model.lineage[-1]["method"]     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from unpact_mech.errors import InputError
+from unpact_mech.unlearning import params as P
+from unpact_mech.unlearning.batches import UnlearningSet
+from unpact_mech.unlearning.checkpoint import CheckpointStore
+from unpact_mech.unlearning.dynamics import make_evaluator, plot_dynamics
+from unpact_mech.unlearning.loop import TrainConfig, TrainResult, train
+from unpact_mech.unlearning.methods import UnlearningMethod, get_method
+
+if TYPE_CHECKING:
+    from unpact_mech.data.record import QAItem
+    from unpact_mech.io.results import RunWriter
+    from unpact_mech.models.hooked import HookedLM
+
+TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
+
+
+def resolve_config(method: UnlearningMethod, **options: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from ``options`` (None = the method's recipe / TrainConfig default)."""
+    unknown = sorted(set(options) - set(TRAIN_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown training options: {unknown}")
+    given = {k: v for k, v in options.items() if v is not None}
+    recipe = method.recipe
+    given.setdefault("steps", recipe.steps)
+    given.setdefault("lr", recipe.lr)
+    given.setdefault("batch_size", recipe.batch_size)
+    return TrainConfig(**given)
+
+
+def check_outside(path: str | os.PathLike, model_dir: str | os.PathLike, flag: str) -> None:
+    """Raise :class:`InputError` if ``path`` is the input model directory or inside it (it is never written)."""
+    p, m = Path(path).expanduser().resolve(), Path(model_dir).expanduser().resolve()
+    if p == m or m in p.parents:
+        raise InputError(f"{flag} {path}: inside the input model directory {model_dir} (it is never written to)")
+
+
+def _data_digest(items: Sequence["QAItem"]) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps([it.id, it.question, it.answer, it.split], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class UnlearnResult:
+    """The outcome of :func:`unlearn` (the model itself was updated in place)."""
+
+    method: UnlearningMethod
+    config: TrainConfig
+    trainable_pattern: str | None
+    train: TrainResult
+    summary: dict[str, Any]
+    lineage_record: dict[str, Any]
+
+    def results_table(self) -> pd.DataFrame:
+        """Long format: ``item_id, split, metric, value, step, method`` — every evaluation of every item."""
+        table = pd.DataFrame(self.train.item_rows, columns=["item_id", "split", "metric", "value", "step"])
+        table["method"] = self.method.name
+        return table
+
+    def dynamics_table(self) -> pd.DataFrame:
+        """One row per evaluation step: ``step, forget_accuracy, retain_accuracy, forget_logprob, ...``."""
+        return pd.DataFrame(self.train.dynamics)
+
+    def loss_table(self) -> pd.DataFrame:
+        """One row per optimizer step: ``step, lr, loss, forget_loss, retain_loss, grad_norm, seconds``."""
+        return pd.DataFrame(self.train.loss_log, columns=["step", "lr", "loss", "forget_loss", "retain_loss",
+                                                          "grad_norm", "seconds"])
+
+
+def _summary(method: UnlearningMethod, cfg: TrainConfig, pattern: str | None, res: TrainResult,
+             model: "HookedLM", data: UnlearningSet) -> dict[str, Any]:
+    after = P.current(model, res.trainable)
+    first = res.dynamics[0] if res.dynamics and res.dynamics[0]["step"] == 0 else {}
+    last = res.dynamics[-1] if res.dynamics else {}
+    summary: dict[str, Any] = {"method": method.name, "hyperparameters": dict(method.hp)}
+    for split in ("forget", "retain"):
+        for metric in ("accuracy", "logprob"):
+            key = f"{split}_{metric}"
+            summary[f"{key}_before"] = first.get(key)
+            summary[f"{key}_after"] = last.get(key)
+    n_params = sum(v.numel() for v in res.base.values())
+    summary.update(
+        weight_delta_norm=P.delta_norm(res.base, after),
+        relative_weight_delta=P.delta_norm(res.base, after) / max(P.norm(res.base), 1e-30),
+        steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+        lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
+        weight_decay=cfg.weight_decay, seed=cfg.seed,
+        trainable=pattern or "all parameters", n_trainable_tensors=len(res.trainable), n_trainable_parameters=n_params,
+        n_changed_tensors=len(res.changed), n_forget=len(data.forget), n_retain=len(data.retain),
+        n_generated_targets=sum(t.source == "generated" for t in data.forget + data.retain),
+        train_seconds=res.train_seconds, resumed_from_step=res.resumed_from,
+        final_forget_loss=res.loss_log[-1]["forget_loss"] if res.loss_log else None,
+        final_retain_loss=res.loss_log[-1]["retain_loss"] if res.loss_log else None,
+        dynamics=res.dynamics,
+    )
+    return summary
+
+
+def unlearn(
+    model: "HookedLM",
+    items: Sequence["QAItem"],
+    method: str | UnlearningMethod = "npo_gdr",
+    *,
+    hyperparameters: Mapping[str, float | None] | None = None,
+    trainable: str | None = None,
+    target: str = "generated",
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    evaluate: bool = True,
+    eval_batch_size: int = 16,
+    max_new_tokens: int = 12,
+    progress: bool = True,
+    accelerator=None,
+    callback: Callable[[int], None] | None = None,
+    data_label: str = "items",
+    **train_options: Any,
+) -> UnlearnResult:
+    """Unlearn the ``forget`` items of ``items`` from ``model`` IN PLACE (its ``.hf`` parameters) and extend
+    ``model.lineage`` with the run.
+
+    ``method``: a registered name or a method object; ``hyperparameters``: overrides of its defaults;
+    ``trainable``: regex over HF parameter names (default: the method's, e.g. RMU's MLPs; else all);
+    ``target``: ``generated`` (the base model's own answer up to the gold answer; loss on the answer tokens) or
+    ``gold`` (the bare gold answer), see :mod:`~unpact_mech.unlearning.targets`;
+    ``train_options``: :class:`TrainConfig` fields (``steps``, ``lr``, ``batch_size``, ``grad_accum``, ``seed``,
+    ``lr_schedule``, ``warmup_steps``, ``max_grad_norm``, ``weight_decay``, ``eval_every``, ``checkpoint_every``),
+    unset ones from the method's recipe. ``evaluate``: greedy accuracy + LP of all items at step 0, every
+    ``eval_every`` steps and at the end. Bad input raises :class:`InputError` before any update;
+    :class:`~unpact_mech.unlearning.loop.UnlearningFailed` means the run failed (NaN, no weight changed).
+    """
+    m = get_method(method, **dict(hyperparameters or {})) if isinstance(method, str) else method
+    cfg = resolve_config(m, **train_options)
+    m.check_model(model)
+    _, retain_items = UnlearningSet.split(items, where=data_label)
+    if m.needs_retain and not retain_items:
+        raise InputError(
+            f"method {m.name} has a retain term but {data_label} has no retain items (\"split\": \"retain\"); "
+            "add retain items or use a method without one (ga, npo)"
+        )
+    pattern = trainable if trainable is not None else m.default_trainable(model)
+    names = P.select_trainable(model, pattern)
+    store = None
+    if checkpoint_dir is not None:
+        check_outside(checkpoint_dir, model.source_dir, "checkpoint directory")
+        fingerprint = {**m.describe(), **{k: v for k, v in vars(cfg).items() if k not in ("eval_every", "checkpoint_every")},
+                       "trainable": pattern, "target": target, "data": _data_digest(items), "model": str(model.source_dir),
+                       "lineage_depth": len(model.lineage)}
+        store = CheckpointStore(checkpoint_dir, fingerprint)
+    data = UnlearningSet.from_items(model, items, where=data_label, target=target, with_retain=m.needs_retain,
+                                    batch_size=eval_batch_size)
+    evaluator = make_evaluator(model, items, batch_size=eval_batch_size, max_new_tokens=max_new_tokens) if evaluate else None
+    res = train(model, m, data, cfg, trainable=names, store=store, resume=resume, evaluate=evaluator,
+                accelerator=accelerator, progress=progress, callback=callback)
+    summary = _summary(m, cfg, pattern, res, model, data) | {"target": target}
+    record = {
+        "role": "unlearned", **m.describe(), "target": target, "steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum, "seed": cfg.seed, "trainable": pattern or "all parameters",
+        "data": data_label, "n_forget": len(data.forget), "n_retain": len(data.retain),
+        "base": model.name, "weight_delta_norm": summary["weight_delta_norm"],
+    }
+    model.lineage = list(model.lineage) + [record]
+    return UnlearnResult(m, cfg, pattern, res, summary, record)
+
+
+def write_unlearned(
+    model: "HookedLM",
+    result: UnlearnResult,
+    out: str | os.PathLike,
+    *,
+    run: "RunWriter",
+    overwrite: bool = False,
+) -> Path:
+    """Write the unlearned model as a loadable SPEC directory, atomically: HF weights/config/tokenizer,
+    ``run.json`` (lineage base → unlearned), ``results.csv``, ``summary.json``, ``dynamics.csv``,
+    ``training_log.csv`` and ``dynamics.png``."""
+    from unpact_mech.io import atomic_output_dir, atomic_write_text, write_json
+
+    for earlier in model.lineage:
+        if earlier.get("path"):
+            check_outside(out, earlier["path"], "--out")
+    check_outside(out, model.source_dir, "--out")
+    dynamics, losses = result.dynamics_table(), result.loss_table()
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        model.write_pretrained(tmp)
+        write_json(tmp / "unpact_model.json", {"name": model.name, "lineage": model.lineage})
+        run.lineage = model.lineage
+        run.write(tmp, result.results_table(), result.summary)
+        atomic_write_text(tmp / "dynamics.csv", dynamics.to_csv(index=False))
+        atomic_write_text(tmp / "training_log.csv", losses.to_csv(index=False))
+        if len(dynamics):
+            plot_dynamics(dynamics, losses, tmp / "dynamics.png",
+                          title=f"{result.method.name} (lr {result.config.lr:g}, {result.config.steps} steps)")
+    return Path(out)
