@@ -18,6 +18,7 @@ from unpact_mech.errors import InputError
 from unpact_mech.scoring.tokens import EncodedQA, WORD_RE
 
 if TYPE_CHECKING:
+    from unpact_mech.attribution.results import TokenAttribution
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
 
@@ -54,12 +55,25 @@ def keytoken_keywords(
     progress: bool = False,
 ) -> list[ItemKeywords]:
     """KeyTokens (word level) of the occlusion attribution on ``model`` (the ORIGINAL model)."""
-    from unpact_mech.attribution.keytokens import keytoken_mask
     from unpact_mech.attribution.occlusion import occlusion
 
+    results = [occlusion(model, enc, level="word", batch_size=batch_size) for enc in encoded]
+    return keywords_from_attribution(encoded, results, alpha=alpha, beta=beta)
+
+
+def keywords_from_attribution(
+    encoded: Sequence[EncodedQA], results: Sequence["TokenAttribution"], *, alpha: float = 0.5, beta: int = 3,
+) -> list[ItemKeywords]:
+    """KeyTokens (alpha/beta rule) of word-level attributions already computed on the ORIGINAL model, one per item
+    (e.g. the units of an occlusion :class:`~unpact_mech.attribution.run.AttributionRun`, reused by the demo)."""
+    from unpact_mech.attribution.keytokens import keytoken_mask
+
+    if len(encoded) != len(results):
+        raise ValueError(f"{len(encoded)} encoded items but {len(results)} attributions")
     out = []
-    for enc in encoded:
-        res = occlusion(model, enc, level="word", batch_size=batch_size)
+    for enc, res in zip(encoded, results):
+        if any(u.word is None for u in res.units):
+            raise ValueError(f"item {enc.item_id}: keywords need a word-level attribution")
         selected = keytoken_mask(res.scores, alpha=alpha, beta=beta)
         out.append(from_word_indices(enc, [u.word for u, keep in zip(res.units, selected.tolist()) if keep], "attribution"))
     return out

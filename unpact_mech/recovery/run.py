@@ -108,6 +108,11 @@ class _Runner:
             model, items, encoded=encoded, judge=self.cfg.judge, max_new_tokens=self.cfg.max_new_tokens,
             batch_size=self.cfg.batch_size, interventions=interventions, progress=False,
         )
+        return self.keep(df, label=label, kind=kind, condition=condition, emphasis=emphasis)
+
+    def keep(self, df: pd.DataFrame, *, label, kind, condition, emphasis) -> pd.DataFrame:
+        """Label an evaluation frame (one row per item) and keep it for ``per_item``."""
+        df = df.copy()
         df.insert(2, "model", label)
         df.insert(3, "kind", kind)
         df.insert(4, "condition", condition)
@@ -132,12 +137,15 @@ def run_recovery(
     config: RecoveryConfig | None = None,
     *,
     keywords: Sequence[ItemKeywords] | None = None,
+    original_baseline: pd.DataFrame | None = None,
     progress: bool = True,
 ) -> RecoveryResult:
     """Run prompt strategies and activation interventions with controls; see the module docstring.
 
     ``keywords``: precomputed keywords aligned with ``items`` (e.g. KeyTokens computed once for several
-    unlearned models); default: from ``config.keyword_source``."""
+    unlearned models); default: from ``config.keyword_source``. ``original_baseline``: the original model's
+    :func:`~unpact_mech.scoring.evaluate.evaluate_items` frame of these items with the same judge and answer
+    length (reused instead of evaluating the original again, e.g. once for several unlearned models)."""
     cfg = config or RecoveryConfig()
     check_compatible(original, unlearned)
     strategies = [get_strategy(n, cfg.templates.get(n)) for n in cfg.strategies]
@@ -165,7 +173,15 @@ def run_recovery(
     sample = random.Random(cfg.seed + 1)
     original_control = sorted(sample.sample(everything, cap)) if cap and cap < len(everything) else everything
     retain_control = sorted(sample.sample(retain, cap)) if cap and cap < len(retain) else retain
-    base_o = run.evaluate(original, everything, label="original", kind="baseline", condition="none", emphasis="none").set_index("item_id")
+    if original_baseline is not None:
+        known = original_baseline.set_index("item_id")
+        missing = [items[i].id for i in everything if items[i].id not in known.index]
+        if missing:
+            raise ValueError(f"original_baseline lacks item {missing[0]!r}")
+        base_o = run.keep(known.loc[[items[i].id for i in everything]].reset_index(), label="original", kind="baseline",
+                          condition="none", emphasis="none").set_index("item_id")
+    else:
+        base_o = run.evaluate(original, everything, label="original", kind="baseline", condition="none", emphasis="none").set_index("item_id")
     bar.update()
     base_u = run.evaluate(unlearned, everything, label="unlearned", kind="baseline", condition="none", emphasis="none").set_index("item_id")
     bar.update()

@@ -140,7 +140,8 @@ def _unlearn(d: Path) -> str:
     rows = pd.DataFrame([{
         "method": s.get("method"), "forget acc before": s.get("forget_accuracy_before"), "forget acc after": s.get("forget_accuracy_after"),
         "retain acc before": s.get("retain_accuracy_before"), "retain acc after": s.get("retain_accuracy_after"),
-        "weight delta norm": s.get("weight_delta_norm"), "steps": s.get("steps"), "lr": s.get("lr"), "seconds": s.get("train_seconds"),
+        "weight delta norm": s.get("weight_delta_norm"), "steps": s.get("steps"), "lr": _fmt(s.get("lr"), "g"),
+        "seconds": s.get("train_seconds"),
     }])
     return _table(rows) + _img(d / "dynamics.png", "unlearning dynamics")
 
@@ -153,8 +154,10 @@ def _attribute(d: Path, meta: dict[str, Any]) -> str:
              f"<b>{s.get('keyword_hit_rate') if s.get('keyword_hit_rate') is None else format(s['keyword_hit_rate'], '.3f')}</b>.</p>"]
     kt = (s.get("comparison") or {}).get("keytoken_change") or {}
     if kt:
-        rows = [{"units": name, "before": v.get("before"), "after": v.get("after"), "change": v.get("diff", (v.get("after") or 0) - (v.get("before") or 0))}
-                for name, v in kt.items() if isinstance(v, dict)]
+        scopes = [("all items", kt)] + [(f"{split} items", v) for split, v in (kt.get("by_split") or {}).items()]
+        rows = [{"items": scope, "units": name, "before": v.get("before"), "after": v.get("after"),
+                 "change": v.get("change", (v.get("after") or 0) - (v.get("before") or 0))}
+                for scope, groups in scopes for name, v in groups.items() if isinstance(v, dict) and v.get("before") is not None]
         parts.append("<h3>KeyToken shift (mean contribution, original → unlearned)</h3>" + _table(pd.DataFrame(rows)))
     results = d / "results.csv"
     if results.is_file():
@@ -213,12 +216,42 @@ def rates_display(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _fmt(value: Any, spec: str = ".2f") -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else format(value, spec)
+
+
+def headline_display(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Compact view of the demo's ``summary.json["methods"]``: one row per unlearning method."""
+    out = []
+    for r in rows:
+        row = {
+            "method": r.get("method"),
+            "forget acc": f"{_fmt(r.get('forget_acc_before'))} → {_fmt(r.get('forget_acc_after'))}",
+            "retain acc": f"{_fmt(r.get('retain_acc_before'))} → {_fmt(r.get('retain_acc_after'))}",
+            "KeyToken contribution": f"{_fmt(r.get('keytoken_contribution_before'))} → {_fmt(r.get('keytoken_contribution_after'))}",
+            "other words": f"{_fmt(r.get('other_contribution_before'))} → {_fmt(r.get('other_contribution_after'))}",
+            "forgotten items": r.get("eligible"),
+        }
+        for label in ("prompt", "activation"):
+            name = r.get(f"best_{label}") or ""
+            ctrl = r.get(f"best_{label}_random_control")
+            row[f"best {label} recovery"] = (f"{name}: {_fmt(r.get(f'best_{label}_recovery'))}"
+                                             + (f" (random {_fmt(ctrl)})" if ctrl is not None else "")) if name else ""
+        row["destructive rate"] = _fmt(r.get("destructive_rate"))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def _headline(run_dir: Path) -> str:
     s = _read_json(run_dir / "summary.json")
     table = s.get("methods") if isinstance(s.get("methods"), list) else None
     if not table:
         return ""
-    return "<h2>Headline</h2>" + _table(pd.DataFrame(table))
+    return ("<h2>Headline</h2>" + _table(headline_display(table))
+            + '<p class="meta">forget/retain acc: greedy accuracy before → after unlearning; KeyToken contribution: mean '
+            'occlusion score, on the forget items, of the original\'s KeyTokens (other words: the rest), original → unlearned model; best '
+            'recovery: the emphasis that brought back most forgotten items (random: the same emphasis on random '
+            'non-keyword words); destructive rate: retain items the unlearning broke.</p>')
 
 
 RENDERERS = {"evaluate": _evaluate, "unlearn": _unlearn, "recover": _recover}

@@ -90,3 +90,20 @@ def test_attribution_keywords_are_keytokens_of_the_original(original, ga_unlearn
     first = per[per.item_id == synthetic_items[0].id]
     if len(first):  # eligible: the rewritten question names the KeyTokens
         assert first.question.item().startswith(f"Focus on the key words: {', '.join(res.item_keywords[0].words)}.")
+
+
+def test_a_reused_original_baseline_gives_the_same_result(result, original, ga_unlearned, synthetic_items):
+    """The demo evaluates the original once and passes it to every method's recovery: nothing may change."""
+    import pandas as pd
+
+    cfg = RecoveryConfig(
+        strategies=("focus", "repeat_question", "uppercase"),
+        interventions=(InterventionSpec("patch"), InterventionSpec("scale", factor=3.0)),
+        keyword_source="data", n_boot=200,
+    )
+    baseline = evaluate_items(original, list(reversed(synthetic_items)), progress=False)  # any order
+    reused = run_recovery(original, ga_unlearned, synthetic_items, cfg, original_baseline=baseline, progress=False)
+    pd.testing.assert_frame_equal(reused.rates, result.rates)
+    pd.testing.assert_frame_equal(reused.per_item.reset_index(drop=True), result.per_item.reset_index(drop=True), check_like=True)
+    with pytest.raises(ValueError, match="lacks item"):
+        run_recovery(original, ga_unlearned, synthetic_items, cfg, original_baseline=baseline.iloc[1:], progress=False)
