@@ -1,0 +1,79 @@
+"""Finding 3 — unlearning damages unrelated knowledge because it penalises every prompt word, common ones included.
+
+Per unlearning method, on the RETAIN items: the destructive rate ``D = |{i in K : unlearned wrong on i}| / |K|``
+over the retain items K the original model answers correctly (bootstrap 95% CI), and word-level occlusion
+(``C(w) = LP(x, y) - LP(x without w, y)``) on the original and on the unlearned model. Words are split into common
+function words (``FUNCTION_WORDS``, case-insensitive) and content words (every other word with a letter or digit;
+punctuation is left out). Per item i: ``f_i`` / ``c_i`` = mean contribution of its function / content words, before
+and after; the table gives the macro means, their changes (after - before), and the paired difference
+``mean_i[Δf_i - Δc_i]`` with a bootstrap CI over items. ``summary.json`` adds the mean change per function word.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+
+from _common import Context, Study, StudyResult, grouped_bars, long_rows, main, paired_contrast
+
+#: Common function words whose contribution the paper says unlearning wipes out on unrelated prompts.
+FUNCTION_WORDS = ("what", "is", "the", "which", "of", "in", "a", "who", "does", "did")
+
+
+def word_class(word: str) -> str | None:
+    """``function`` for a word in FUNCTION_WORDS (case-insensitive), ``content`` for any other word with a letter or
+    digit, None for punctuation."""
+    text = str(word).strip()
+    if text.lower() in FUNCTION_WORDS:
+        return "function"
+    return "content" if any(ch.isalnum() for ch in text) else None
+
+
+def per_item_classes(units: pd.DataFrame) -> pd.DataFrame:
+    """Per (item, word class): mean contribution before and after (``compare_units`` rows of one method)."""
+    df = units.assign(group=units["token"].map(word_class)).dropna(subset=["group"])
+    return df.groupby(["item_id", "split", "group"], as_index=False, sort=False)[["before", "after"]].mean()
+
+
+def destruction_row(method: str, known: np.ndarray, after: np.ndarray, ctx: Context) -> dict:
+    """Destructive rate over the retain items the original knows, and retain accuracy before/after."""
+    from unpact_mech.recovery.metrics import destructive_rate
+
+    rate = destructive_rate(known, after, n_boot=ctx.n_boot, seed=ctx.seed)
+    return {"method": method, "n_retain": len(known), "retain_acc_before": float(known.mean()),
+            "retain_acc_after": float(after.mean())} | rate.as_dict("destructive_rate")
+
+
+def run(ctx: Context) -> StudyResult:
+    from unpact_mech.attribution.run import compare_runs
+
+    retain = ctx.split("retain")
+    ids = [it.id for it in retain]
+    known = ctx.original_evaluation.set_index("item_id").loc[ids, "correct"].to_numpy(bool)
+    before = ctx.attribute(ctx.original, retain, "original")
+    rows, long, by_word = [], [], {}
+    for method, model in ctx.unlearned():
+        after = ctx.evaluate(model, retain).set_index("item_id").loc[ids, "correct"].to_numpy(bool)
+        units = compare_runs(before, ctx.attribute(model, retain, method)).units
+        classes = per_item_classes(units)
+        rows.append(destruction_row(method, known, after, ctx)
+                    | paired_contrast(classes, "function", "content", n_boot=ctx.n_boot, seed=ctx.seed))
+        words = units.assign(word=units["token"].str.strip().str.lower())
+        by_word[method] = words[words["word"].isin(FUNCTION_WORDS)].groupby("word")["diff"].mean().to_dict()
+        correct = pd.DataFrame({"item_id": ids, "split": "retain", "original_correct": known, "unlearned_correct": after})
+        long += [long_rows(classes, ["item_id", "split", "group"], ["before", "after"], method=method),
+                 long_rows(correct, ["item_id", "split"], ["original_correct", "unlearned_correct"], method=method)]
+    table = pd.DataFrame(rows)
+    bars = {f"{g} words {when}": f"{g}_{when}" for g in ("function", "content") for when in ("before", "after")}
+    grouped_bars(table, "method", bars, ctx.out / "common_words.png", ylabel="mean word contribution C (nats)",
+                 title="Retain items: function vs content words, original -> unlearned")
+    return StudyResult(table, pd.concat(long, ignore_index=True),
+                       {"function_words": list(FUNCTION_WORDS), "function_word_change": by_word})
+
+
+STUDY = Study("finding3_destruction", __doc__, run)
+
+if __name__ == "__main__":
+    sys.exit(main(STUDY))

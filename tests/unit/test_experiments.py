@@ -1,0 +1,227 @@
+"""The experiment scripts (experiments/*.py) on the tiny model: every script writes the output contract with sane
+values and complete lineage; one script trains its own unlearned model (same numbers as the demo's); bad input exits
+2 with one line on stderr and writes nothing.
+
+The scripts run in-process through ``_common.main`` (one interpreter: seconds each) on ONE shared tiny demo run
+(``--from-run``); one test runs a script as a real subprocess for the exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+SCRIPTS = ("finding1_keyword_focus", "finding2_keyword_recovery", "finding3_destruction", "layer_study",
+           "patching_recovery_ablation", "keytoken_sweep")
+METHODS = ("ga_gdr", "npo_gdr")
+COMMON = ("--model", "tiny", "--n-boot", "200", "--quiet")
+
+
+def load(name: str):
+    if str(EXPERIMENTS) not in sys.path:
+        sys.path.insert(0, str(EXPERIMENTS))
+    return importlib.import_module(name)
+
+
+def run_script(name: str, *argv) -> int:
+    return load("_common").main(load(name).STUDY, [str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    from unpact_mech.demo import DemoConfig, run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    run_demo(DemoConfig(model="tiny", methods=METHODS, n_boot=200), out, progress=False, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(demo, tmp_path_factory):
+    """``run_dir(name)``: the run directory of script ``name`` on the demo's models (each script runs once)."""
+    done: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in done:
+            out = tmp_path_factory.mktemp(name) / "run"
+            assert run_script(name, *COMMON, "--from-run", demo, "--out", out) == 0
+            done[name] = out
+        return done[name]
+
+    return get
+
+
+def table(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "table.csv")
+
+
+def assert_ci(df: pd.DataFrame, col: str) -> None:
+    sub = df.dropna(subset=[col])
+    assert len(sub), col
+    assert sub[col].between(0, 1).all() if "rate" in col else True
+    assert (sub[f"{col}_ci_lo"] <= sub[col] + 1e-12).all() and (sub[col] <= sub[f"{col}_ci_hi"] + 1e-12).all(), col
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_output_contract(name, run_dir, capsys):
+    out = run_dir(name)
+    for rel in ("run.json", "results.csv", "summary.json", "table.csv"):
+        assert (out / rel).is_file(), rel
+    assert 1 <= len(list(out.glob("*.png"))) <= 3
+    assert not list(out.parent.glob("*.tmp-*"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["table"] and len(summary["table"]) == len(table(out))
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) and list(results.columns[:4]) == ["item_id", "split", "metric", "value"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == f"experiment:{name}" and run["seed"] == 0
+    used = METHODS[:1] if name == "keytoken_sweep" else METHODS
+    assert [(s["role"], s.get("method")) for s in run["lineage"]] == [("base", None)] + [("unlearned", m) for m in used]
+    for m in used:
+        lineage = run["config"]["lineages"][m]
+        assert [s["role"] for s in lineage] == ["base", "unlearned"] and lineage[1]["method"] == m
+        assert run["inputs"][f"unlearned/{m}"]["sha256"]
+
+
+def test_finding1_keytokens_lose_focus(run_dir):
+    out = run_dir("finding1_keyword_focus")
+    df, summary = table(out), json.loads((out / "summary.json").read_text())
+    assert list(df["method"]) == list(METHODS)
+    assert_ci(df, "diff_change")
+    for row in df.to_dict("records"):
+        by_split = summary["keytoken_change_forget"][row["method"]]
+        for group in ("keytokens", "other"):
+            for when in ("before", "after", "change"):
+                assert row[f"{group}_{when}"] == pytest.approx(by_split[group][when])
+        assert row["keytokens_before"] > row["other_before"]
+        assert row["n_paired"] == row["n_items"] == 8
+
+
+def test_finding2_recovery_rates(run_dir):
+    from unpact_mech.recovery.strategies import DEFAULT_STRATEGIES
+
+    out = run_dir("finding2_keyword_recovery")
+    df = table(out)
+    assert len(df) == len(METHODS) * (len(DEFAULT_STRATEGIES) + 4)
+    assert_ci(df, "recovery_rate")
+    for col in ("random_control_rate", "original_accuracy_before", "original_accuracy_after", "retain_accuracy_before",
+                "retain_accuracy_after", "top1_before", "top1_after"):
+        assert df[col].dropna().between(0, 1).all(), col
+    assert (df["n_eligible"] >= 1).all()
+    for m in METHODS:
+        rates = pd.read_csv(out / "recovery" / m / "rates.csv")
+        assert set(DEFAULT_STRATEGIES) <= set(rates["condition"])
+        lineage = json.loads((out / "recovery" / m / "run.json").read_text())["lineage"]
+        assert [s["role"] for s in lineage] == ["base", "unlearned", "recovered"]
+
+
+def test_finding3_destruction(run_dir):
+    out = run_dir("finding3_destruction")
+    df, summary = table(out), json.loads((out / "summary.json").read_text())
+    assert list(df["method"]) == list(METHODS)
+    assert_ci(df, "destructive_rate")
+    assert_ci(df, "diff_change")
+    assert (df["n_paired"] > 0).all() and (df["n_retain"] == 24).all()
+    assert summary["function_words"] == list(load("finding3_destruction").FUNCTION_WORDS)
+    assert set(summary["function_word_change"]["ga_gdr"]) <= set(summary["function_words"])
+
+
+def test_finding3_word_classes():
+    word_class = load("finding3_destruction").word_class
+    assert [word_class(w) for w in ("What", " THE", "capital", "Zorblat", "?", "1999")] == \
+        ["function", "function", "content", "content", None, "content"]
+
+
+def test_layer_study(run_dir):
+    df = table(run_dir("layer_study"))
+    assert [(r["method"], r["split"]) for r in df.to_dict("records")] == [(m, s) for m in METHODS for s in ("forget", "retain")]
+    for when in ("before", "after"):
+        assert df[f"first_top1_layer_{when}"].between(0, 2).all()  # tiny: 2 layers; "never" counts as 2
+        assert df[f"reaches_top1_{when}"].between(0, 1).all()
+    assert df["top_component"].str.fullmatch(r"L\d+\.(attn|mlp)").all()
+    assert df["top_head"].str.fullmatch(r"L\d+H\d+").all()
+    assert (df["top_components"].str.count(",") <= 4).all()
+
+
+def test_patching_ablation(run_dir):
+    out = run_dir("patching_recovery_ablation")
+    df, sweep = table(out), pd.read_csv(out / "sweep.csv")
+    assert len(df) == len(METHODS) * 2 * 3 * 2  # methods x {patch, scale} x groups x modes
+    for col in ("best_recovery_rate", "mean_recovery_rate", "last_layer_recovery_rate"):
+        assert df[col].between(0, 1).all(), col
+    assert (df["mean_recovery_rate"] <= df["best_recovery_rate"] + 1e-12).all()
+    assert set(sweep["group"]) == {"keywords", "non_keywords", "last_token"} and set(sweep["layer"]) == {0, 1}
+
+
+def test_keytoken_sweep_grid(run_dir):
+    mod = load("keytoken_sweep")
+    out = run_dir("keytoken_sweep")
+    df, summary = table(out), json.loads((out / "summary.json").read_text())
+    assert len(df) == 20 and set(zip(df["alpha"], df["beta"])) == {(a, b) for a in mod.ALPHAS for b in mod.BETAS}
+    for col in ("top_word_hit_rate", "keytoken_hit_rate", "keyword_precision", "keyword_recall"):
+        assert df[col].between(0, 1).all(), col
+    assert (df["mean_keytokens_per_item"] >= 1).all()
+    assert df.groupby("beta")["mean_keytokens_per_item"].apply(lambda s: s.is_monotonic_decreasing).all()  # higher α, fewer
+    rec = df.dropna(subset=["recovery_rate"])
+    assert set(zip(rec["alpha"], rec["beta"])) == set(mod.RECOVERY_SETTINGS)
+    assert_ci(rec, "recovery_rate")
+    assert (rec["recovery_method"] == METHODS[0]).all()
+    assert 0 <= summary["data_keywords_recovery"]["recovery_rate"] <= 1
+
+
+def test_trains_without_from_run(run_dir, tmp_path, monkeypatch, capsys):
+    """No --from-run: unlearns a fresh copy (written with its lineage) into the default out dir; same seed and recipe
+    as the demo, so the same numbers as on the demo's model."""
+    monkeypatch.chdir(tmp_path)
+    assert run_script("finding3_destruction", *COMMON, "--methods", "ga_gdr") == 0
+    (out,) = (tmp_path / "unpact-runs").glob("finding3_destruction-tiny-*")
+    assert f"output: {out.relative_to(tmp_path)}" in capsys.readouterr().out
+    lineage = json.loads((out / "unlearned" / "ga_gdr" / "unpact_model.json").read_text())["lineage"]
+    assert [s["role"] for s in lineage] == ["base", "unlearned"]
+    run = json.loads((out / "run.json").read_text())
+    assert [(s["role"], s.get("method")) for s in run["lineage"]] == [("base", None), ("unlearned", "ga_gdr")]
+    mine, shared = table(out).iloc[0], table(run_dir("finding3_destruction")).iloc[0]
+    for col in ("destructive_rate", "function_change", "content_change", "diff_change"):
+        assert math.isclose(mine[col], shared[col], rel_tol=1e-5, abs_tol=1e-6), col
+
+
+@pytest.mark.parametrize("case", ["unknown_method", "from_run_missing", "out_is_file", "out_exists"])
+def test_bad_input_exits_2_and_writes_nothing(case, demo, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [*COMMON, "--from-run", demo, "--out", out]
+    if case == "unknown_method":
+        argv += ["--methods", "ga_gdr", "nope"]
+    elif case == "from_run_missing":
+        argv += ["--methods", "ga_gdr", "rmu"]
+    elif case == "out_is_file":
+        out.write_text("keep me")
+    else:
+        (out / "x").mkdir(parents=True)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert run_script("finding1_keyword_focus", *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("finding1_keyword_focus.py: error:"), err
+    assert {"unknown_method": "'nope'", "from_run_missing": "unlearned/rmu", "out_is_file": "a file",
+            "out_exists": "already exists"}[case] in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    if case == "out_is_file":
+        assert out.read_text() == "keep me"
+
+
+def test_cli_exit_code_and_help(tmp_path):
+    script = EXPERIMENTS / "keytoken_sweep.py"
+    proc = subprocess.run([sys.executable, script, "--model", "tiny", "--methods", "nope", "--out", tmp_path / "o"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "nope" in proc.stderr
+    assert not (tmp_path / "o").exists()
+    for name in SCRIPTS:
+        help_text = load("_common").build_parser(load(name).STUDY).format_help()
+        assert "--from-run" in help_text and load(name).__doc__.splitlines()[0] in help_text
