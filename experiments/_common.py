@@ -369,13 +369,13 @@ def _execute(study: Study, args: argparse.Namespace, argv: list[str]) -> Path:
     from_run = Path(args.from_run).expanduser().absolute() if args.from_run else None
     lineages = run_lineages(from_run, methods, args.model) if from_run else {}
     data = resolve_data(args, lineages)
-    out = Path(args.out) if args.out else default_out(study.name, args.model)
-    if args.out is None:
-        RUNS_DIR.mkdir(exist_ok=True)
-    check_out(out)
     items = load_items(data)
     if not any(it.split == "forget" for it in items):
         raise InputError(f"{data}: no forget items (\"split\": \"forget\")")
+    out = Path(args.out) if args.out else default_out(study.name, args.model)
+    if args.out is None:  # the last check: a bad input never leaves an empty unpact-runs/ behind
+        RUNS_DIR.mkdir(exist_ok=True)
+    check_out(out)
     seed_everything(args.seed)
     with atomic_output_dir(out) as tmp:
         original = load_model(args.model, backend=args.backend)
