@@ -102,12 +102,9 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
 
 def default_out(study: str, model: str, now: datetime | None = None) -> Path:
     """``unpact-runs/<study>-<model>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... if taken (never an earlier run)."""
-    from unpact_mech.demo import RUNS_DIR
+    from unpact_mech.demo import default_out as _default_out
 
-    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(model).name) or "model"
-    stem = f"{study}-{safe}-{(now or datetime.now()):%Y%m%d-%H%M%S}"
-    candidates = (RUNS_DIR / (stem if n == 1 else f"{stem}-{n}") for n in range(1, 10_000))
-    return next(c for c in candidates if not c.exists())
+    return _default_out(model, now, prefix=study)
 
 
 # -- validation (before anything is loaded or written) -----------------------------------------------------------

@@ -111,15 +111,12 @@ class DemoResult:
     notes: list[str] = field(default_factory=list)
 
 
-def default_out(model: str, now: datetime | None = None) -> Path:
-    """``unpact-runs/demo-<model>-<YYYYmmdd-HHMMSS>`` (a numbered suffix if that exists): never an earlier run."""
-    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    name = "demo-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(model).name or "model") + f"-{stamp}"
-    out, n = RUNS_DIR / name, 1
-    while out.exists():
-        n += 1
-        out = RUNS_DIR / f"{name}-{n}"
-    return out
+def default_out(model: str, now: datetime | None = None, *, prefix: str = "demo") -> Path:
+    """``unpact-runs/<prefix>-<model>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... if taken): never an earlier run."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(model).name) or "model"
+    stem = f"{prefix}-{safe}-{(now or datetime.now()):%Y%m%d-%H%M%S}"
+    candidates = (RUNS_DIR / (stem if n == 1 else f"{stem}-{n}") for n in range(1, 10_000))
+    return next(c for c in candidates if not c.exists())
 
 
 def interrupted_runs(out: Path) -> list[Path]:

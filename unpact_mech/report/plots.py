@@ -103,6 +103,9 @@ def plot_logit_lens(frame: pd.DataFrame, path: str | Path, *, title: str = "Logi
         part = rows[rows[panel] == name] if panel in rows.columns else rows
         series = part.groupby("layer")["value"].mean()
         ax.plot(series.index, series.to_numpy(), marker="o", ms=3, label=str(name))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer (residual stream after the block)")
     ax.set_ylabel("answer LP (mean log-prob)")
     ax.grid(alpha=0.3)
