@@ -58,7 +58,7 @@ def test_unlearn_tiny_end_to_end(tmp_path, capsys):
     assert set(results.method) == {"ga_gdr"} and len(results[results.step == 3]) == 32 * 5
     run = json.loads((out / "run.json").read_text())
     assert [r["role"] for r in run["lineage"]] == ["base", "unlearned"]
-    assert run["lineage"][1]["method"] == "ga_gdr" and run["lineage"][1]["hyperparameters"] == {"alpha": 1.0}
+    assert run["lineage"][1]["method"] == "ga_gdr" and run["lineage"][1]["hyperparameters"] == {"alpha": 4.0}  # the documented default
     assert run["config"]["resolved"]["steps"] == 3 and run["seed"] == 0
     assert len(pd.read_csv(out / "training_log.csv")) == 3
 

@@ -11,5 +11,5 @@ from unpact_mech.unlearning.methods.registry import register
 class GAGDR(RetainNLL, GA):
     name = "ga_gdr"
     summary = "gradient ascent + retain NLL: L = -NLL(D_f) + alpha*NLL(D_r)"
-    hyperparameters = {"alpha": 1.0}
-    recipe = Recipe(lr=1e-5, steps=4)
+    hyperparameters = {"alpha": 4.0}
+    recipe = Recipe(lr=1e-5, steps=8)

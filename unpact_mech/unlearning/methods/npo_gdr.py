@@ -11,5 +11,5 @@ from unpact_mech.unlearning.methods.registry import register
 class NPOGDR(RetainNLL, NPO):
     name = "npo_gdr"
     summary = "NPO + retain NLL: L = L_NPO(D_f) + alpha*NLL(D_r)"
-    hyperparameters = {"beta": 0.1, "alpha": 1.0}
-    recipe = Recipe(lr=1e-5, steps=4)
+    hyperparameters = {"beta": 0.1, "alpha": 4.0}
+    recipe = Recipe(lr=1e-5, steps=8)

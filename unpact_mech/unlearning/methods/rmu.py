@@ -42,8 +42,8 @@ def control_vector(d_model: int, c: float, seed: int) -> Tensor:
 class RMU(UnlearningMethod):
     name = "rmu"
     summary = "RMU: steer layer-l resid of forget tokens to c*u, keep retain resid at the reference's; trains MLP l-2..l"
-    hyperparameters = {"layer": 7, "c": 20.0, "alpha": 100.0}
-    recipe = Recipe(lr=5e-5, steps=16)
+    hyperparameters = {"layer": 7, "c": 100.0, "alpha": 100.0}
+    recipe = Recipe(lr=1e-3, steps=6)
     needs_logits = False
     retain_term = "rmu"
     control: Tensor | None = None

@@ -23,4 +23,4 @@ class SimNPO(RetainNLL, SimNPOForget):
     name = "simnpo"
     summary = "SimNPO: L = -(2/beta)*E_f log sigmoid(-(beta/|y|)*log p_theta(y|x) - gamma) + alpha*NLL(D_r)"
     hyperparameters = {"beta": 2.5, "gamma": 0.0, "alpha": 1.0}
-    recipe = Recipe(lr=1e-5, steps=4)
+    recipe = Recipe(lr=1e-5, steps=10)
