@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from unpact_mech.attribution.forward import single_row_batch
+from unpact_mech.attribution.forward import cached_row_forward
 from unpact_mech.attribution.math import head_source_contributions, sum_over_units
 from unpact_mech.attribution.residual import frozen_readout
 from unpact_mech.attribution.results import AttentionPaths, TokenAttribution
@@ -70,12 +70,8 @@ def attention_paths(
     tgt = get_target(target)
     last = hook_name(model.shape.n_layers - 1, "hook_resid_post")
     names = [last] + [hook_name(L, k) for L in chosen for k in ("attn.hook_v", "attn.hook_pattern", "hook_attn_out")]
-    tf = single_row_batch(model, prepared)
+    tf, c, logits = cached_row_forward(model, prepared, names, interventions)
     with torch.no_grad():
-        ivs = interventions(tf.layout) if interventions else ()
-        out = model.forward(tf.input_ids, cache=names, interventions=ivs, logits_to_keep=tf.keep)
-        c = {k: v[0] for k, v in out.cache.items()}
-        logits = out.logits[0]
         fr = frozen_readout(model, tgt.readout(prepared.prompt_len, prepared.answer_ids), c[last], logits, tf.start)
         q = fr.readout.positions
         contributions, bias_terms, layer_direct = [], [], []

@@ -55,6 +55,18 @@ def single_row_batch(model: "HookedLM", prepared: PreparedItem) -> TeacherForced
     return right_pad_teacher_forced([prepared.prompt.ids], [prepared.answer_ids], model.pad_token_id, [0])
 
 
+def cached_row_forward(
+    model: "HookedLM", prepared: PreparedItem, names: Sequence[str], interventions: InterventionFactory | None = None,
+) -> tuple[TeacherForcedBatch, dict[str, Tensor], Tensor]:
+    """One no-grad forward of the item's teacher-forced row caching ``names``: ``(batch, cache, logits)`` with the
+    batch dimension dropped — cache ``name -> (T, ...)``, logits ``(K, V)`` over the kept (answer) positions."""
+    tf = single_row_batch(model, prepared)
+    with torch.no_grad():
+        ivs = interventions(tf.layout) if interventions else ()
+        out = model.forward(tf.input_ids, cache=list(names), interventions=ivs, logits_to_keep=tf.keep)
+    return tf, {k: v[0] for k, v in out.cache.items()}, out.logits[0]
+
+
 @dataclass(frozen=True)
 class SharedPrefix:
     """Keys/values of the first ``length`` tokens of a sequence (each (1, H_kv, length, d_h), per layer)."""

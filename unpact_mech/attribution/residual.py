@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from unpact_mech.attribution.forward import single_row_batch
+from unpact_mech.attribution.forward import cached_row_forward
 from unpact_mech.attribution.math import apply_final_norm, direct_contributions, norm_bias_contribution, norm_scale, readout_directions
 from unpact_mech.attribution.results import ResidualContributions
 from unpact_mech.attribution.targets import Readout, Target, get_target
@@ -85,12 +85,7 @@ def residual_contributions(
     n_layers = model.shape.n_layers
     names = ["hook_embed", hook_name(0, "hook_resid_pre")]
     names += [hook_name(L, k) for L in range(n_layers) for k in ("hook_attn_out", "hook_mlp_out", "hook_resid_post")]
-    tf = single_row_batch(model, prepared)
-    with torch.no_grad():
-        ivs = interventions(tf.layout) if interventions else ()
-        out = model.forward(tf.input_ids, cache=names, interventions=ivs, logits_to_keep=tf.keep)
-    c = {k: v[0] for k, v in out.cache.items()}
-    logits = out.logits[0]
+    tf, c, logits = cached_row_forward(model, prepared, names, interventions)
     final = c[hook_name(n_layers - 1, "hook_resid_post")]
     fr = frozen_readout(model, tgt.readout(prepared.prompt_len, prepared.answer_ids), final, logits, tf.start)
     pos = fr.readout.positions
