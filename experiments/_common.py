@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from unpact_mech.commands.common import positive_int
+from unpact_mech.demo import DemoConfig
 from unpact_mech.errors import InputError
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ DEFAULT_METHODS = ("ga_gdr", "npo_gdr")
 BATCH_SIZE = 16
 MAX_NEW_TOKENS = 12
 OCCLUSION_BATCH = 64
-MAX_CONTROL_ITEMS = 24  # recovery: cap on the original-model and retain control items (as in the demo)
+MAX_CONTROL_ITEMS = DemoConfig.max_control_items  # recovery: cap on the original-model and retain control items
 
 
 # -- the study contract ------------------------------------------------------------------------------------------

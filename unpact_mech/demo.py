@@ -61,7 +61,7 @@ class DemoConfig:
     strategies: Sequence[str] = DEMO_STRATEGIES
     interventions: Sequence[str] = DEMO_INTERVENTIONS
     layer_items: int = 8
-    max_control_items: int = 24
+    max_control_items: int = 16
     n_boot: int = 1000
     batch_size: int = 16
     max_new_tokens: int = 12
@@ -258,7 +258,8 @@ def run_demo(
             seed_everything(cfg.seed)
             model = load_model(cfg.model, backend=cfg.backend)
             result = unlearn(model, items, method, seed=cfg.seed, progress=progress, eval_batch_size=cfg.batch_size,
-                             max_new_tokens=cfg.max_new_tokens, data_label=cfg.data_spec, **cfg.train_options())
+                             max_new_tokens=cfg.max_new_tokens, data_label=cfg.data_spec, initial_evaluation=evaluation,
+                             **cfg.train_options())
             model.name = method
             (tmp / "unlearned").mkdir(exist_ok=True)
             write_unlearned(model, result, tmp / "unlearned" / method,
@@ -287,6 +288,7 @@ def run_demo(
             long_rows.append(_long_rows(method, result.summary, occ, rec))
             del model
 
+        stage("writing summary.json, results.csv and report.html")
         summary = {
             "model": cfg.model, "data": cfg.data_spec, "backend": cfg.backend, "seed": cfg.seed,
             "original_accuracy": eval_summary["accuracy_by_split"],

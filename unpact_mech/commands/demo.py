@@ -18,7 +18,7 @@ examples:
 
 
 def add_parser(sub) -> None:
-    from unpact_mech.demo import DEFAULT_METHODS, DEMO_INTERVENTIONS, DEMO_STRATEGIES
+    from unpact_mech.demo import DEFAULT_METHODS, DEMO_INTERVENTIONS, DEMO_STRATEGIES, DemoConfig
     from unpact_mech.commands.common import positive_int
 
     p = sub.add_parser("demo", help=HELP, description=HELP + ".", epilog=EPILOG,
@@ -42,8 +42,8 @@ def add_parser(sub) -> None:
                    help=f"activation interventions, syntax as in `unpact recover` (default: {' '.join(DEMO_INTERVENTIONS)})")
     p.add_argument("--layer-items", type=int, default=8, metavar="N",
                    help="forget items given residual-stream and attention-path attribution (default: 8)")
-    p.add_argument("--max-control-items", type=positive_int, default=24, metavar="N",
-                   help="items in the original-model and retain controls of recovery (default: 24)")
+    p.add_argument("--max-control-items", type=positive_int, default=DemoConfig.max_control_items, metavar="N",
+                   help=f"items in the original-model and retain controls of recovery (default: {DemoConfig.max_control_items})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 

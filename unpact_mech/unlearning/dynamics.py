@@ -37,11 +37,19 @@ def make_evaluator(
     batch_size: int = 16,
     max_new_tokens: int = 12,
     progress: bool = False,
+    initial: pd.DataFrame | None = None,
 ) -> "Evaluate":
-    """An ``evaluate(step) -> (row, long per-item rows)`` over ``items`` (encoded once)."""
+    """An ``evaluate(step) -> (row, long per-item rows)`` over ``items`` (encoded once).
+
+    ``initial``: an :func:`evaluate_items` frame of these items on the model's current (step-0) weights with the
+    same settings, returned at step 0 instead of evaluating again (e.g. the demo's evaluation of the base model)."""
     encoded = encode_items(model, items)
+    if initial is not None:
+        initial = initial.set_index("item_id").loc[[it.id for it in items]].reset_index()
 
     def evaluate(step: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        if step == 0 and initial is not None:
+            return split_metrics(initial), to_long(initial).to_dict("records")
         per_item = evaluate_items(model, items, encoded=encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                   progress=progress)
         return split_metrics(per_item), to_long(per_item).to_dict("records")

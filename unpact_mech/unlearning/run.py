@@ -133,6 +133,7 @@ def unlearn(
     accelerator=None,
     callback: Callable[[int], None] | None = None,
     data_label: str = "items",
+    initial_evaluation: pd.DataFrame | None = None,
     **train_options: Any,
 ) -> UnlearnResult:
     """Unlearn the ``forget`` items of ``items`` from ``model`` IN PLACE (its ``.hf`` parameters) and extend
@@ -145,7 +146,9 @@ def unlearn(
     ``train_options``: :class:`TrainConfig` fields (``steps``, ``lr``, ``batch_size``, ``grad_accum``, ``seed``,
     ``lr_schedule``, ``warmup_steps``, ``max_grad_norm``, ``weight_decay``, ``eval_every``, ``checkpoint_every``),
     unset ones from the method's recipe. ``evaluate``: greedy accuracy + LP of all items at step 0, every
-    ``eval_every`` steps and at the end. Bad input raises :class:`InputError` before any update;
+    ``eval_every`` steps and at the end; ``initial_evaluation``: the
+    :func:`~unpact_mech.scoring.evaluate.evaluate_items` frame of ``items`` on the current weights (same judge and
+    answer length), used as the step-0 evaluation instead of computing it again. Bad input raises :class:`InputError` before any update;
     :class:`~unpact_mech.unlearning.loop.UnlearningFailed` means the run failed (NaN, no weight changed).
     """
     m = get_method(method, **dict(hyperparameters or {})) if isinstance(method, str) else method
@@ -168,7 +171,8 @@ def unlearn(
         store = CheckpointStore(checkpoint_dir, fingerprint)
     data = UnlearningSet.from_items(model, items, where=data_label, target=target, with_retain=m.needs_retain,
                                     batch_size=eval_batch_size)
-    evaluator = make_evaluator(model, items, batch_size=eval_batch_size, max_new_tokens=max_new_tokens) if evaluate else None
+    evaluator = make_evaluator(model, items, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
+                               initial=initial_evaluation) if evaluate else None
     res = train(model, m, data, cfg, trainable=names, store=store, resume=resume, evaluate=evaluator,
                 accelerator=accelerator, progress=progress, callback=callback)
     summary = _summary(m, cfg, pattern, res, model, data) | {"target": target}

@@ -167,3 +167,19 @@ def test_forward_through_a_wrapper_runs_the_wrapper_with_hooks(backend):
     with pytest.raises(ValueError, match="does not wrap"):
         with model.forward_through(Wrapper(load_model("tiny").hf)):
             pass
+
+
+def test_a_given_step_0_evaluation_replaces_recomputing_it(synthetic_items):
+    """The demo hands its evaluation of the base model to unlearn(): dynamics and per-item rows are unchanged."""
+    from unpact_mech.scoring.evaluate import evaluate_items
+
+    runs = []
+    for initial in (None, evaluate_items(load_model("tiny"), list(reversed(synthetic_items)), progress=False)):
+        model = load_model("tiny")
+        res = unlearn(model, synthetic_items, "ga", steps=2, lr=1e-3, progress=False, initial_evaluation=initial)
+        runs.append(res)
+    assert runs[0].train.dynamics == runs[1].train.dynamics
+    assert runs[0].results_table().equals(runs[1].results_table())
+    doctored = evaluate_items(load_model("tiny"), synthetic_items, progress=False).assign(correct=0.0)
+    res = unlearn(load_model("tiny"), synthetic_items, "ga", steps=1, lr=1e-3, progress=False, initial_evaluation=doctored)
+    assert res.train.dynamics[0]["forget_accuracy"] == 0.0 and runs[0].train.dynamics[0]["forget_accuracy"] == 1.0
