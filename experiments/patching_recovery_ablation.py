@@ -16,9 +16,14 @@ import sys
 
 import pandas as pd
 
-from _common import BATCH_SIZE, MAX_NEW_TOKENS, Context, Study, StudyResult, main
+from _common import BATCH_SIZE, MAX_NEW_TOKENS, Context, Study, StudyResult, main, positive_int
 
 KEYS = ["method", "intervention", "group", "mode"]
+
+
+def add_options(p) -> None:
+    p.add_argument("--points", type=positive_int, default=4, metavar="N",
+                   help="layers swept: N evenly spaced, first and last included (default: 4, ~6 min on SmolLM2; all if the model has fewer)")
 
 
 def eligible(ctx: Context, model, forget) -> list[int]:
@@ -51,7 +56,10 @@ def run(ctx: Context) -> StudyResult:
 
     forget = ctx.split("forget")
     keywords = ctx.keytokens(forget, ctx.attribute(ctx.original, forget, "original"))
-    cfg = SweepConfig(methods=("patch", "scale"), batch_size=BATCH_SIZE, max_new_tokens=MAX_NEW_TOKENS)
+    from unpact_mech.recovery.ablation import default_sweep_layers
+
+    layers = default_sweep_layers(ctx.original.shape.n_layers, ctx.args.points)
+    cfg = SweepConfig(methods=("patch", "scale"), layers=layers, batch_size=BATCH_SIZE, max_new_tokens=MAX_NEW_TOKENS)
     sweeps, empty = [], []
     for method, model in ctx.unlearned():
         idx = eligible(ctx, model, forget)
@@ -73,7 +81,7 @@ def run(ctx: Context) -> StudyResult:
     return StudyResult(table, long, {"no_eligible_items": empty})
 
 
-STUDY = Study("patching_recovery_ablation", __doc__, run)
+STUDY = Study("patching_recovery_ablation", __doc__, run, add_options)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

@@ -48,14 +48,15 @@ def _matrix(frame: pd.DataFrame, rows: str, cols: str, row_order: Sequence | Non
 
 
 def _heatmaps(mats: list[tuple[str, pd.DataFrame]], *, xlabel: str, ylabel: str, title: str, path: str | Path) -> Path:
-    """One panel per (title, matrix); a last "diff" panel gets its own symmetric scale."""
+    """One panel per (title, matrix), stacked vertically (matrices are wide: layers on x); a last "diff" panel gets
+    its own symmetric scale."""
     n = len(mats)
     first = mats[0][1]
-    width = max(3.2, 0.32 * first.shape[1] + 1.8)
-    height = max(2.2, 0.28 * first.shape[0] + 1.2)
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, layout="constrained")
+    width = min(12.0, max(3.2, 0.32 * first.shape[1] + 1.8))
+    height = max(1.6, 0.28 * first.shape[0] + 1.0)
+    fig, axes = plt.subplots(n, 1, figsize=(width, height * n), squeeze=False, layout="constrained")
     shared = max((np.nanmax(np.abs(m.to_numpy(float))) for t, m in mats if not t.startswith("after - before")), default=1.0)
-    for ax, (name, mat) in zip(axes[0], mats):
+    for ax, (name, mat) in zip(axes[:, 0], mats):
         values = mat.to_numpy(float)
         lim = np.nanmax(np.abs(values)) if name.startswith("after - before") else shared
         lim = lim if np.isfinite(lim) and lim > 0 else 1.0
