@@ -23,7 +23,10 @@ KEYS = ["method", "intervention", "group", "mode"]
 
 def add_options(p) -> None:
     p.add_argument("--points", type=positive_int, default=4, metavar="N",
-                   help="layers swept: N evenly spaced, first and last included (default: 4, ~6 min on SmolLM2; all if the model has fewer)")
+                   help="layers swept: N evenly spaced, first and last included (default: 4; all if the model has fewer)")
+    p.add_argument("--modes", nargs="+", default=["cumulative"], choices=["single", "cumulative"],
+                   help="intervene at layer L only, and/or at layers 0..L (default: cumulative, ~8 min on SmolLM2 with "
+                   "two methods; both modes take twice as long)")
 
 
 def eligible(ctx: Context, model, forget) -> list[int]:
@@ -59,7 +62,8 @@ def run(ctx: Context) -> StudyResult:
     from unpact_mech.recovery.ablation import default_sweep_layers
 
     layers = default_sweep_layers(ctx.original.shape.n_layers, ctx.args.points)
-    cfg = SweepConfig(methods=("patch", "scale"), layers=layers, batch_size=BATCH_SIZE, max_new_tokens=MAX_NEW_TOKENS)
+    cfg = SweepConfig(methods=("patch", "scale"), modes=tuple(ctx.args.modes), layers=layers, batch_size=BATCH_SIZE,
+                      max_new_tokens=MAX_NEW_TOKENS)
     sweeps, empty = [], []
     for method, model in ctx.unlearned():
         idx = eligible(ctx, model, forget)

@@ -1,6 +1,6 @@
 """Unlearning on the real SmolLM2-135M (slow tier, affordable in CI: a few optimizer steps per method).
 
-One GA-family and one NPO-family method, each for 3 steps of the default recipe on builtin:real_facts: the
+One GA-family and one NPO-family method, each for 6 of the 8 default-recipe steps on builtin:real_facts: the
 forget answers' log-prob (in the model's own answer context, the training target) must fall clearly more than the
 retain answers', and the updated weights must be the ones the backend sees (no reload).
 """
@@ -36,7 +36,7 @@ def test_a_few_steps_unlearn_forget_more_than_retain(method, real_facts, targets
     ids = torch.tensor([list(data.forget[0].input_prefix)])
     with torch.no_grad():
         logits_before = model.forward(ids).logits
-    result = unlearn(model, real_facts, method, steps=3, evaluate=False, progress=False)
+    result = unlearn(model, real_facts, method, steps=6, evaluate=False, progress=False)
     after = {s: _target_logprob(model, getattr(data, s)) for s in ("forget", "retain")}
     drop = {s: before[s] - after[s] for s in before}
     assert drop["forget"] > 0.3, (before, after)

@@ -151,10 +151,15 @@ def test_layer_study(run_dir):
     assert (df["top_components"].str.count(",") <= 4).all()
 
 
-def test_patching_ablation(run_dir):
+def test_patching_ablation(run_dir, tmp_path, demo):
     out = run_dir("patching_recovery_ablation")
     df, sweep = table(out), pd.read_csv(out / "sweep.csv")
-    assert len(df) == len(METHODS) * 2 * 3 * 2  # methods x {patch, scale} x groups x modes
+    assert len(df) == len(METHODS) * 2 * 3 * 1  # methods x {patch, scale} x groups x default mode (cumulative)
+    assert set(df["mode"]) == {"cumulative"}
+    both = tmp_path / "both"
+    assert run_script("patching_recovery_ablation", *COMMON, "--from-run", demo, "--out", both,
+                      "--modes", "single", "cumulative") == 0
+    assert len(table(both)) == len(METHODS) * 2 * 3 * 2
     for col in ("best_recovery_rate", "mean_recovery_rate", "last_layer_recovery_rate"):
         assert df[col].between(0, 1).all(), col
     assert (df["mean_recovery_rate"] <= df["best_recovery_rate"] + 1e-12).all()
