@@ -204,6 +204,7 @@ def run_demo(
     cfg = config or DemoConfig()
     cfg.validate()
     t_start = time.perf_counter()
+    items = load_items(cfg.data_spec)  # bad data fails before anything is created
     if out is None:
         RUNS_DIR.mkdir(exist_ok=True)
         out = default_out(cfg.model)
@@ -215,7 +216,6 @@ def run_demo(
         notes.append(f"{len(stale)} interrupted earlier demo(s) left partial files (not used; safe to delete): "
                      + ", ".join(str(p) for p in stale[:3]) + (" ..." if len(stale) > 3 else ""))
         log("note: " + notes[-1])
-    items = load_items(cfg.data_spec)
     forget = [it for it in items if it.split == "forget"]
     if not forget:
         raise InputError(f"{cfg.data_spec}: no forget items (\"split\": \"forget\")")
