@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.cli_helpers import run_cli
 import json
 import shutil
 import subprocess
@@ -10,13 +11,6 @@ import sys
 import pandas as pd
 import pytest
 
-from unpact_mech.cli import main
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_help_lists_only_existing_commands():

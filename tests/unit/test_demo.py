@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from unpact_mech.cli import main
+from tests.cli_helpers import run_cli, tree_digest
 from unpact_mech.demo import DemoConfig, default_out, run_demo
-from unpact_mech.io.results import sha256_file
 
 METHODS = ("ga_gdr", "npo_gdr")
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _digest(path: Path) -> dict[str, str]:
-    return {p.relative_to(path).as_posix(): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -128,16 +116,16 @@ def test_out_that_is_a_file_or_an_earlier_run(tmp_path, capsys, demo_run):
     target.write_text("mine")
     code, _, err = run_cli(["demo", "--model", "tiny", "--out", target], capsys)
     assert code == 2 and "exists and is a file" in err and target.read_text() == "mine"
-    before = _digest(demo_run.out)
+    before = tree_digest(demo_run.out)
     code, _, err = run_cli(["demo", "--model", "tiny", "--out", demo_run.out], capsys)
     assert code == 2 and "already exists" in err
-    assert _digest(demo_run.out) == before
+    assert tree_digest(demo_run.out) == before
 
 
 def test_interrupted_demo_leaves_earlier_results_and_no_partial_run(tmp_path, capsys, monkeypatch, demo_run):
     import unpact_mech.recovery as recovery
 
-    before = _digest(demo_run.out)
+    before = tree_digest(demo_run.out)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -146,7 +134,7 @@ def test_interrupted_demo_leaves_earlier_results_and_no_partial_run(tmp_path, ca
     code, _, err = run_cli(["demo", "--model", "tiny", "--quiet", "--out", tmp_path / "run"], capsys)
     assert code == 130 and "interrupted" in err
     assert not (tmp_path / "run").exists() and list(tmp_path.iterdir()) == []
-    assert _digest(demo_run.out) == before
+    assert tree_digest(demo_run.out) == before
 
 
 def test_rerun_after_a_killed_demo_names_the_leftovers(tmp_path, capsys, monkeypatch):

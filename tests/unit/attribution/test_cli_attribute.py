@@ -9,16 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.cli_helpers import run_cli
 from unpact_mech import load_model
-from unpact_mech.cli import main
 
 BASE = ["attribute", "--model", "tiny", "--data", "builtin:synthetic_facts", "--quiet"]
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.cli_helpers import run_cli
 import json
 import re
 import shutil
@@ -9,13 +10,6 @@ import shutil
 import pandas as pd
 import pytest
 
-from unpact_mech.cli import main
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 BASE = ["recover", "--original", "tiny", "--data", "builtin:synthetic_facts", "--keywords", "data", "--quiet", "--n-boot", "100"]

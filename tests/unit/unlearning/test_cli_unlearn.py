@@ -14,27 +14,17 @@ import pytest
 import torch
 
 from tests.unit.unlearning.conftest import assert_same_weights, weights
+from tests.cli_helpers import run_cli, tree_digest
 from unpact_mech import load_model
 from unpact_mech.cli import main
-from unpact_mech.io.results import sha256_file
 from unpact_mech.models.loading import resolve_spec
 
 BASE = ["unlearn", "--model", "tiny", "--data", "builtin:synthetic_facts", "--quiet"]
 
 
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _tree_digest(path):
-    return {p.relative_to(path).as_posix(): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
-
-
 def test_unlearn_tiny_end_to_end(tmp_path, capsys):
     tiny_dir = resolve_spec("tiny").path
-    before = _tree_digest(tiny_dir)
+    before = tree_digest(tiny_dir)
     out = tmp_path / "unl"
     code, stdout, err = run_cli(BASE + ["--method", "ga_gdr", "--steps", "3", "--lr", "1e-3", "--eval-every", "2",
                                         "--out", out], capsys)
@@ -43,7 +33,7 @@ def test_unlearn_tiny_end_to_end(tmp_path, capsys):
     files = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "run.json", "results.csv", "summary.json",
             "dynamics.csv", "dynamics.png", "training_log.csv", "unpact_model.json"} <= files
-    assert _tree_digest(tiny_dir) == before  # the input model directory is never written
+    assert tree_digest(tiny_dir) == before  # the input model directory is never written
     assert not (tmp_path / "unl.checkpoints").exists()
 
     summary = json.loads((out / "summary.json").read_text())
@@ -154,7 +144,7 @@ CASES = ["unknown method", "empty forget set", "retain method without retain ite
 def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     extra, message = _bad_cases(tmp_path)[case]
     tiny_dir = resolve_spec("tiny").path
-    model_files = _tree_digest(tiny_dir)
+    model_files = tree_digest(tiny_dir)
     out = tmp_path / "out"
     argv = BASE + ["--steps", "2", "--lr", "1e-3", "--checkpoint-every", "1"] + extra  # the last --lr/--steps wins
     if "--out" not in extra:
@@ -166,7 +156,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     assert len(lines) == 1 and lines[0].startswith("unpact: error: "), err
     assert re.search(message, lines[0]), lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output dir, no checkpoints, no temp dirs
-    assert _tree_digest(tiny_dir) == model_files
+    assert tree_digest(tiny_dir) == model_files
 
 
 def test_help_documents_methods_and_defaults(capsys):
