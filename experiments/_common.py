@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from unpact_mech.commands.common import positive_int
+from unpact_mech.commands.common import add_backend_option, add_seed_option, positive_int
 from unpact_mech.demo import DemoConfig
 from unpact_mech.errors import InputError
 
@@ -91,9 +91,8 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                    "builtin:real_facts otherwise)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help=f"run directory to create; must not exist (default: unpact-runs/{study.name}-MODEL-TIMESTAMP)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--backend", default="transformer_lens", choices=["transformer_lens", "nnsight"],
-                   help="interpretability backend (default: transformer_lens)")
+    add_seed_option(p)
+    add_backend_option(p)
     p.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples for CIs (default: 1000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if study.add_options is not None:

@@ -23,11 +23,22 @@ def add_model_options(p: argparse.ArgumentParser, *, flag: str = "--model", defa
                    + (f" (default: {default})" if default else ""))
 
 
+def add_backend_option(p: argparse.ArgumentParser) -> None:
+    """--backend (choices: the registered backends)."""
+    from unpact_mech.models.backends import BACKENDS
+
+    p.add_argument("--backend", default=BACKENDS[0], choices=list(BACKENDS),
+                   help=f"interpretability backend wrapping the model (default: {BACKENDS[0]})")
+
+
+def add_seed_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
 def add_run_options(p: argparse.ArgumentParser, *, data_default: str | None = "builtin:real_facts",
                     batch_size_default: int | None = 16, batch_size_help: str = "items per forward pass") -> None:
     """--backend, --data, --schema, --out, --overwrite, --seed, --batch-size, --prompt-format, --allow-pickle, --quiet."""
-    p.add_argument("--backend", default="transformer_lens", choices=["transformer_lens", "nnsight"],
-                   help="interpretability backend wrapping the model (default: transformer_lens)")
+    add_backend_option(p)
     p.add_argument("--data", default=data_default, required=data_default is None, metavar="FILE",
                    help="QA items: .jsonl, .csv, a datasets directory, or builtin:real_facts / builtin:synthetic_facts"
                    + (f" (default: {data_default})" if data_default else ""))
@@ -35,7 +46,7 @@ def add_run_options(p: argparse.ArgumentParser, *, data_default: str | None = "b
                    help="record schema of --data (default: auto)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory (atomically, at the end)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_seed_option(p)
     p.add_argument("--batch-size", type=positive_int, default=batch_size_default,
                    help=batch_size_help + (f" (default: {batch_size_default})" if batch_size_default is not None else ""))
     p.add_argument("--prompt-format", default="auto", choices=["auto", "chat", "plain"],

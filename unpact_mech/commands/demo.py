@@ -19,7 +19,7 @@ examples:
 
 def add_parser(sub) -> None:
     from unpact_mech.demo import DEFAULT_METHODS, DEMO_INTERVENTIONS, DEMO_STRATEGIES, DemoConfig
-    from unpact_mech.commands.common import positive_int
+    from unpact_mech.commands.common import add_backend_option, add_seed_option, positive_int
 
     p = sub.add_parser("demo", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,9 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default=None, metavar="FILE",
                    help="QA items with a forget/retain split (default: builtin:real_facts; builtin:synthetic_facts for tiny)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory to create (default: unpact-runs/demo-MODEL-TIMESTAMP)")
-    p.add_argument("--backend", default="transformer_lens", choices=["transformer_lens", "nnsight"],
-                   help="interpretability backend wrapping the model (default: transformer_lens)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_backend_option(p)
+    add_seed_option(p)
     p.add_argument("--steps", type=int, default=None, help="unlearning steps for every method (default: each method's recipe)")
     p.add_argument("--lr", type=float, default=None, help="unlearning learning rate for every method (default: each recipe's)")
     p.add_argument("--strategies", nargs="+", default=list(DEMO_STRATEGIES), metavar="NAME",
