@@ -255,25 +255,17 @@ class Context:
 
     def _train(self, method: str) -> "HookedLM":
         """Unlearn a fresh copy with the demo's per-model overrides; write it to ``unlearned/<method>/``."""
-        from unpact_mech.demo import MODEL_DEFAULTS
-        from unpact_mech.models import load_model
-        from unpact_mech.runtime import seed_everything
-        from unpact_mech.unlearning import unlearn, write_unlearned
+        from unpact_mech.demo import MODEL_DEFAULTS, unlearn_fresh_copy
 
-        seed_everything(self.seed)
-        model = load_model(self.args.model, backend=self.args.backend)
-        options = dict(MODEL_DEFAULTS.get(self.args.model, {}).get("train", {}))
-        result = unlearn(model, self.items, method, seed=self.seed, progress=self.progress, eval_batch_size=BATCH_SIZE,
-                         max_new_tokens=MAX_NEW_TOKENS, data_label=self.data, **options)
-        model.name = method
-        (self.out / "unlearned").mkdir(exist_ok=True)
-        config = {"method": method, "model": self.args.model, "resolved": vars(result.config),
-                  "hyperparameters": dict(result.method.hp)}
-        write_unlearned(model, result, self.out / "unlearned" / method, run=self.run_writer("unlearn", config, model.lineage))
+        model, _ = unlearn_fresh_copy(
+            self.args.model, method, self.items, self.out / "unlearned", backend=self.args.backend, seed=self.seed,
+            data_label=self.data, train_options=dict(MODEL_DEFAULTS.get(self.args.model, {}).get("train", {})),
+            batch_size=BATCH_SIZE, max_new_tokens=MAX_NEW_TOKENS, progress=self.progress,
+            run_writer=lambda config, lineage: self.run_writer("unlearn", config, lineage),
+        )
         return model
 
 
-# -- statistics and tables ---------------------------------------------------------------------------------------
 def mean_ci(values: Sequence[float] | np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float]:
     """Mean of ``values`` and its percentile-bootstrap 95% CI (resampling items; NaN if empty)."""
     from unpact_mech.recovery.metrics import bootstrap_ci

@@ -30,6 +30,8 @@ from unpact_mech.errors import InputError
 
 if TYPE_CHECKING:
     from unpact_mech.attribution.run import AttributionRun
+    from unpact_mech.io import RunWriter
+    from unpact_mech.unlearning.run import UnlearnResult
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
 
@@ -148,6 +150,31 @@ def _run_meta(command: str, config: dict[str, Any], seed: int, data: str, lineag
     return run
 
 
+def unlearn_fresh_copy(
+    spec: str, method: str, items: Sequence["QAItem"], out_parent: Path, *, backend: str, seed: int, data_label: str,
+    train_options: dict[str, Any], batch_size: int, max_new_tokens: int, progress: bool,
+    run_writer: Callable[[dict[str, Any], list[dict[str, Any]]], "RunWriter"],
+    initial_evaluation: pd.DataFrame | None = None,
+) -> tuple["HookedLM", "UnlearnResult"]:
+    """Load a fresh copy of ``spec``, unlearn ``method`` on it (seeded) and write it to ``out_parent/<method>/`` as a
+    loadable model with its lineage; ``run_writer(config, lineage)`` makes the stage's ``run.json`` writer.
+    Shared by the demo and the experiment scripts."""
+    from unpact_mech.models import load_model
+    from unpact_mech.runtime import seed_everything
+    from unpact_mech.unlearning import unlearn, write_unlearned
+
+    seed_everything(seed)
+    model = load_model(spec, backend=backend)
+    result = unlearn(model, items, method, seed=seed, progress=progress, eval_batch_size=batch_size,
+                     max_new_tokens=max_new_tokens, data_label=data_label, initial_evaluation=initial_evaluation,
+                     **train_options)
+    model.name = method
+    out_parent.mkdir(exist_ok=True)
+    config = {"method": method, "model": spec, "resolved": vars(result.config), "hyperparameters": dict(result.method.hp)}
+    write_unlearned(model, result, out_parent / method, run=run_writer(config, model.lineage))
+    return model, result
+
+
 def _attribute_pair(
     tmp: Path, name: str, before: "AttributionRun", unlearned: "HookedLM", items: Sequence["QAItem"], label: str,
     cfg: "DemoConfig", lineage: list[dict[str, Any]], progress: bool,
@@ -199,7 +226,6 @@ def run_demo(
     from unpact_mech.runtime import seed_everything
     from unpact_mech.scoring.evaluate import evaluate_items, summarize, write_evaluation
     from unpact_mech.scoring.tokens import encode_item
-    from unpact_mech.unlearning import unlearn, write_unlearned
 
     cfg = config or DemoConfig()
     cfg.validate()
@@ -255,17 +281,12 @@ def run_demo(
         headline, long_rows, lineages = [], [], {}
         for method in cfg.methods:
             stage(f"{method}: unlearning a fresh copy of {cfg.model}")
-            seed_everything(cfg.seed)
-            model = load_model(cfg.model, backend=cfg.backend)
-            result = unlearn(model, items, method, seed=cfg.seed, progress=progress, eval_batch_size=cfg.batch_size,
-                             max_new_tokens=cfg.max_new_tokens, data_label=cfg.data_spec, initial_evaluation=evaluation,
-                             **cfg.train_options())
-            model.name = method
-            (tmp / "unlearned").mkdir(exist_ok=True)
-            write_unlearned(model, result, tmp / "unlearned" / method,
-                            run=_run_meta("unlearn", {"method": method, "model": cfg.model, "stage": "demo",
-                                                      "resolved": vars(result.config), "hyperparameters": dict(result.method.hp)},
-                                          cfg.seed, cfg.data_spec, model.lineage))
+            model, result = unlearn_fresh_copy(
+                cfg.model, method, items, tmp / "unlearned", backend=cfg.backend, seed=cfg.seed, data_label=cfg.data_spec,
+                train_options=cfg.train_options(), batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                progress=progress, initial_evaluation=evaluation,
+                run_writer=lambda config, lineage: _run_meta("unlearn", config | {"stage": "demo"}, cfg.seed, cfg.data_spec, lineage),
+            )
             lineages[method] = model.lineage
 
             stage(f"{method}: attributing again (original vs unlearned)")
