@@ -66,6 +66,8 @@ class Study:
     run: Callable[["Context"], StudyResult]
     add_options: Callable[[argparse.ArgumentParser], None] | None = None
     first_method_only: bool = False  # only the first of --methods is used (loaded / trained)
+    default_methods: tuple[str, ...] = DEFAULT_METHODS
+    uses_from_run: bool = True  # False: the study trains its own models (--from-run is refused)
 
 
 # -- arguments ---------------------------------------------------------------------------------------------------
@@ -81,11 +83,11 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", metavar="SPEC",
                    help="smollm2 (default), tiny, or a local HF model directory")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
-                   help=f"unlearning methods (default: {' '.join(DEFAULT_METHODS)})")
+    p.add_argument("--methods", nargs="+", default=list(study.default_methods), metavar="METHOD",
+                   help=f"unlearning methods (default: {' '.join(study.default_methods)})")
     p.add_argument("--from-run", default=None, metavar="DIR",
                    help="reuse the unlearned models DIR/unlearned/<method>/ of an earlier `unpact demo` run "
-                   "(default: unlearn a fresh copy per method)")
+                   "(default: unlearn a fresh copy per method)" if study.uses_from_run else argparse.SUPPRESS)
     p.add_argument("--data", default=None, metavar="FILE",
                    help="QA items (default: the --from-run models' data, else builtin:synthetic_facts for tiny and "
                    "builtin:real_facts otherwise)")
@@ -354,6 +356,8 @@ def _execute(study: Study, args: argparse.Namespace, argv: list[str]) -> Path:
     from unpact_mech.runtime import seed_everything
 
     check_methods(args.methods)
+    if args.from_run and not study.uses_from_run:
+        raise InputError(f"--from-run: {study.name} trains its own checkpoints; it cannot reuse a demo's models")
     methods = used_methods(study, args.methods)
     from_run = Path(args.from_run).expanduser().absolute() if args.from_run else None
     lineages = run_lineages(from_run, methods, args.model) if from_run else {}

@@ -10,7 +10,8 @@ from unpact_mech.commands.common import add_model_options, add_run_options, posi
 
 HELP = "unlearn the forget items (GA, NPO, SimNPO, RMU, task vector, ...); writes a loadable model directory"
 HP_FLAGS = {"alpha": "--alpha", "beta": "--beta", "gamma": "--gamma", "c": "--steering-coef", "layer": "--layer",
-            "scale": "--scale"}
+            "scale": "--scale", "prompt_attacks": "--prompt-attacks", "activation_attacks": "--activation-attacks",
+            "keyword_weight": "--keyword-weight", "retain_attacks": "--retain-attacks"}
 
 
 def _epilog() -> str:
@@ -62,6 +63,10 @@ def add_parser(sub) -> None:
     h.add_argument("--steering-coef", "--c", dest="c", type=float, default=None, metavar="C", help="c, RMU steering coefficient")
     h.add_argument("--layer", type=int, default=None, help="ℓ, RMU layer")
     h.add_argument("--scale", type=float, default=None, help="s, task-vector scale")
+    h.add_argument("--prompt-attacks", type=float, default=None, metavar="W", help="keyguard: w_p (rewritten forget prompts)")
+    h.add_argument("--activation-attacks", type=float, default=None, metavar="W", help="keyguard: w_a (original activations patched in at KeyTokens)")
+    h.add_argument("--keyword-weight", type=float, default=None, metavar="W", help="keyguard: w_k (KeyToken positions)")
+    h.add_argument("--retain-attacks", type=float, default=None, metavar="W", help="keyguard: w_r (rewritten retain prompts)")
     d = p.add_argument_group("evaluation and checkpoints")
     d.add_argument("--eval-every", type=int, default=None,
                    help="also evaluate every N steps (default: at each checkpoint, else only before and after)")

@@ -5,9 +5,10 @@
 * :func:`sample_indices` — an endless stream of shuffled epochs over a set, addressed by position, so the batch of
   step ``s`` is a pure function of ``(seed, s)``: a resumed run draws exactly the batches an uninterrupted one
   would, and on ``W`` processes rank ``r`` takes its own slice of every global batch.
-* :func:`make_batch` — ONE right-padded teacher-forced batch holding the forget rows first and the retain rows
-  after them (one forward per micro-step; :func:`~unpact_mech.scoring.batching.right_pad_teacher_forced` does
-  the padding and target alignment, as everywhere else).
+* :func:`make_batch` — ONE right-padded teacher-forced batch holding the forget rows first, the retain rows after
+  them and a method's extra rows last (e.g. ``keyguard``'s adversarial variants; one forward per micro-step;
+  :func:`~unpact_mech.scoring.batching.right_pad_teacher_forced` does the padding and target alignment, as
+  everywhere else).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def sample_indices(n: int, seed: int, stream: int, start: int, count: int) -> li
 
 @dataclass(frozen=True)
 class StepBatch:
-    """One micro-batch: rows ``[0, n_forget)`` are forget items, the rest retain items.
+    """One micro-batch: rows ``[0, n_forget)`` are forget items, then ``n_retain`` retain items, then ``n_extra``
+    extra rows a method asked for (:meth:`~unpact_mech.unlearning.methods.base.UnlearningMethod.extra_targets`).
 
     ``tf``: the right-padded teacher-forced batch (``input_ids`` (B, T), ``targets``/``answer_mask`` (B, K) over the
     ``keep`` last positions); ``region`` (B, T) marks each row's question, context and answer tokens — the positions RMU
@@ -95,6 +97,11 @@ class StepBatch:
     forget_index: tuple[int, ...]
     retain_index: tuple[int, ...]
     region: Tensor
+    extra: tuple[TrainTarget, ...] = ()
+
+    @property
+    def n_extra(self) -> int:
+        return len(self.extra)
 
     @property
     def forget_rows(self) -> slice:
@@ -102,7 +109,11 @@ class StepBatch:
 
     @property
     def retain_rows(self) -> slice:
-        return slice(self.n_forget, None)
+        return slice(self.n_forget, self.n_forget + self.n_retain)
+
+    @property
+    def extra_rows(self) -> slice:
+        return slice(self.n_forget + self.n_retain, self.n_forget + self.n_retain + self.n_extra)
 
     @property
     def n_retain(self) -> int:
@@ -114,16 +125,17 @@ class StepBatch:
             tf.input_ids.to(device), tf.targets.to(device), tf.answer_mask.to(device), tf.first.to(device),
             tf.start, tf.keep, tf.layout,
         )
-        return StepBatch(moved, self.n_forget, self.forget_index, self.retain_index, self.region.to(device))
+        return StepBatch(moved, self.n_forget, self.forget_index, self.retain_index, self.region.to(device), self.extra)
 
 
-def make_batch(data: UnlearningSet, forget_index: Sequence[int], retain_index: Sequence[int], pad_id: int) -> StepBatch:
-    """Build the micro-batch for the given forget and retain item indices (forget rows first)."""
-    targets = [data.forget[i] for i in forget_index] + [data.retain[i] for i in retain_index]
+def make_batch(data: UnlearningSet, forget_index: Sequence[int], retain_index: Sequence[int], pad_id: int,
+               extra: Sequence[TrainTarget] = ()) -> StepBatch:
+    """Build the micro-batch for the given forget and retain item indices (forget rows first), ``extra`` rows last."""
+    targets = [data.forget[i] for i in forget_index] + [data.retain[i] for i in retain_index] + list(extra)
     prefixes = [t.input_prefix for t in targets]
     tf = right_pad_teacher_forced(prefixes, [t.answer_ids for t in targets], pad_id, list(range(len(targets))))
     region = torch.zeros(tf.input_ids.shape, dtype=torch.bool)
     for row, t in enumerate(targets):
         region[row, t.prompt.question_positions] = True
         region[row, len(t.prompt) : len(prefixes[row]) + len(t.answer_ids)] = True
-    return StepBatch(tf, len(forget_index), tuple(forget_index), tuple(retain_index), region)
+    return StepBatch(tf, len(forget_index), tuple(forget_index), tuple(retain_index), region, tuple(extra))

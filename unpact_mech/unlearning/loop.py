@@ -125,9 +125,10 @@ class TrainResult:
 
 
 def policy_forward(model: "HookedLM", method: UnlearningMethod, batch) -> PolicyOutput:
-    """The micro-step's single forward: logits over the answer span (if needed) and the method's hooks, with grad."""
+    """The micro-step's single forward: logits over the answer span (if needed) and the method's hooks, with grad,
+    under the method's interventions for this batch (none for every method but ``keyguard``)."""
     out = model.forward(
-        batch.tf.input_ids, cache=method.cache_hooks(model),
+        batch.tf.input_ids, cache=method.cache_hooks(model), interventions=method.interventions(model, batch),
         logits_to_keep=batch.tf.keep if method.needs_logits else 1,
     )
     return PolicyOutput(batch, out.logits if method.needs_logits else None, out.cache)
@@ -178,7 +179,8 @@ class Trainer:
         slot = (step * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
         f_idx = sample_indices(len(self.data.forget), cfg.seed, 0, slot * nf, nf)
         r_idx = sample_indices(len(self.data.retain), cfg.seed, 1, slot * nr, nr) if nr else []
-        return make_batch(self.data, f_idx, r_idx, self.model.pad_token_id).to(self.model.device)
+        extra = self.method.extra_targets(cfg.seed, slot, cfg.batch_size)
+        return make_batch(self.data, f_idx, r_idx, self.model.pad_token_id, extra).to(self.model.device)
 
     # -- evaluation (main process) ---------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -111,3 +111,17 @@ def rmu_retain(h: Tensor, h_reference: Tensor, mask: Tensor) -> Tensor:
     ``L_r = mean_{masked (b,t)} (1/d)·‖h_θ[b,t] − h_ref[b,t]‖²`` (weighted by α in the method).
     """
     return masked_mse(h, h_reference.detach(), mask)
+
+
+def weighted_rmu_forget(h: Tensor, mask: Tensor, weights: Tensor, control: Tensor) -> Tensor:
+    """RMU forget term with per-position weights (``keyguard``'s attribution weighting).
+
+    ``L_f = Σ_{b,t} m[b,t]·w[b,t]·(1/d)‖h_θ[b,t] − c·u‖² / Σ_{b,t} m[b,t]·w[b,t]`` — h (B, T, d), mask and
+    weights (B, T). With ``w ≡ 1`` it is :func:`rmu_forget` (up to float rounding).
+    """
+    w = weights.to(torch.float32) * mask.to(torch.float32)
+    total = w.sum()
+    if not bool(total > 0):
+        return h.sum() * 0.0
+    per_position = (h.float() - control.float().view(1, 1, -1)).pow(2).mean(-1)  # (B, T)
+    return (per_position * w).sum() / total

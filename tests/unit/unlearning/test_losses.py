@@ -104,3 +104,16 @@ def test_empty_masks_give_zero_with_a_graph():
     none = torch.zeros(1, 2, dtype=torch.bool)
     out = losses.kl_to_reference(logits, logits.detach(), none)
     assert out.item() == 0.0 and out.requires_grad
+
+
+def test_weighted_rmu_forget_against_a_hand_computation():
+    # d = 2; positions (0,0) and (0,1) selected, (1,0) not; control (1, 1)
+    h = torch.tensor([[[1.0, 3.0], [0.0, 1.0]], [[9.0, 9.0], [5.0, 5.0]]])
+    mask = torch.tensor([[True, True], [False, False]])
+    control = torch.tensor([1.0, 1.0])
+    # per-position mse: (0 + 4)/2 = 2 and (1 + 0)/2 = 0.5; weights 3 and 1 -> (3*2 + 0.5) / 4
+    weights = torch.tensor([[3.0, 1.0], [7.0, 7.0]])
+    assert losses.weighted_rmu_forget(h, mask, weights, control).item() == pytest.approx(6.5 / 4)
+    ones = torch.ones(2, 2)
+    assert losses.weighted_rmu_forget(h, mask, ones, control).item() == pytest.approx(losses.rmu_forget(h, mask, control).item())
+    assert losses.weighted_rmu_forget(h, torch.zeros(2, 2, dtype=torch.bool), ones, control).item() == 0.0

@@ -16,8 +16,8 @@ def run(model, items, method, **kw):
     return unlearn(model, items, method, evaluate=False, progress=False, **opts)
 
 
-def test_registry_has_the_nine_methods():
-    assert list(METHODS) == ["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu", "task_vector"]
+def test_registry_has_the_ten_methods():
+    assert list(METHODS) == ["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu", "task_vector", "keyguard"]
     assert set(TINY_RUNS) == set(METHODS)
 
 

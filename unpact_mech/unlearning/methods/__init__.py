@@ -4,6 +4,6 @@ from unpact_mech.unlearning.methods.base import HYPERPARAMETERS, LossTerms, Poli
 from unpact_mech.unlearning.methods.registry import METHODS, get_method, register
 
 # Import order = registry order = the order shown by `unpact unlearn --help`.
-from unpact_mech.unlearning.methods import ga, ga_gdr, ga_klr, npo, npo_gdr, npo_klr, simnpo, rmu, task_vector  # noqa: E402,F401,I001
+from unpact_mech.unlearning.methods import ga, ga_gdr, ga_klr, npo, npo_gdr, npo_klr, simnpo, rmu, task_vector, keyguard  # noqa: E402,F401,I001
 
 __all__ = ["HYPERPARAMETERS", "METHODS", "LossTerms", "PolicyOutput", "Recipe", "UnlearningMethod", "get_method", "register"]

@@ -26,8 +26,12 @@ from unpact_mech.scoring.logprob import token_logprobs
 from unpact_mech.unlearning import losses
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from unpact_mech.models.hooked import HookedLM
+    from unpact_mech.models.hooks import Intervention
     from unpact_mech.unlearning.batches import StepBatch, UnlearningSet
+    from unpact_mech.unlearning.targets import TrainTarget
 
 #: Hyperparameter names, their symbols and meaning (shared by all methods, the CLI and the docs).
 HYPERPARAMETERS: dict[str, str] = {
@@ -37,6 +41,10 @@ HYPERPARAMETERS: dict[str, str] = {
     "c": "c: RMU steering coefficient (norm of the control vector c·u)",
     "layer": "ℓ: RMU layer (its resid_post is steered; MLPs of ℓ-2..ℓ are trained)",
     "scale": "s: task-vector scale (θ − s·(θ_ft − θ))",
+    "prompt_attacks": "w_p: keyguard weight of the misdirection on forget prompts rewritten by keyword emphasis",
+    "activation_attacks": "w_a: keyguard weight of the misdirection with the original's activations patched in at KeyTokens",
+    "keyword_weight": "w_k: keyguard extra weight of the forget term at the original's KeyToken positions",
+    "retain_attacks": "w_r: keyguard weight of the retain term on retain prompts rewritten the same way",
 }
 
 
@@ -131,6 +139,15 @@ class UnlearningMethod:
     def cache_hooks(self, model: "HookedLM") -> list[str]:
         """Hook names whose activations the policy forward must record (with grad)."""
         return []
+
+    def extra_targets(self, seed: int, slot: int, batch_size: int) -> "Sequence[TrainTarget]":
+        """Rows appended to micro-batch ``slot`` after the forget and retain rows (a pure function of the arguments,
+        so resumed and multi-process runs draw the same rows). Default: none."""
+        return ()
+
+    def interventions(self, model: "HookedLM", batch: "StepBatch") -> "Sequence[Intervention]":
+        """Interventions active in the policy forward of ``batch`` (default: none)."""
+        return ()
 
     def setup(self, model: "HookedLM", data: "UnlearningSet", *, seed: int, batch_size: int = 16) -> None:
         """Prepare reference quantities from the model BEFORE any update (runs again, on the base, when resuming)."""

@@ -1,0 +1,399 @@
+"""Beyond the paper — keyguard vs the unlearning baselines at matched retain accuracy, under the full recovery suite.
+
+Per variant (each baseline method, ``keyguard``, and with ``--ablations`` keyguard without one ingredient at a time):
+
+1. unlearn a fresh copy for a horizon of ``ceil(--horizon × recipe steps)`` steps, evaluating every ``--eval-every``
+   steps (greedy answer + contains judge on all items) -> checkpoints (step, forget accuracy, retain accuracy);
+2. the TARGET retain accuracy R* = the highest retain accuracy of any baseline checkpoint whose forget accuracy is
+   <= 0.15 (if none, the retain accuracy of the baseline checkpoint with the lowest forget accuracy);
+3. the MATCHED checkpoint = the checkpoint (step >= 1) with the lowest forget accuracy whose retain accuracy is >=
+   R* - 0.02 (ties: higher retain, then the earlier step); the model is re-trained to that step (same seed, constant
+   lr: the same weights, checked against the recorded accuracies);
+4. the full recovery suite on it (every prompt strategy and activation intervention, with controls; keywords = the
+   original's KeyTokens) -> worst-case recovery rate = the highest recovery rate over all conditions.
+
+Generalisation: keyguard's hyperparameters were chosen on the TUNING half of the forget items (a fixed seeded
+split, listed in summary.json); the table also reports the worst case on the HELD-OUT half alone, and over the
+held-out attacks (every condition keyguard does not train on).
+
+``--merge DIR`` adds the variants of an earlier run of this script (same model, data and seed) to the table, so the
+baselines and keyguard can run separately. Outputs: table.csv (one row per variant), checkpoints.csv, rates.csv
+(variant x condition, all / tuning / held-out items), variants.csv (every column),
+recovery/<variant>/ (the ``unpact recover`` files),
+tradeoff.png (retain accuracy vs worst-case recovery) and checkpoints.png (forget vs retain accuracy per step).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from _common import BATCH_SIZE, MAX_NEW_TOKENS, Context, Study, StudyResult, main, positive_int
+from finding2_keyword_recovery import recovery_config, write_method
+
+# keyguard's ingredients (the ablation sets one to 0 at a time) and the suite's conditions it trains against
+from unpact_mech.unlearning.methods.keyguard import INGREDIENTS, TRAINED_CONDITIONS
+
+if TYPE_CHECKING:
+    from unpact_mech.recovery.run import RecoveryResult
+
+BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu")
+NEW_METHODS = ("keyguard",)
+FORGET_BOUND = 0.15
+RETAIN_TOLERANCE = 0.02
+#: The tuning / held-out split of the forget items is fixed (independent of --seed).
+SPLIT_SEED = 0
+#: Per-model overrides for the representation methods (the tiny 2-layer model has no layer 7; measured in the
+#: unit tests' TINY_RUNS). Other methods use the demo's per-model recipe overrides.
+REPRESENTATION_OVERRIDES = {"tiny": {"lr": 1e-2, "hyperparameters": {"layer": 1, "c": 20.0, "alpha": 1.0}}}
+
+
+#: The headline table (table.csv, printed); variants.csv has every column.
+HEADLINE = ["variant", "matched_step", "forget_accuracy", "retain_accuracy", "n_eligible", "worst_recovery_all",
+            "worst_condition_all", "worst_recovery_held_out", "worst_recovery_held_out_attacks", "worst_recovery_any",
+            "worst_condition_any", "destructive_rate"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method with hyperparameter overrides (an ablation of keyguard is one with an ingredient at 0)."""
+
+    name: str
+    method: str
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method in BASELINES
+
+
+def variants(methods: Sequence[str], ablations: bool) -> list[Variant]:
+    out = [Variant(m, m) for m in methods]
+    if ablations and "keyguard" in methods:
+        out += [Variant(f"keyguard-no_{ing}", "keyguard", {ing: 0.0}) for ing in INGREDIENTS]
+    return out
+
+
+def tuning_split(forget_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(tuning, held_out)``: a fixed seeded half of the forget ids (sorted first, so order does not matter)."""
+    ids = sorted(forget_ids)
+    random.Random(SPLIT_SEED).shuffle(ids)
+    half = (len(ids) + 1) // 2
+    return sorted(ids[:half]), sorted(ids[half:])
+
+
+# -- matched retain accuracy (pure functions of the checkpoint table) ---------------------------------------------
+def target_retain(checkpoints: pd.DataFrame, forget_bound: float = FORGET_BOUND) -> dict[str, Any]:
+    """R*: the highest retain accuracy of a BASELINE checkpoint (step >= 1) with forget accuracy <= ``forget_bound``;
+    if none, the retain accuracy of the baseline checkpoint with the lowest forget accuracy (then highest retain).
+
+    ``checkpoints``: ``variant, baseline, step, forget_accuracy, retain_accuracy``."""
+    base = checkpoints[checkpoints["baseline"].astype(bool) & (checkpoints["step"] >= 1)]
+    if base.empty:
+        raise ValueError("no baseline checkpoints: run at least one baseline method (or --merge a run with them)")
+    ok = base[base["forget_accuracy"] <= forget_bound + 1e-12]
+    if len(ok):
+        best = ok.sort_values(["retain_accuracy", "forget_accuracy", "step"], ascending=[False, True, True]).iloc[0]
+        rule = f"highest retain accuracy among baseline checkpoints with forget accuracy <= {forget_bound:g}"
+    else:
+        best = base.sort_values(["forget_accuracy", "retain_accuracy", "step"], ascending=[True, False, True]).iloc[0]
+        rule = f"no baseline checkpoint reaches forget accuracy <= {forget_bound:g}: the lowest-forget baseline checkpoint"
+    return {"target_retain": float(best["retain_accuracy"]), "target_variant": str(best["variant"]),
+            "target_step": int(best["step"]), "target_forget": float(best["forget_accuracy"]), "target_rule": rule}
+
+
+def matched_checkpoint(checkpoints: pd.DataFrame, target: float, tolerance: float = RETAIN_TOLERANCE) -> pd.Series | None:
+    """The checkpoint (step >= 1) with the lowest forget accuracy whose retain accuracy is >= target - tolerance
+    (ties: higher retain accuracy, then the earlier step); None if no checkpoint qualifies."""
+    ok = checkpoints[(checkpoints["step"] >= 1) & (checkpoints["retain_accuracy"] >= target - tolerance - 1e-12)]
+    if ok.empty:
+        return None
+    return ok.sort_values(["forget_accuracy", "retain_accuracy", "step"], ascending=[True, False, True]).iloc[0]
+
+
+def condition_rates(per_item: pd.DataFrame, eligible: Sequence[str], subsets: dict[str, Sequence[str]]) -> pd.DataFrame:
+    """Recovery rate per condition on the eligible items of each subset: ``condition, kind, subset, n, recovery_rate``.
+
+    ``per_item``: :attr:`RecoveryResult.per_item` (rows of the unlearned model under keyword emphasis are used)."""
+    emph = per_item[(per_item["model"] == "unlearned") & per_item["emphasis"].isin(["keywords", "random"])
+                    & per_item["kind"].isin(["strategy", "intervention"])]
+    rows = []
+    for subset, ids in subsets.items():
+        keep = sorted(set(eligible) & set(ids))
+        part = emph[emph["item_id"].isin(keep)]
+        for (kind, condition, emphasis), g in part.groupby(["kind", "condition", "emphasis"], sort=False):
+            rows.append({"condition": condition, "kind": kind, "emphasis": emphasis, "subset": subset, "n": len(keep),
+                         "recovery_rate": float(g["correct"].astype(bool).mean()) if len(keep) else float("nan")})
+    return pd.DataFrame(rows, columns=["condition", "kind", "emphasis", "subset", "n", "recovery_rate"])
+
+
+def worst_case(rates: pd.DataFrame, subset: str, conditions: Sequence[str] | None = None,
+               emphasis: Sequence[str] = ("keywords",)) -> tuple[float, str]:
+    """``(max recovery rate, its condition)`` over the conditions of ``subset`` with the given ``emphasis`` (keyword
+    emphasis by default; add ``random`` for the random-word controls), optionally only ``conditions`` (base names)."""
+    part = rates[(rates["subset"] == subset) & rates["recovery_rate"].notna() & rates["emphasis"].isin(emphasis)]
+    if conditions is not None:
+        part = part[part["condition"].isin(conditions)]
+    if part.empty:
+        return float("nan"), ""
+    best = part.sort_values("recovery_rate", ascending=False, kind="stable").iloc[0]
+    label = str(best["condition"]) + (" (random words)" if best["emphasis"] == "random" else "")
+    return float(best["recovery_rate"]), label
+
+
+# -- the study ----------------------------------------------------------------------------------------------------
+def add_options(p) -> None:
+    p.add_argument("--ablations", action="store_true",
+                   help="also run keyguard without each ingredient (" + ", ".join(INGREDIENTS) + ")")
+    p.add_argument("--horizon", type=float, default=1.5, metavar="F",
+                   help="train each variant for ceil(F x its recipe steps) steps (default: 1.5)")
+    p.add_argument("--eval-every", type=positive_int, default=1, metavar="N", help="checkpoint every N steps (default: 1)")
+    p.add_argument("--merge", nargs="+", default=[], metavar="DIR",
+                   help="add the variants of earlier runs of this script (same model, data, seed) to the table")
+    p.add_argument("--max-control-items", type=positive_int, default=16, metavar="N",
+                   help="items in the recovery suite's original-model and retain controls (default: 16)")
+
+
+def horizon_steps(method: str, factor: float) -> int:
+    from unpact_mech.errors import InputError
+    from unpact_mech.unlearning import METHODS
+
+    if not (factor >= 1.0 and math.isfinite(factor)):
+        raise InputError(f"--horizon must be a finite number >= 1, got {factor}")
+    return max(1, math.ceil(METHODS[method].recipe.steps * factor))
+
+
+def train(ctx: Context, v: Variant, steps: int, *, evaluate: bool, eval_every: int = 0):
+    """A fresh copy of the model unlearned with ``v`` for ``steps`` steps (the ``unlearn`` result and the model)."""
+    from unpact_mech.demo import MODEL_DEFAULTS
+    from unpact_mech.models import load_model
+    from unpact_mech.runtime import seed_everything
+    from unpact_mech.unlearning import unlearn
+
+    options = {k: x for k, x in MODEL_DEFAULTS.get(ctx.args.model, {}).get("train", {}).items() if k != "steps"}
+    hyperparameters = dict(v.hyperparameters)
+    if v.method in ("rmu", "keyguard") and ctx.args.model in REPRESENTATION_OVERRIDES:
+        override = REPRESENTATION_OVERRIDES[ctx.args.model]
+        options["lr"] = override["lr"]
+        hyperparameters = override["hyperparameters"] | hyperparameters
+    seed_everything(ctx.seed)
+    model = load_model(ctx.args.model, backend=ctx.args.backend)
+    result = unlearn(model, ctx.items, v.method, hyperparameters=hyperparameters, seed=ctx.seed, steps=steps,
+                     evaluate=evaluate, eval_every=eval_every, initial_evaluation=ctx.original_evaluation if evaluate else None,
+                     eval_batch_size=BATCH_SIZE, max_new_tokens=MAX_NEW_TOKENS, progress=ctx.progress,
+                     data_label=ctx.data, **options)
+    model.name = v.name
+    return model, result
+
+
+def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    from unpact_mech.errors import InputError
+    import json
+
+    tables, checkpoints, rates = [], [], []
+    for d in dirs:
+        path = Path(d)
+        try:
+            summary = json.loads((path / "summary.json").read_text())
+            full = path / "variants.csv"
+            tables.append(pd.read_csv(full if full.is_file() else path / "table.csv", keep_default_na=False, na_values=[""]))
+            checkpoints.append(pd.read_csv(path / "checkpoints.csv"))
+            rates.append(pd.read_csv(path / "rates.csv"))
+        except (OSError, ValueError) as err:
+            raise InputError(f"--merge {d}: not a run of keyword_aware_unlearning ({err})") from None
+        if summary.get("study") != "keyword_aware_unlearning":
+            raise InputError(f"--merge {d}: a run of {summary.get('study')!r}, not keyword_aware_unlearning")
+        for key, mine in (("model", ctx.args.model), ("data", ctx.data), ("seed", ctx.seed)):
+            if summary.get(key) != mine:
+                raise InputError(f"--merge {d}: {key} {summary.get(key)!r} differs from this run's {mine!r}")
+    if not tables:
+        return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
+    return pd.concat(tables, ignore_index=True), pd.concat(checkpoints, ignore_index=True), pd.concat(rates, ignore_index=True)
+
+
+def run(ctx: Context) -> StudyResult:
+    from tqdm.auto import tqdm
+
+    from unpact_mech.errors import InputError
+    from unpact_mech.io import atomic_write_text
+    from unpact_mech.recovery import run_recovery
+    from unpact_mech.recovery.outputs import long_results
+
+    todo = variants(ctx.methods, ctx.args.ablations)
+    merged_table, merged_ckpt, merged_rates = load_merged(ctx.args.merge, ctx)
+    clash = sorted(set(merged_table.get("variant", [])) & {v.name for v in todo})
+    if clash:
+        raise InputError(f"--merge: variant(s) {', '.join(clash)} are in a merged run and in --methods")
+    steps = {v.name: horizon_steps(v.method, ctx.args.horizon) for v in todo}
+
+    # 1. checkpoints of every variant
+    rows = []
+    for v in tqdm(todo, desc="checkpoints", disable=not ctx.progress):
+        model, result = train(ctx, v, steps[v.name], evaluate=True, eval_every=ctx.args.eval_every)
+        dyn = result.dynamics_table()
+        rows += [{"variant": v.name, "method": v.method, "baseline": v.is_baseline, "step": int(r.step),
+                  "forget_accuracy": float(r.forget_accuracy), "retain_accuracy": float(r.retain_accuracy)}
+                 for r in dyn.itertuples()]
+        ctx.lineages[v.name] = list(model.lineage)
+        del model
+    checkpoints = pd.concat([merged_ckpt, pd.DataFrame(rows)], ignore_index=True)
+
+    # 2./3. the target retain accuracy and each variant's matched checkpoint
+    target = target_retain(checkpoints)
+    if len(merged_table) and not np.isclose(merged_table["target_retain"], target["target_retain"]).all():
+        raise InputError("--merge: the merged run matched another target retain accuracy "
+                         f"({merged_table['target_retain'].iloc[0]:.3f} vs {target['target_retain']:.3f}); rerun it")
+
+    # 4. the recovery suite on each matched checkpoint
+    keywords = ctx.keytokens(ctx.items, ctx.attribute(ctx.original, ctx.items, "original"))
+    rcfg = recovery_config(ctx)
+    forget_ids = [it.id for it in ctx.split("forget")]
+    tuning, held_out = tuning_split(forget_ids)
+    subsets = {"all": forget_ids, "tuning": tuning, "held_out": held_out}
+    table_rows, rate_frames, long = [], [], []
+    for v in tqdm(todo, desc="recovery", disable=not ctx.progress):
+        mine = checkpoints[checkpoints["variant"] == v.name]
+        chosen = matched_checkpoint(mine, target["target_retain"])
+        row: dict[str, Any] = {"variant": v.name, "method": v.method, "baseline": v.is_baseline,
+                               "hyperparameters": " ".join(f"{k}={x:g}" for k, x in v.hyperparameters.items()),
+                               "horizon_steps": steps[v.name], **target}
+        if chosen is None:
+            table_rows.append(row | {"matched_step": None})
+            continue
+        model, _ = train(ctx, v, int(chosen["step"]), evaluate=False)
+        rec = run_recovery(ctx.original, model, ctx.items, rcfg, keywords=keywords,
+                           original_baseline=ctx.original_evaluation, progress=ctx.progress)
+        write_method(ctx, v.name, model, rec, rcfg)
+        rates = condition_rates(rec.per_item, rec.eligible_ids, subsets).assign(variant=v.name)
+        rate_frames.append(rates)
+        long.append(long_results(rec).assign(method=v.method, variant=v.name))
+        table_rows.append(row | summarise(chosen, rec))
+        del model
+
+    rates = pd.concat([merged_rates, *rate_frames], ignore_index=True)
+    table = pd.concat([merged_table, pd.DataFrame(table_rows)], ignore_index=True)
+    worst = pd.DataFrame([{"variant": name, **worst_columns(g)} for name, g in rates.groupby("variant", sort=False)])
+    table = table[[c for c in table.columns if not c.startswith(("worst_", "n_eligible_"))]]
+    if len(worst):
+        table = table.merge(worst, on="variant", how="left")
+    table["hyperparameters"] = table["hyperparameters"].fillna("")
+    atomic_write_text(ctx.out / "variants.csv", table.to_csv(index=False))
+    atomic_write_text(ctx.out / "checkpoints.csv", checkpoints.to_csv(index=False))
+    atomic_write_text(ctx.out / "rates.csv", rates.to_csv(index=False))
+    plot_tradeoff(table, target, ctx.out / "tradeoff.png")
+    plot_checkpoints(checkpoints, table, target, ctx.out / "checkpoints.png")
+    results = pd.concat(long, ignore_index=True) if long else pd.DataFrame(columns=["item_id", "split", "metric", "value"])
+    summary = {"target": target, "forget_bound": FORGET_BOUND, "retain_tolerance": RETAIN_TOLERANCE,
+               "tuning_items": tuning, "held_out_items": held_out, "trained_conditions": list(TRAINED_CONDITIONS),
+               "merged": list(ctx.args.merge), "goal": goal(table)}
+    return StudyResult(table.reindex(columns=HEADLINE), results, summary)
+
+
+def summarise(chosen: pd.Series, rec: "RecoveryResult") -> dict[str, Any]:
+    """The matched checkpoint's part of a table row: its accuracies (recorded and re-trained), eligibility, damage."""
+    return {
+        "matched_step": int(chosen["step"]),
+        "forget_accuracy": float(chosen["forget_accuracy"]), "retain_accuracy": float(chosen["retain_accuracy"]),
+        "forget_accuracy_retrained": rec.summary["unlearned_forget_accuracy"],
+        "retain_accuracy_retrained": rec.summary.get("unlearned_retain_accuracy"),
+        "n_eligible": rec.summary["n_eligible"], "destructive_rate": rec.summary.get("destructive_rate"),
+    }
+
+
+def worst_columns(rates: pd.DataFrame) -> dict[str, Any]:
+    """The worst cases of one variant's ``rates``: over all conditions on all / tuning / held-out eligible items,
+    over the held-out attacks (conditions keyguard does not train on), and over keyword AND random-word emphasis."""
+    row: dict[str, Any] = {}
+    for subset in ("all", "tuning", "held_out"):
+        row[f"worst_recovery_{subset}"], row[f"worst_condition_{subset}"] = worst_case(rates, subset)
+    held_out_attacks = [c for c in rates["condition"].unique() if c.split("[")[0] not in TRAINED_CONDITIONS]
+    row["worst_recovery_held_out_attacks"], row["worst_condition_held_out_attacks"] = worst_case(rates, "all", held_out_attacks)
+    row["worst_recovery_any"], row["worst_condition_any"] = worst_case(rates, "all", emphasis=("keywords", "random"))
+    for subset in ("tuning", "held_out"):
+        n = rates.loc[rates["subset"] == subset, "n"]
+        row[f"n_eligible_{subset}"] = int(n.max()) if len(n) else 0
+    return row
+
+
+def goal(table: pd.DataFrame) -> dict[str, Any]:
+    """The issue's goal for keyguard: worst-case recovery <= 0.10, forget accuracy <= 0.15, retain >= the target."""
+    kg = table[table["variant"] == "keyguard"]
+    if kg.empty or pd.isna(kg.iloc[0].get("matched_step")):
+        return {"evaluated": False}
+    r = kg.iloc[0]
+    checks = {"worst_recovery_le_0.10": bool(r["worst_recovery_all"] <= 0.10 + 1e-12),
+              "forget_le_0.15": bool(r["forget_accuracy"] <= FORGET_BOUND + 1e-12),
+              "retain_ge_target": bool(r["retain_accuracy"] >= r["target_retain"] - 1e-12)}
+    return {"evaluated": True, **checks, "met": all(checks.values()), "worst_recovery": float(r["worst_recovery_all"]),
+            "worst_condition": r["worst_condition_all"], "forget_accuracy": float(r["forget_accuracy"]),
+            "retain_accuracy": float(r["retain_accuracy"]), "target_retain": float(r["target_retain"])}
+
+
+# -- plots ----------------------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_tradeoff(table: pd.DataFrame, target: dict[str, Any], path: Path) -> None:
+    """Retain accuracy (x) vs worst-case recovery rate (y) at each variant's matched checkpoint."""
+    from unpact_mech.report.plots import save_figure
+
+    plt = _plt()
+    done = table[table["matched_step"].notna()] if "matched_step" in table else table.iloc[:0]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for r in done.itertuples():
+        colour = "tab:gray" if r.baseline else ("tab:red" if r.variant == "keyguard" else "tab:orange")
+        ax.scatter(r.retain_accuracy, r.worst_recovery_all, s=20 + 160 * (1 - r.forget_accuracy), color=colour, alpha=0.8)
+        ax.annotate(f"{r.variant} (f={r.forget_accuracy:.2f})", (r.retain_accuracy, r.worst_recovery_all), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.axvline(target["target_retain"] - RETAIN_TOLERANCE, color="k", ls=":", lw=0.8, label="matched retain (R* - 0.02)")
+    ax.axhline(0.10, color="tab:red", ls="--", lw=0.8, label="goal: worst-case recovery 0.10")
+    ax.set_xlabel("retain accuracy at the matched checkpoint")
+    ax.set_ylabel("worst-case recovery rate (eligible forget items)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Recovery suite at matched retain accuracy (marker size ~ 1 - forget accuracy)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_checkpoints(checkpoints: pd.DataFrame, table: pd.DataFrame, target: dict[str, Any], path: Path) -> None:
+    """Forget vs retain accuracy of every checkpoint, one line per variant; the matched checkpoints circled."""
+    from unpact_mech.report.plots import save_figure
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for name, g in checkpoints.groupby("variant", sort=False):
+        g = g.sort_values("step")
+        ax.plot(g["retain_accuracy"], g["forget_accuracy"], marker=".", lw=1, label=name,
+                color=None if not str(name).startswith("keyguard") else ("tab:red" if name == "keyguard" else None))
+    if "matched_step" in table:
+        for r in table[table["matched_step"].notna()].itertuples():
+            ax.scatter(r.retain_accuracy, r.forget_accuracy, s=80, facecolors="none", edgecolors="k")
+    ax.axvline(target["target_retain"] - RETAIN_TOLERANCE, color="k", ls=":", lw=0.8)
+    ax.axhline(FORGET_BOUND, color="tab:red", ls="--", lw=0.8)
+    ax.set_xlabel("retain accuracy")
+    ax.set_ylabel("forget accuracy")
+    ax.set_title("Checkpoints (matched ones circled)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+STUDY = Study("keyword_aware_unlearning", __doc__, run, add_options, default_methods=BASELINES + NEW_METHODS,
+              uses_from_run=False)
+
+if __name__ == "__main__":
+    sys.exit(main(STUDY))

@@ -1,0 +1,185 @@
+"""``keyguard`` — RMU hardened against keyword emphasis: misdirect the forget items as the recovery attacks show them.
+
+Base: :class:`~unpact_mech.unlearning.methods.rmu.RMU` at layer ℓ (``h`` = ``blocks.ℓ.hook_resid_post``, ``c·u`` its
+control vector, ``M`` the question + answer positions of a row, ``mse(h, x) = (1/d)‖h − x‖²``). keyguard adds four
+terms, each with its own weight; at weight 0 a term is not computed at all (and its rows are not drawn), so with all
+four weights 0 keyguard IS RMU, numerically (tested)::
+
+    L = L_f + w_p·L_prompt + w_a·L_act + α·(L_r + w_r·L_rprompt)
+
+    L_f      = Σ_{b,t∈M} (1 + w_k·k[b,t])·mse(h[b,t], c·u) / Σ_{b,t∈M} (1 + w_k·k[b,t])      forget rows,
+               k[b,t] = 1 at the ORIGINAL model's KeyToken positions (attribution-weighted forgetting)
+    L_prompt = mean_{b,t∈M} mse(h[b,t], c·u)     forget items with the prompt rewritten (:data:`TRAIN_PROMPTS`)
+    L_act    = mean_{b,t∈M} mse(h[b,t], c·u)     forget items with the residual at their KeyToken positions patched
+               from the frozen original at layers 0..ℓ−1 (the recovery suite's ``patch`` emphasis, from its registry)
+    L_r      = RMU's retain term (h of retain rows kept at the frozen reference's)
+    L_rprompt= the same on retain items rewritten by :data:`TRAIN_PROMPTS` (emphasis must not mean "forget")
+
+Keywords: KeyTokens of word-level occlusion on the base model (α 0.5, β 3 — the recovery suite's default source),
+computed once in :meth:`setup`. Trained-against attacks: the suite's ``focus`` and ``uppercase`` rewrites, two
+rewrites that are not in the suite (:data:`TRAIN_PROMPTS`) and ``patch`` below layer ℓ; every other strategy and
+intervention of the suite is held out (:data:`TRAINED_CONDITIONS`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from torch import Tensor
+
+from unpact_mech.errors import InputError
+from unpact_mech.models.hooks import hook_name
+from unpact_mech.unlearning import losses
+from unpact_mech.recovery.interventions import InterventionSpec, build_factory, resolve
+from unpact_mech.recovery.strategies import PromptStrategy, get_strategy
+from unpact_mech.unlearning.adversarial import KINDS, AttackPool, build_attack_pool, source
+from unpact_mech.unlearning.batches import sample_indices
+from unpact_mech.unlearning.methods.base import PolicyOutput, Recipe
+from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.rmu import RMU
+
+if TYPE_CHECKING:
+    from unpact_mech.models.hooked import HookedLM
+    from unpact_mech.models.hooks import Intervention
+    from unpact_mech.unlearning.batches import StepBatch, UnlearningSet
+    from unpact_mech.unlearning.targets import TrainTarget
+
+#: Prompt rewrites keyguard trains on: two of the recovery suite's strategies and two rewrites that are not in it.
+TRAIN_PROMPTS: tuple[PromptStrategy, ...] = (
+    get_strategy("focus"),
+    get_strategy("uppercase"),
+    PromptStrategy("train_instruction", "Please answer this question: {question}", get_strategy("neutral").rewrite_fn,
+                   "training only: a generic instruction", uses_keywords=False),
+    PromptStrategy("train_suffix", "{question} Think about {keywords}.", get_strategy("focus").rewrite_fn,
+                   "training only: keywords named after the question"),
+)
+#: The recovery suite's conditions keyguard trains against (everything else in the suite is a held-out attack).
+TRAINED_CONDITIONS: tuple[str, ...] = ("focus", "uppercase", "patch")
+#: keyguard's ingredients: the weights of its four extra terms (all 0 = RMU).
+INGREDIENTS = ("prompt_attacks", "activation_attacks", "keyword_weight", "retain_attacks")
+#: Hyperparameter (weight) that switches each kind of attack row on.
+KIND_WEIGHTS = {"prompt": "prompt_attacks", "activation": "activation_attacks", "retain_prompt": "retain_attacks"}
+#: Random-sample streams of the attack rows (the loop uses 0 for forget and 1 for retain items).
+STREAMS = {kind: 10 + i for i, kind in enumerate(KINDS)}
+
+
+@register
+class KeyGuard(RMU):
+    name = "keyguard"
+    summary = ("RMU + misdirection under keyword emphasis: rewritten prompts, scaled keyword activations, "
+               "KeyToken-weighted forget positions, retain anchored under the same rewrites")
+    hyperparameters = {"layer": 7, "c": 100.0, "alpha": 100.0, "prompt_attacks": 1.0, "activation_attacks": 1.0,
+                       "keyword_weight": 1.0, "retain_attacks": 1.0}
+    recipe = Recipe(lr=1e-3, steps=6)
+    pool: AttackPool | None = None
+    attack: InterventionSpec | None = None
+    forget_ids: tuple[str, ...] = ()
+
+    def check_hyperparameters(self) -> None:
+        super().check_hyperparameters()
+        for key in INGREDIENTS:
+            if self.hp[key] < 0:
+                raise InputError(f"method keyguard: {key} must be >= 0, got {self.hp[key]}")
+
+    def active(self, kind: str) -> bool:
+        """Whether attack rows of ``kind`` are drawn (their weight is > 0; retain rows also need α > 0)."""
+        return self.hp[KIND_WEIGHTS[kind]] > 0 and (kind != "retain_prompt" or self.needs_retain)
+
+    @property
+    def needs_keywords(self) -> bool:
+        return self.hp["keyword_weight"] > 0 or any(self.active(k) for k in KINDS)
+
+    # -- setup: KeyTokens of the base model and the attack rows -----------------------------------------------------
+    def setup(self, model: "HookedLM", data: "UnlearningSet", *, seed: int, batch_size: int = 16) -> None:
+        super().setup(model, data, seed=seed, batch_size=batch_size)
+        self.pool, self.forget_ids = None, tuple(t.item_id for t in data.forget)
+        if not self.needs_keywords:
+            return
+        from unpact_mech.recovery.keywords import select_keywords
+        from unpact_mech.scoring.tokens import encode_items
+
+        items = list(data.forget_items) + list(data.retain_items)
+        targets = list(data.forget) + list(data.retain)
+        # the recovery suite's keywords: KeyTokens of the gold answer right after the plain prompt
+        keywords = select_keywords("attribution", model, items, encode_items(model, items), batch_size=batch_size)
+        triples = list(zip(items, targets, keywords))
+        n = len(data.forget)
+        self.pool = build_attack_pool(model, triples[:n], triples[n:], TRAIN_PROMPTS)
+        if self.active("activation"):
+            if self.reference is None:  # RMU builds it for the retain term; patching needs it too
+                self.reference = model.reference_copy()
+                self.reference.hf.to(model.device)
+            self.attack = resolve(InterventionSpec("patch", layers=tuple(range(self.layer))), model)
+
+    def teardown(self) -> None:
+        self.pool = None
+        super().teardown()
+
+    # -- the loop's seams: extra rows and interventions -------------------------------------------------------------
+    def extra_targets(self, seed: int, slot: int, batch_size: int) -> Sequence["TrainTarget"]:
+        """``batch_size`` rows of every active kind, drawn like the loop draws forget rows (shuffled epochs)."""
+        if self.pool is None:
+            return ()
+        rows: list["TrainTarget"] = []
+        for kind in KINDS:
+            pool = self.pool.rows[kind]
+            if self.active(kind) and pool:
+                n = min(batch_size, len(pool))
+                rows += [pool[i] for i in sample_indices(len(pool), seed, STREAMS[kind], slot * n, n)]
+        return rows
+
+    def rows_of(self, batch: "StepBatch", kind: str) -> list[int]:
+        """Batch row indices of the extra rows of ``kind``."""
+        start = batch.extra_rows.start
+        return [start + j for j, t in enumerate(batch.extra) if t.source == source(kind)]
+
+    def keyword_mask(self, batch: "StepBatch", rows: Sequence[int], item_ids: Sequence[str]) -> Tensor:
+        """(B, T) bool: the KeyToken positions of ``item_ids`` on batch ``rows`` (plain prompts only)."""
+        assert self.pool is not None
+        mask = torch.zeros(batch.tf.input_ids.shape, dtype=torch.bool)
+        for row, item_id in zip(rows, item_ids):
+            mask[row, list(self.pool.keyword_positions.get(item_id, ()))] = True
+        return mask.to(batch.tf.input_ids.device)
+
+    def interventions(self, model: "HookedLM", batch: "StepBatch") -> Sequence["Intervention"]:
+        """The recovery registry's ``patch`` at the KeyToken positions of the activation rows (layers 0..ℓ−1, from
+        the frozen original); the other rows are untouched."""
+        rows = self.rows_of(batch, "activation") if self.active("activation") else []
+        if not rows or self.attack is None or self.pool is None:
+            return ()
+        positions: list[tuple[int, ...]] = [()] * batch.tf.input_ids.shape[0]
+        for r in rows:
+            positions[r] = self.pool.keyword_positions.get(batch.extra[r - batch.extra_rows.start].item_id, ())
+        return build_factory(self.attack, positions, source=self.reference)(batch.tf.layout)
+
+    # -- the objective ----------------------------------------------------------------------------------------------
+    def forget_loss(self, out: PolicyOutput) -> Tensor:
+        assert self.control is not None, "setup() was not called"
+        b = out.batch
+        h = out.cache[hook_name(self.layer, "hook_resid_post")]
+        w_k = self.hp["keyword_weight"]
+        if w_k > 0:
+            rows = list(range(b.n_forget))
+            kw = self.keyword_mask(b, rows, [self.forget_ids[i] for i in b.forget_index])
+            f = b.forget_rows
+            loss = losses.weighted_rmu_forget(h[f], b.region[f], 1.0 + w_k * kw[f].float(), self.control)
+        else:
+            loss = super().forget_loss(out)
+        for kind in ("prompt", "activation"):
+            rows = self.rows_of(b, kind) if self.active(kind) else []
+            if rows:
+                loss = loss + self.hp[KIND_WEIGHTS[kind]] * losses.rmu_forget(h[rows], b.region[rows], self.control)
+        return loss
+
+    def retain_loss(self, out: PolicyOutput) -> Tensor:
+        loss = super().retain_loss(out)
+        rows = self.rows_of(out.batch, "retain_prompt") if self.active("retain_prompt") else []
+        if rows:
+            b, hook = out.batch, hook_name(self.layer, "hook_resid_post")
+            assert self.reference is not None
+            with torch.no_grad():
+                h_ref = self.reference.forward(b.tf.input_ids[rows], cache=[hook], logits_to_keep=1).cache[hook]
+            loss = loss + self.hp["retain_attacks"] * losses.rmu_retain(out.cache[hook][rows], h_ref, b.region[rows])
+        return loss
+
