@@ -68,6 +68,7 @@ class Study:
     first_method_only: bool = False  # only the first of --methods is used (loaded / trained)
     default_methods: tuple[str, ...] = DEFAULT_METHODS
     uses_from_run: bool = True  # False: the study trains its own models (--from-run is refused)
+    methods_optional: bool = False  # True: --methods may be empty (the study has other inputs, e.g. merged runs)
 
 
 # -- arguments ---------------------------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", metavar="SPEC",
                    help="smollm2 (default), tiny, or a local HF model directory")
-    p.add_argument("--methods", nargs="+", default=list(study.default_methods), metavar="METHOD",
+    p.add_argument("--methods", nargs="*" if study.methods_optional else "+", default=list(study.default_methods), metavar="METHOD",
                    help=f"unlearning methods (default: {' '.join(study.default_methods)})")
     p.add_argument("--from-run", default=None, metavar="DIR",
                    help="reuse the unlearned models DIR/unlearned/<method>/ of an earlier `unpact demo` run "

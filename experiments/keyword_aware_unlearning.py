@@ -52,7 +52,10 @@ RETAIN_TOLERANCE = 0.02
 SPLIT_SEED = 0
 #: Per-model overrides for the representation methods (the tiny 2-layer model has no layer 7; measured in the
 #: unit tests' TINY_RUNS). Other methods use the demo's per-model recipe overrides.
-REPRESENTATION_OVERRIDES = {"tiny": {"lr": 1e-2, "hyperparameters": {"layer": 1, "c": 20.0, "alpha": 1.0}}}
+REPRESENTATION_OVERRIDES = {"tiny": {
+    "rmu": {"lr": 1e-2, "hyperparameters": {"layer": 1, "c": 20.0, "alpha": 1.0}},
+    "keyguard": {"lr": 1e-2, "hyperparameters": {"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0}},
+}}
 
 
 #: The headline table (table.csv, printed); variants.csv has every column.
@@ -157,6 +160,9 @@ def add_options(p) -> None:
     p.add_argument("--eval-every", type=positive_int, default=1, metavar="N", help="checkpoint every N steps (default: 1)")
     p.add_argument("--merge", nargs="+", default=[], metavar="DIR",
                    help="add the variants of earlier runs of this script (same model, data, seed) to the table")
+    p.add_argument("--target-retain", type=float, default=None, metavar="R",
+                   help="match every variant to this retain accuracy instead of the best baseline's (e.g. the R* of a "
+                   "baselines run still in progress; --merge then checks that the runs agree)")
     p.add_argument("--max-control-items", type=positive_int, default=16, metavar="N",
                    help="items in the recovery suite's original-model and retain controls (default: 16)")
 
@@ -179,8 +185,8 @@ def train(ctx: Context, v: Variant, steps: int, *, evaluate: bool, eval_every: i
 
     options = {k: x for k, x in MODEL_DEFAULTS.get(ctx.args.model, {}).get("train", {}).items() if k != "steps"}
     hyperparameters = dict(v.hyperparameters)
-    if v.method in ("rmu", "keyguard") and ctx.args.model in REPRESENTATION_OVERRIDES:
-        override = REPRESENTATION_OVERRIDES[ctx.args.model]
+    override = REPRESENTATION_OVERRIDES.get(ctx.args.model, {}).get(v.method)
+    if override:
         options["lr"] = override["lr"]
         hyperparameters = override["hyperparameters"] | hyperparameters
     seed_everything(ctx.seed)
@@ -227,6 +233,11 @@ def run(ctx: Context) -> StudyResult:
     from unpact_mech.recovery.outputs import long_results
 
     todo = variants(ctx.methods, ctx.args.ablations)
+    if not todo and not ctx.args.merge:
+        raise InputError("--methods: give at least one method (or only --merge earlier runs to combine them)")
+    fixed = ctx.args.target_retain
+    if fixed is not None and not 0.0 <= fixed <= 1.0:
+        raise InputError(f"--target-retain must be in [0, 1], got {fixed}")
     merged_table, merged_ckpt, merged_rates = load_merged(ctx.args.merge, ctx)
     clash = sorted(set(merged_table.get("variant", [])) & {v.name for v in todo})
     if clash:
@@ -246,13 +257,17 @@ def run(ctx: Context) -> StudyResult:
     checkpoints = pd.concat([merged_ckpt, pd.DataFrame(rows)], ignore_index=True)
 
     # 2./3. the target retain accuracy and each variant's matched checkpoint
-    target = target_retain(checkpoints)
+    if fixed is not None:
+        target = {"target_retain": float(fixed), "target_variant": "", "target_step": -1, "target_forget": float("nan"),
+                  "target_rule": "given by --target-retain"}
+    else:
+        target = target_retain(checkpoints)
     if len(merged_table) and not np.isclose(merged_table["target_retain"], target["target_retain"]).all():
         raise InputError("--merge: the merged run matched another target retain accuracy "
                          f"({merged_table['target_retain'].iloc[0]:.3f} vs {target['target_retain']:.3f}); rerun it")
 
     # 4. the recovery suite on each matched checkpoint
-    keywords = ctx.keytokens(ctx.items, ctx.attribute(ctx.original, ctx.items, "original"))
+    keywords = ctx.keytokens(ctx.items, ctx.attribute(ctx.original, ctx.items, "original")) if todo else []
     rcfg = recovery_config(ctx)
     forget_ids = [it.id for it in ctx.split("forget")]
     tuning, held_out = tuning_split(forget_ids)
@@ -393,7 +408,7 @@ def plot_checkpoints(checkpoints: pd.DataFrame, table: pd.DataFrame, target: dic
 
 
 STUDY = Study("keyword_aware_unlearning", __doc__, run, add_options, default_methods=BASELINES + NEW_METHODS,
-              uses_from_run=False)
+              uses_from_run=False, methods_optional=True)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

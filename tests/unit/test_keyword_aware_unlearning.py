@@ -69,16 +69,21 @@ def test_worst_case_over_conditions(kau):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """Baselines in one run; keyguard + ablations in another, matched to the baselines' R* given by --target-retain;
+    then the two combined by --merge alone (no --methods)."""
     base = tmp_path_factory.mktemp("kau") / "baselines"
     assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "ga", "rmu", "--out", base) == 0
-    new = base.parent / "keyguard"
-    assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "keyguard", "--ablations", "--merge", base,
-                      "--out", new) == 0
-    return base, new
+    target = json.loads((base / "summary.json").read_text())["target"]["target_retain"]
+    kg = base.parent / "keyguard"
+    assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "keyguard", "--ablations",
+                      "--target-retain", str(target), "--out", kg) == 0
+    new = base.parent / "combined"
+    assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "--merge", base, kg, "--out", new) == 0
+    return base, kg, new
 
 
 def test_the_script_on_tiny(runs, kau):
-    base, new = runs
+    base, kg, new = runs
     for rel in ("run.json", "results.csv", "summary.json", "table.csv", "variants.csv", "checkpoints.csv", "rates.csv",
                 "tradeoff.png", "checkpoints.png"):
         assert (new / rel).is_file(), rel
@@ -101,14 +106,19 @@ def test_the_script_on_tiny(runs, kau):
     assert summary["target"]["target_retain"] == target and summary["goal"]["evaluated"] in (True, False)
     assert set(summary["tuning_items"]).isdisjoint(summary["held_out_items"])
     for v in done["variant"]:  # merged variants keep their recovery files in their own run
-        assert (((base if v in ("ga", "rmu") else new)) / "recovery" / v / "rates.csv").is_file()
+        assert ((base if v in ("ga", "rmu") else kg) / "recovery" / v / "rates.csv").is_file()
     run = json.loads((new / "run.json").read_text())
-    assert run["config"]["merge"] == [str(base)]
+    assert run["config"]["merge"] == [str(base), str(kg)]
+    # the combined table equals its parts (worst cases recomputed from the merged rates)
+    parts = pd.concat([pd.read_csv(base / "variants.csv"), pd.read_csv(kg / "variants.csv")], ignore_index=True)
+    pd.testing.assert_series_equal(parts["worst_recovery_all"], table["worst_recovery_all"])
 
 
 def test_from_run_and_clashing_merge_are_refused(runs, tmp_path, capsys):
-    base, _ = runs
+    base, kg, _ = runs
     for argv, message in (
+        (["--methods"], "at least one method"),
+        (["--methods", "rmu", "--target-retain", "1.5"], "--target-retain"),
         (["--from-run", base], "--from-run"),
         (["--methods", "ga", "--merge", base], "variant(s) ga"),
         (["--methods", "rmu", "--merge", tmp_path], "--merge"),

@@ -11,7 +11,8 @@ from unpact_mech.commands.common import add_model_options, add_run_options, posi
 HELP = "unlearn the forget items (GA, NPO, SimNPO, RMU, task vector, ...); writes a loadable model directory"
 HP_FLAGS = {"alpha": "--alpha", "beta": "--beta", "gamma": "--gamma", "c": "--steering-coef", "layer": "--layer",
             "scale": "--scale", "prompt_attacks": "--prompt-attacks", "activation_attacks": "--activation-attacks",
-            "keyword_weight": "--keyword-weight", "retain_attacks": "--retain-attacks"}
+            "keyword_weight": "--keyword-weight", "retain_attacks": "--retain-attacks",
+            "late_weight": "--late-weight", "late_layer": "--late-layer"}
 
 
 def _epilog() -> str:
@@ -67,6 +68,8 @@ def add_parser(sub) -> None:
     h.add_argument("--activation-attacks", type=float, default=None, metavar="W", help="keyguard: w_a (original activations patched in at KeyTokens)")
     h.add_argument("--keyword-weight", type=float, default=None, metavar="W", help="keyguard: w_k (KeyToken positions)")
     h.add_argument("--retain-attacks", type=float, default=None, metavar="W", help="keyguard: w_r (rewritten retain prompts)")
+    h.add_argument("--late-weight", type=float, default=None, metavar="W", help="keyguard: w_l (misdirection at the late layer)")
+    h.add_argument("--late-layer", type=int, default=None, metavar="L", help="keyguard: ℓ', the late layer (negative = from the end)")
     d = p.add_argument_group("evaluation and checkpoints")
     d.add_argument("--eval-every", type=int, default=None,
                    help="also evaluate every N steps (default: at each checkpoint, else only before and after)")

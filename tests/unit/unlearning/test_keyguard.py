@@ -1,5 +1,6 @@
 """keyguard on the tiny model: it unlearns, each extra term is live, all extra weights 0 = RMU exactly, the attack
-rows are what the recovery suite would show, the activation attack is the registry's patch, determinism by seed."""
+rows are what the recovery suite would show, the activation attack is the registry's patch below the late layer,
+determinism by seed."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def run(model, items, hyperparameters=None, method="keyguard", **kw):
 
 def test_all_extra_weights_zero_is_rmu_numerically(synthetic_items):
     rmu_model, kg_model = load_model("tiny"), load_model("tiny")
-    rmu = run(rmu_model, synthetic_items, method="rmu")
+    rmu = run(rmu_model, synthetic_items, {"layer": 0}, method="rmu")
     kg = run(kg_model, synthetic_items, ZERO)
     assert_same_weights(weights(rmu_model), weights(kg_model))
     assert rmu.loss_table().drop(columns="seconds").equals(kg.loss_table().drop(columns="seconds"))
@@ -61,7 +62,7 @@ def test_same_seed_same_weights_other_seed_other_weights(synthetic_items):
 
 
 def _prepared(model, items, **hp):
-    method = get_method("keyguard", layer=1, c=20.0, alpha=1.0, **hp)
+    method = get_method("keyguard", **(TINY_RUNS["keyguard"]["hyperparameters"] | hp))
     data = UnlearningSet.from_items(model, items)
     method.setup(model, data, seed=0)
     return method, data
@@ -107,7 +108,7 @@ def test_activation_attack_patches_the_original_at_keyword_positions_below_layer
     batch = make_batch(data, [0, 1], [], model.pad_token_id, extra)
     hook = hook_name(0, "hook_resid_post")
     ivs = method.interventions(model, batch)
-    assert [iv.hook for iv in ivs] == [hook]  # layers 0..l-1 with l = 1
+    assert [iv.hook for iv in ivs] == [hook]  # layers 0..l'-1 with the late layer l' = 1
     with torch.no_grad():
         patched = model.forward(batch.tf.input_ids, interventions=ivs, cache=[hook]).cache[hook]
         plain = model.forward(batch.tf.input_ids, cache=[hook]).cache[hook]
@@ -129,3 +130,15 @@ def test_bad_weights_are_rejected():
 
     with pytest.raises(InputError, match="prompt_attacks must be >= 0"):
         get_method("keyguard", prompt_attacks=-1.0)
+
+
+def test_late_layer_trains_its_mlp_and_is_checked(model):
+    m = get_method("keyguard", layer=0, late_layer=-1)
+    assert m.default_trainable(model) == r"^model\.layers\.(0|1)\.mlp\.down_proj\.weight$"
+    assert get_method("keyguard", layer=0, late_weight=0.0).default_trainable(model) == get_method("rmu", layer=0).default_trainable(model)
+    from unpact_mech.errors import InputError
+
+    with pytest.raises(InputError, match="late_layer"):
+        get_method("keyguard", layer=1, late_layer=1).check_model(model)
+    with pytest.raises(InputError, match="integer"):
+        get_method("keyguard", late_layer=1.5)

@@ -45,6 +45,8 @@ HYPERPARAMETERS: dict[str, str] = {
     "activation_attacks": "w_a: keyguard weight of the misdirection with the original's activations patched in at KeyTokens",
     "keyword_weight": "w_k: keyguard extra weight of the forget term at the original's KeyToken positions",
     "retain_attacks": "w_r: keyguard weight of the retain term on retain prompts rewritten the same way",
+    "late_weight": "w_l: keyguard weight of the misdirection (and retain anchor) at the late layer ℓ'",
+    "late_layer": "ℓ': keyguard late layer (negative = from the end; -3 = n_layers − 3)",
 }
 
 

@@ -1,11 +1,11 @@
 """``keyguard`` — RMU hardened against keyword emphasis: misdirect the forget items as the recovery attacks show them.
 
 Base: :class:`~unpact_mech.unlearning.methods.rmu.RMU` at layer ℓ (``h`` = ``blocks.ℓ.hook_resid_post``, ``c·u`` its
-control vector, ``M`` the question + answer positions of a row, ``mse(h, x) = (1/d)‖h − x‖²``). keyguard adds four
+control vector, ``M`` the question + answer positions of a row, ``mse(h, x) = (1/d)‖h − x‖²``). keyguard adds five
 terms, each with its own weight; at weight 0 a term is not computed at all (and its rows are not drawn), so with all
-four weights 0 keyguard IS RMU, numerically (tested)::
+five weights 0 keyguard IS RMU, numerically (tested)::
 
-    L = L_f + w_p·L_prompt + w_a·L_act + α·(L_r + w_r·L_rprompt)
+    L = L_f + w_p·L_prompt + w_a·L_act + α·(L_r + w_r·L_rprompt) + w_l·(L_late_f + α·L_late_r)
 
     L_f      = Σ_{b,t∈M} (1 + w_k·k[b,t])·mse(h[b,t], c·u) / Σ_{b,t∈M} (1 + w_k·k[b,t])      forget rows,
                k[b,t] = 1 at the ORIGINAL model's KeyToken positions (attribution-weighted forgetting)
@@ -14,6 +14,14 @@ four weights 0 keyguard IS RMU, numerically (tested)::
                from the frozen original at layers 0..ℓ−1 (the recovery suite's ``patch`` emphasis, from its registry)
     L_r      = RMU's retain term (h of retain rows kept at the frozen reference's)
     L_rprompt= the same on retain items rewritten by :data:`TRAIN_PROMPTS` (emphasis must not mean "forget")
+    L_late_f = mean_{b,t∈M} mse(h'[b,t], c·u')   h' = the residual at a LATE layer ℓ' (default n_layers − 3), on the
+               forget, prompt-attack and activation-attack rows; u' a second random direction (seed + 1)
+    L_late_r = RMU's retain term at ℓ' on the retain and retain-prompt rows
+
+The late term is the representation-level forgetting where the layer study finds the answer (the last blocks): the
+``patch`` attack restores the original's residual at the keyword positions at EVERY layer, so misdirection at ℓ
+alone cannot hide what later layers read there. With it, the MLP down-projections of ℓ'−2..ℓ' are trained too and
+the activation attack patches layers 0..ℓ'−1.
 
 Keywords: KeyTokens of word-level occlusion on the base model (α 0.5, β 3 — the recovery suite's default source),
 computed once in :meth:`setup`. Trained-against attacks: the suite's ``focus`` and ``uppercase`` rewrites, two
@@ -37,7 +45,7 @@ from unpact_mech.unlearning.adversarial import KINDS, AttackPool, build_attack_p
 from unpact_mech.unlearning.batches import sample_indices
 from unpact_mech.unlearning.methods.base import PolicyOutput, Recipe
 from unpact_mech.unlearning.methods.registry import register
-from unpact_mech.unlearning.methods.rmu import RMU
+from unpact_mech.unlearning.methods.rmu import RMU, control_vector, mlp_out_pattern
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -57,7 +65,7 @@ TRAIN_PROMPTS: tuple[PromptStrategy, ...] = (
 #: The recovery suite's conditions keyguard trains against (everything else in the suite is a held-out attack).
 TRAINED_CONDITIONS: tuple[str, ...] = ("focus", "uppercase", "patch")
 #: keyguard's ingredients: the weights of its four extra terms (all 0 = RMU).
-INGREDIENTS = ("prompt_attacks", "activation_attacks", "keyword_weight", "retain_attacks")
+INGREDIENTS = ("prompt_attacks", "activation_attacks", "keyword_weight", "retain_attacks", "late_weight")
 #: Hyperparameter (weight) that switches each kind of attack row on.
 KIND_WEIGHTS = {"prompt": "prompt_attacks", "activation": "activation_attacks", "retain_prompt": "retain_attacks"}
 #: Random-sample streams of the attack rows (the loop uses 0 for forget and 1 for retain items).
@@ -70,17 +78,53 @@ class KeyGuard(RMU):
     summary = ("RMU + misdirection under keyword emphasis: rewritten prompts, scaled keyword activations, "
                "KeyToken-weighted forget positions, retain anchored under the same rewrites")
     hyperparameters = {"layer": 7, "c": 100.0, "alpha": 100.0, "prompt_attacks": 1.0, "activation_attacks": 1.0,
-                       "keyword_weight": 1.0, "retain_attacks": 1.0}
+                       "keyword_weight": 1.0, "retain_attacks": 1.0, "late_weight": 1.0, "late_layer": -3}
     recipe = Recipe(lr=1e-3, steps=6)
     pool: AttackPool | None = None
+    n_layers: int = 0
     attack: InterventionSpec | None = None
     forget_ids: tuple[str, ...] = ()
+    late_control: Tensor | None = None
 
     def check_hyperparameters(self) -> None:
         super().check_hyperparameters()
         for key in INGREDIENTS:
             if self.hp[key] < 0:
                 raise InputError(f"method keyguard: {key} must be >= 0, got {self.hp[key]}")
+        late = self.hp["late_layer"]
+        if float(late) != int(late):
+            raise InputError(f"method keyguard: late_layer must be an integer (negative = from the end), got {late}")
+        self.hp["late_layer"] = int(late)
+
+    @property
+    def uses_late(self) -> bool:
+        return self.hp["late_weight"] > 0
+
+    def late_layer(self, n_layers: int) -> int:
+        """ℓ' as a layer index (a negative ``late_layer`` counts from the end: −3 -> n_layers − 3)."""
+        late = int(self.hp["late_layer"])
+        return late + n_layers if late < 0 else late
+
+    def check_model(self, model: "HookedLM") -> None:
+        super().check_model(model)
+        n = model.shape.n_layers
+        if self.uses_late and not self.layer < self.late_layer(n) < n:
+            raise InputError(f"method keyguard: late_layer {self.hp['late_layer']} must name a layer after layer "
+                             f"{self.layer} (model has layers 0..{n - 1})")
+
+    def default_trainable(self, model: "HookedLM") -> str:
+        """RMU's MLP down-projections of ℓ−2..ℓ, plus those of ℓ'−2..ℓ' when the late term is on."""
+        if not self.uses_late:
+            return super().default_trainable(model)
+        late = self.late_layer(model.shape.n_layers)
+        return mlp_out_pattern(model, [*range(max(0, self.layer - 2), self.layer + 1), *range(max(0, late - 2), late + 1)])
+
+    def late_hook(self, model_or_layers: "HookedLM | int") -> str:
+        n = model_or_layers if isinstance(model_or_layers, int) else model_or_layers.shape.n_layers
+        return hook_name(self.late_layer(n), "hook_resid_post")
+
+    def cache_hooks(self, model: "HookedLM") -> list[str]:
+        return super().cache_hooks(model) + ([self.late_hook(model)] if self.uses_late else [])
 
     def active(self, kind: str) -> bool:
         """Whether attack rows of ``kind`` are drawn (their weight is > 0; retain rows also need α > 0)."""
@@ -94,6 +138,9 @@ class KeyGuard(RMU):
     def setup(self, model: "HookedLM", data: "UnlearningSet", *, seed: int, batch_size: int = 16) -> None:
         super().setup(model, data, seed=seed, batch_size=batch_size)
         self.pool, self.forget_ids = None, tuple(t.item_id for t in data.forget)
+        self.n_layers = model.shape.n_layers
+        if self.uses_late:
+            self.late_control = control_vector(model.shape.d_model, self.hp["c"], seed + 1).to(model.device)
         if not self.needs_keywords:
             return
         from unpact_mech.recovery.keywords import select_keywords
@@ -110,7 +157,8 @@ class KeyGuard(RMU):
             if self.reference is None:  # RMU builds it for the retain term; patching needs it too
                 self.reference = model.reference_copy()
                 self.reference.hf.to(model.device)
-            self.attack = resolve(InterventionSpec("patch", layers=tuple(range(self.layer))), model)
+            top = self.late_layer(self.n_layers) if self.uses_late else self.layer
+            self.attack = resolve(InterventionSpec("patch", layers=tuple(range(top))), model)
 
     def teardown(self) -> None:
         self.pool = None
@@ -170,6 +218,11 @@ class KeyGuard(RMU):
             rows = self.rows_of(b, kind) if self.active(kind) else []
             if rows:
                 loss = loss + self.hp[KIND_WEIGHTS[kind]] * losses.rmu_forget(h[rows], b.region[rows], self.control)
+        if self.uses_late:
+            assert self.late_control is not None
+            rows = list(range(b.n_forget)) + [r for k in ("prompt", "activation") if self.active(k) for r in self.rows_of(b, k)]
+            h_late = out.cache[self.late_hook(self.n_layers)]
+            loss = loss + self.hp["late_weight"] * losses.rmu_forget(h_late[rows], b.region[rows], self.late_control)
         return loss
 
     def retain_loss(self, out: PolicyOutput) -> Tensor:
@@ -181,5 +234,12 @@ class KeyGuard(RMU):
             with torch.no_grad():
                 h_ref = self.reference.forward(b.tf.input_ids[rows], cache=[hook], logits_to_keep=1).cache[hook]
             loss = loss + self.hp["retain_attacks"] * losses.rmu_retain(out.cache[hook][rows], h_ref, b.region[rows])
+        if self.uses_late:
+            b, hook = out.batch, self.late_hook(self.n_layers)
+            rows = list(range(b.retain_rows.start, b.retain_rows.stop)) + (self.rows_of(b, "retain_prompt") if self.active("retain_prompt") else [])
+            assert self.reference is not None
+            with torch.no_grad():
+                h_ref = self.reference.forward(b.tf.input_ids[rows], cache=[hook], logits_to_keep=1).cache[hook]
+            loss = loss + self.hp["late_weight"] * losses.rmu_retain(out.cache[hook][rows], h_ref, b.region[rows])
         return loss
 

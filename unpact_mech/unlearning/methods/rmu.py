@@ -32,6 +32,12 @@ if TYPE_CHECKING:
 MLP_OUT = {"llama": "down_proj", "gpt2": "c_proj"}
 
 
+def mlp_out_pattern(model: "HookedLM", layers) -> str:
+    """Regex over HF parameter names selecting the MLP output projections of ``layers``."""
+    alt = "|".join(str(L) for L in sorted(set(layers)))
+    return rf"^{re.escape(model.arch.layers)}\.({alt})\.{re.escape(model.arch.mlp)}\.{MLP_OUT[model.arch.family]}\.weight$"
+
+
 def control_vector(d_model: int, c: float, seed: int) -> Tensor:
     """``c·u`` with ``u = r/‖r‖``, ``r ~ U[0, 1)^d`` drawn from ``seed`` alone (the WMDP construction)."""
     r = torch.rand(d_model, generator=torch.Generator().manual_seed(seed))
@@ -67,8 +73,7 @@ class RMU(UnlearningMethod):
             raise InputError(f"method rmu: layer {self.layer} out of range (model has layers 0..{model.shape.n_layers - 1})")
 
     def default_trainable(self, model: "HookedLM") -> str:
-        layers = "|".join(str(L) for L in range(max(0, self.layer - 2), self.layer + 1))
-        return rf"^{re.escape(model.arch.layers)}\.({layers})\.{re.escape(model.arch.mlp)}\.{MLP_OUT[model.arch.family]}\.weight$"
+        return mlp_out_pattern(model, range(max(0, self.layer - 2), self.layer + 1))
 
     def cache_hooks(self, model: "HookedLM") -> list[str]:
         return [hook_name(self.layer, "hook_resid_post")]
