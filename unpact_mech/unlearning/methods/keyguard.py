@@ -78,7 +78,7 @@ class KeyGuard(RMU):
     summary = ("RMU + misdirection under keyword emphasis: rewritten prompts, scaled keyword activations, "
                "KeyToken-weighted forget positions, retain anchored under the same rewrites")
     hyperparameters = {"layer": 7, "c": 100.0, "alpha": 100.0, "prompt_attacks": 1.0, "activation_attacks": 1.0,
-                       "keyword_weight": 1.0, "retain_attacks": 1.0, "late_weight": 1.0, "late_layer": -3}
+                       "keyword_weight": 1.0, "retain_attacks": 1.0, "late_weight": 0.3, "late_layer": -3}
     recipe = Recipe(lr=1e-3, steps=6)
     pool: AttackPool | None = None
     n_layers: int = 0
