@@ -38,9 +38,9 @@ from torch import Tensor
 
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import hook_name
-from unpact_mech.unlearning import losses
 from unpact_mech.recovery.interventions import InterventionSpec, build_factory, resolve
 from unpact_mech.recovery.strategies import PromptStrategy, get_strategy
+from unpact_mech.unlearning import losses
 from unpact_mech.unlearning.adversarial import KINDS, AttackPool, build_attack_pool, source
 from unpact_mech.unlearning.batches import sample_indices
 from unpact_mech.unlearning.methods.base import PolicyOutput, Recipe
@@ -64,7 +64,7 @@ TRAIN_PROMPTS: tuple[PromptStrategy, ...] = (
 )
 #: The recovery suite's conditions keyguard trains against (everything else in the suite is a held-out attack).
 TRAINED_CONDITIONS: tuple[str, ...] = ("focus", "uppercase", "patch")
-#: keyguard's ingredients: the weights of its four extra terms (all 0 = RMU).
+#: keyguard's ingredients: the weights of its five extra terms (all 0 = RMU).
 INGREDIENTS = ("prompt_attacks", "activation_attacks", "keyword_weight", "retain_attacks", "late_weight")
 #: Hyperparameter (weight) that switches each kind of attack row on.
 KIND_WEIGHTS = {"prompt": "prompt_attacks", "activation": "activation_attacks", "retain_prompt": "retain_attacks"}
@@ -75,8 +75,8 @@ STREAMS = {kind: 10 + i for i, kind in enumerate(KINDS)}
 @register
 class KeyGuard(RMU):
     name = "keyguard"
-    summary = ("RMU + misdirection under keyword emphasis: rewritten prompts, scaled keyword activations, "
-               "KeyToken-weighted forget positions, retain anchored under the same rewrites")
+    summary = ("RMU + misdirection under keyword emphasis (rewritten prompts, original activations patched in at "
+               "KeyTokens), KeyToken-weighted, at a late layer too; retain anchored under the same rewrites")
     hyperparameters = {"layer": 7, "c": 100.0, "alpha": 100.0, "prompt_attacks": 1.0, "activation_attacks": 1.0,
                        "keyword_weight": 1.0, "retain_attacks": 1.0, "late_weight": 0.3, "late_layer": -3}
     recipe = Recipe(lr=1e-3, steps=6)
