@@ -155,6 +155,8 @@ def worst_case(rates: pd.DataFrame, subset: str, conditions: Sequence[str] | Non
 def add_options(p) -> None:
     p.add_argument("--ablations", action="store_true",
                    help="also run keyguard without each ingredient (" + ", ".join(INGREDIENTS) + ")")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   help="run only these of the variants (e.g. to split the ablation over two processes)")
     p.add_argument("--horizon", type=float, default=1.5, metavar="F",
                    help="train each variant for ceil(F x its recipe steps) steps (default: 1.5)")
     p.add_argument("--eval-every", type=positive_int, default=1, metavar="N", help="checkpoint every N steps (default: 1)")
@@ -233,6 +235,11 @@ def run(ctx: Context) -> StudyResult:
     from unpact_mech.recovery.outputs import long_results
 
     todo = variants(ctx.methods, ctx.args.ablations)
+    if ctx.args.variants is not None:
+        unknown = sorted(set(ctx.args.variants) - {v.name for v in todo})
+        if unknown:
+            raise InputError(f"--variants: {', '.join(unknown)} not among {', '.join(v.name for v in todo)}")
+        todo = [v for v in todo if v.name in ctx.args.variants]
     if not todo and not ctx.args.merge:
         raise InputError("--methods: give at least one method (or only --merge earlier runs to combine them)")
     fixed = ctx.args.target_retain
@@ -390,10 +397,12 @@ def plot_checkpoints(checkpoints: pd.DataFrame, table: pd.DataFrame, target: dic
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-    for name, g in checkpoints.groupby("variant", sort=False):
+    colours = plt.get_cmap("tab20").colors
+    for i, (name, g) in enumerate(checkpoints.groupby("variant", sort=False)):
         g = g.sort_values("step")
-        ax.plot(g["retain_accuracy"], g["forget_accuracy"], marker=".", lw=1, label=name,
-                color=None if not str(name).startswith("keyguard") else ("tab:red" if name == "keyguard" else None))
+        new = str(name).startswith("keyguard")
+        ax.plot(g["retain_accuracy"], g["forget_accuracy"], marker=".", label=name, ls="--" if new else "-",
+                lw=2.2 if name == "keyguard" else 1, color="tab:red" if name == "keyguard" else colours[(2 * i) % 20 + (i // 10)])
     if "matched_step" in table:
         for r in table[table["matched_step"].notna()].itertuples():
             ax.scatter(r.retain_accuracy, r.forget_accuracy, s=80, facecolors="none", edgecolors="k")

@@ -119,6 +119,7 @@ def test_from_run_and_clashing_merge_are_refused(runs, tmp_path, capsys):
     for argv, message in (
         (["--methods"], "at least one method"),
         (["--methods", "rmu", "--target-retain", "1.5"], "--target-retain"),
+        (["--methods", "keyguard", "--ablations", "--variants", "keyguard-no_nothing"], "--variants"),
         (["--from-run", base], "--from-run"),
         (["--methods", "ga", "--merge", base], "variant(s) ga"),
         (["--methods", "rmu", "--merge", tmp_path], "--merge"),
