@@ -268,7 +268,10 @@ def run(ctx: Context) -> StudyResult:
         target = {"target_retain": float(fixed), "target_variant": "", "target_step": -1, "target_forget": float("nan"),
                   "target_rule": "given by --target-retain"}
     else:
-        target = target_retain(checkpoints)
+        try:
+            target = target_retain(checkpoints)
+        except ValueError as err:
+            raise InputError(f"{err}; or pass --target-retain") from None
     if len(merged_table) and not np.isclose(merged_table["target_retain"], target["target_retain"]).all():
         raise InputError("--merge: the merged run matched another target retain accuracy "
                          f"({merged_table['target_retain'].iloc[0]:.3f} vs {target['target_retain']:.3f}); rerun it")
