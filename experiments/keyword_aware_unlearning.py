@@ -25,6 +25,7 @@ tradeoff.png (retain accuracy vs worst-case recovery) and checkpoints.png (forge
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
-from _common import BATCH_SIZE, MAX_NEW_TOKENS, Context, Study, StudyResult, main, positive_int
+from _common import BATCH_SIZE, MAX_CONTROL_ITEMS, MAX_NEW_TOKENS, Context, Study, StudyResult, main, positive_int
 from finding2_keyword_recovery import recovery_config, write_method
 
 # keyguard's ingredients (the ablation sets one to 0 at a time) and the suite's conditions it trains against
@@ -165,8 +166,8 @@ def add_options(p) -> None:
     p.add_argument("--target-retain", type=float, default=None, metavar="R",
                    help="match every variant to this retain accuracy instead of the best baseline's (e.g. the R* of a "
                    "baselines run still in progress; --merge then checks that the runs agree)")
-    p.add_argument("--max-control-items", type=positive_int, default=16, metavar="N",
-                   help="items in the recovery suite's original-model and retain controls (default: 16)")
+    p.add_argument("--max-control-items", type=positive_int, default=MAX_CONTROL_ITEMS, metavar="N",
+                   help=f"items in the recovery suite's original-model and retain controls (default: {MAX_CONTROL_ITEMS})")
 
 
 def horizon_steps(method: str, factor: float) -> int:
@@ -203,15 +204,13 @@ def train(ctx: Context, v: Variant, steps: int, *, evaluate: bool, eval_every: i
 
 def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     from unpact_mech.errors import InputError
-    import json
 
     tables, checkpoints, rates = [], [], []
     for d in dirs:
         path = Path(d)
         try:
             summary = json.loads((path / "summary.json").read_text())
-            full = path / "variants.csv"
-            tables.append(pd.read_csv(full if full.is_file() else path / "table.csv", keep_default_na=False, na_values=[""]))
+            tables.append(pd.read_csv(path / "variants.csv", keep_default_na=False, na_values=[""]))
             checkpoints.append(pd.read_csv(path / "checkpoints.csv"))
             rates.append(pd.read_csv(path / "rates.csv"))
         except (OSError, ValueError) as err:

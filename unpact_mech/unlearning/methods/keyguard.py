@@ -119,12 +119,11 @@ class KeyGuard(RMU):
         late = self.late_layer(model.shape.n_layers)
         return mlp_out_pattern(model, [*range(max(0, self.layer - 2), self.layer + 1), *range(max(0, late - 2), late + 1)])
 
-    def late_hook(self, model_or_layers: "HookedLM | int") -> str:
-        n = model_or_layers if isinstance(model_or_layers, int) else model_or_layers.shape.n_layers
-        return hook_name(self.late_layer(n), "hook_resid_post")
+    def late_hook(self, n_layers: int) -> str:
+        return hook_name(self.late_layer(n_layers), "hook_resid_post")
 
     def cache_hooks(self, model: "HookedLM") -> list[str]:
-        return super().cache_hooks(model) + ([self.late_hook(model)] if self.uses_late else [])
+        return super().cache_hooks(model) + ([self.late_hook(model.shape.n_layers)] if self.uses_late else [])
 
     def active(self, kind: str) -> bool:
         """Whether attack rows of ``kind`` are drawn (their weight is > 0; retain rows also need α > 0)."""
@@ -178,7 +177,9 @@ class KeyGuard(RMU):
         return rows
 
     def rows_of(self, batch: "StepBatch", kind: str) -> list[int]:
-        """Batch row indices of the extra rows of ``kind``."""
+        """Batch row indices of the extra rows of ``kind`` (none when that kind is not active)."""
+        if not self.active(kind):
+            return []
         start = batch.extra_rows.start
         return [start + j for j, t in enumerate(batch.extra) if t.source == source(kind)]
 
@@ -193,7 +194,7 @@ class KeyGuard(RMU):
     def interventions(self, model: "HookedLM", batch: "StepBatch") -> Sequence["Intervention"]:
         """The recovery registry's ``patch`` at the KeyToken positions of the activation rows (layers 0..ℓ−1, from
         the frozen original); the other rows are untouched."""
-        rows = self.rows_of(batch, "activation") if self.active("activation") else []
+        rows = self.rows_of(batch, "activation")
         if not rows or self.attack is None or self.pool is None:
             return ()
         positions: list[tuple[int, ...]] = [()] * batch.tf.input_ids.shape[0]
@@ -214,32 +215,36 @@ class KeyGuard(RMU):
             loss = losses.weighted_rmu_forget(h[f], b.region[f], 1.0 + w_k * kw[f].float(), self.control)
         else:
             loss = super().forget_loss(out)
-        for kind in ("prompt", "activation"):
-            rows = self.rows_of(b, kind) if self.active(kind) else []
+        attack_rows = {kind: self.rows_of(b, kind) for kind in ("prompt", "activation")}
+        for kind, rows in attack_rows.items():
             if rows:
                 loss = loss + self.hp[KIND_WEIGHTS[kind]] * losses.rmu_forget(h[rows], b.region[rows], self.control)
         if self.uses_late:
             assert self.late_control is not None
-            rows = list(range(b.n_forget)) + [r for k in ("prompt", "activation") if self.active(k) for r in self.rows_of(b, k)]
+            rows = list(range(b.n_forget)) + attack_rows["prompt"] + attack_rows["activation"]
             h_late = out.cache[self.late_hook(self.n_layers)]
             loss = loss + self.hp["late_weight"] * losses.rmu_forget(h_late[rows], b.region[rows], self.late_control)
         return loss
 
     def retain_loss(self, out: PolicyOutput) -> Tensor:
+        """RMU's term (its own reference forward, so that with the extra weights at 0 this IS RMU), then the
+        retain-prompt anchor at ℓ and the late anchor at ℓ' from ONE reference forward over the rows they need."""
         loss = super().retain_loss(out)
-        rows = self.rows_of(out.batch, "retain_prompt") if self.active("retain_prompt") else []
-        if rows:
-            b, hook = out.batch, hook_name(self.layer, "hook_resid_post")
-            assert self.reference is not None
-            with torch.no_grad():
-                h_ref = self.reference.forward(b.tf.input_ids[rows], cache=[hook], logits_to_keep=1).cache[hook]
-            loss = loss + self.hp["retain_attacks"] * losses.rmu_retain(out.cache[hook][rows], h_ref, b.region[rows])
-        if self.uses_late:
-            b, hook = out.batch, self.late_hook(self.n_layers)
-            rows = list(range(b.retain_rows.start, b.retain_rows.stop)) + (self.rows_of(b, "retain_prompt") if self.active("retain_prompt") else [])
-            assert self.reference is not None
-            with torch.no_grad():
-                h_ref = self.reference.forward(b.tf.input_ids[rows], cache=[hook], logits_to_keep=1).cache[hook]
-            loss = loss + self.hp["late_weight"] * losses.rmu_retain(out.cache[hook][rows], h_ref, b.region[rows])
+        b = out.batch
+        extra = self.rows_of(b, "retain_prompt")
+        early = hook_name(self.layer, "hook_resid_post")
+        late = self.late_hook(self.n_layers) if self.uses_late else None
+        hooks = ([early] if extra else []) + ([late] if late else [])
+        if not hooks:
+            return loss
+        retain = list(range(b.retain_rows.start, b.retain_rows.stop))
+        rows = (retain if self.uses_late else []) + extra
+        assert self.reference is not None
+        with torch.no_grad():
+            ref = self.reference.forward(b.tf.input_ids[rows], cache=hooks, logits_to_keep=1).cache
+        if extra:  # the last len(extra) rows of the reference batch
+            h_ref = ref[early][len(rows) - len(extra):]
+            loss = loss + self.hp["retain_attacks"] * losses.rmu_retain(out.cache[early][extra], h_ref, b.region[extra])
+        if late:
+            loss = loss + self.hp["late_weight"] * losses.rmu_retain(out.cache[late][rows], ref[late], b.region[rows])
         return loss
-
