@@ -15,7 +15,8 @@ import sys
 
 import pandas as pd
 
-from _common import Context, Study, StudyResult, grouped_bars, long_rows, main, paired_contrast
+from unpact_mech.pipeline.study import Context, Study, StudyResult, main
+from unpact_mech.pipeline.tables import grouped_bars, long_rows, paired_contrast
 
 GROUPS = {"KeyTokens": "keytokens", "other words": "other"}
 

@@ -16,7 +16,9 @@ import sys
 
 import pandas as pd
 
-from _common import BATCH_SIZE, MAX_CONTROL_ITEMS, MAX_NEW_TOKENS, Context, Study, StudyResult, grouped_bars, main, positive_int
+from unpact_mech.pipeline.presets import MAX_CONTROL_ITEMS
+from unpact_mech.pipeline.study import Context, Study, StudyResult, main
+from unpact_mech.pipeline.tables import grouped_bars
 
 COLUMNS = ["method", "kind", "condition", "recovery_rate_n", "recovery_rate", "recovery_rate_ci_lo", "recovery_rate_ci_hi",
            "random_control_rate", "original_accuracy_before", "original_accuracy_after", "retain_accuracy_before",
@@ -24,45 +26,23 @@ COLUMNS = ["method", "kind", "condition", "recovery_rate_n", "recovery_rate", "r
 
 
 def add_options(p) -> None:
+    from unpact_mech.commands.common import positive_int
+
     p.add_argument("--max-control-items", type=positive_int, default=MAX_CONTROL_ITEMS, metavar="N",
                    help=f"items in the original-model and retain controls (seeded sample; default: {MAX_CONTROL_ITEMS})")
 
 
-def recovery_config(ctx: Context):
-    from unpact_mech.recovery import RecoveryConfig
-    from unpact_mech.recovery.run import DEFAULT_INTERVENTIONS
-    from unpact_mech.recovery.strategies import DEFAULT_STRATEGIES
-
-    return RecoveryConfig(strategies=DEFAULT_STRATEGIES, interventions=DEFAULT_INTERVENTIONS, keyword_source="attribution",
-                          max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH_SIZE, n_boot=ctx.n_boot, seed=ctx.seed,
-                          max_control_items=ctx.args.max_control_items)
-
-
-def write_method(ctx: Context, method: str, model, rec, rcfg) -> None:
-    """``recovery/<method>/``: the same files as ``unpact recover``, lineage base -> unlearned -> recovered."""
-    from unpact_mech.recovery.outputs import write_recovery
-    from unpact_mech.recovery.run import recovered_lineage
-
-    out = ctx.out / "recovery" / method
-    out.mkdir(parents=True)
-    lineage = recovered_lineage(model, rcfg.strategies, rcfg.interventions, rcfg.keyword_source, ctx.args.model)
-    run = ctx.run_writer("recover", {"original": ctx.args.model, "unlearned": method, "strategies": list(rcfg.strategies),
-                                     "interventions": [s.name for s in rcfg.interventions]}, lineage)
-    write_recovery(out, rec, run, rec.summary | {"original": ctx.args.model, "unlearned": method})
-
-
 def run(ctx: Context) -> StudyResult:
-    from unpact_mech.recovery import run_recovery
+    from unpact_mech.attacks import DEFAULT_ATTACKS
+    from unpact_mech.recovery import RecoveryConfig
     from unpact_mech.recovery.outputs import long_results
 
-    keywords = ctx.keytokens(ctx.items, ctx.attribute(ctx.original, ctx.items, "original"))
-    evaluation = ctx.original_evaluation
-    rcfg = recovery_config(ctx)
+    keywords = ctx.keywords(ctx.attribute(ctx.original, ctx.items, "original"), ctx.items)
+    rcfg = RecoveryConfig(attacks=DEFAULT_ATTACKS, max_new_tokens=ctx.max_new_tokens, batch_size=ctx.batch_size,
+                          n_boot=ctx.n_boot, seed=ctx.seed, max_control_items=ctx.args.max_control_items)
     tables, long, summaries = [], [], {}
     for method, model in ctx.unlearned():
-        rec = run_recovery(ctx.original, model, ctx.items, rcfg, keywords=keywords, original_baseline=evaluation,
-                           progress=ctx.progress)
-        write_method(ctx, method, model, rec, rcfg)
+        rec = ctx.recover(model, method, rcfg, keywords)
         tables.append(rec.rates.assign(method=method).reindex(columns=COLUMNS).rename(columns={"recovery_rate_n": "n_eligible"}))
         long.append(long_results(rec).assign(method=method))
         summaries[method] = {k: rec.summary.get(k) for k in ("n_eligible", "destructive_rate", "best_condition", "best_recovery_rate")}

@@ -16,7 +16,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from _common import Context, Study, StudyResult, grouped_bars, long_rows, main, paired_contrast
+from unpact_mech.pipeline.study import Context, Study, StudyResult, main
+from unpact_mech.pipeline.tables import grouped_bars, long_rows, paired_contrast
 
 #: Common function words whose contribution the paper says unlearning wipes out on unrelated prompts.
 FUNCTION_WORDS = ("what", "is", "the", "which", "of", "in", "a", "who", "does", "did")

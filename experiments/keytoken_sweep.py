@@ -18,7 +18,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from _common import BATCH_SIZE, MAX_CONTROL_ITEMS, MAX_NEW_TOKENS, Context, Study, StudyResult, grouped_bars, main
+from unpact_mech.pipeline.presets import MAX_CONTROL_ITEMS
+from unpact_mech.pipeline.study import Context, Study, StudyResult, main
+from unpact_mech.pipeline.tables import grouped_bars
 
 ALPHAS = (0.2, 0.3, 0.5, 0.7, 0.9)
 BETAS = (1, 2, 3, 5)
@@ -31,10 +33,11 @@ def grid_row(units, alpha: float, beta: int) -> tuple[dict, list]:
     """Agreement of the (alpha, beta) KeyTokens with the annotated keywords, and the per-item agreements."""
     from unpact_mech.attribution.keytokens import agreement_summary, keyword_agreement, keytoken_mask
 
-    agreements = [keyword_agreement(u.scores, keytoken_mask(u.scores, alpha, beta), u.is_keyword) for u in units]
+    agreements = [keyword_agreement(u.scores, keytoken_mask(u.scores, keytoken_alpha=alpha, keytoken_beta=beta), u.is_keyword)
+                  for u in units]
     s = agreement_summary(agreements)
     with_kw = [a for a in agreements if a.n_keywords]
-    row = {"alpha": alpha, "beta": beta, "n_items_with_keywords": s["n_items_with_keywords"],
+    row = {"keytoken_alpha": alpha, "keytoken_beta": beta, "n_items_with_keywords": s["n_items_with_keywords"],
            "top_word_hit_rate": s["keyword_hit_rate"],
            "keytoken_hit_rate": float(np.mean([a.recall > 0 for a in with_kw])) if with_kw else None,
            "keyword_precision": s["keyword_precision"], "keyword_recall": s["keyword_recall"],
@@ -46,8 +49,8 @@ def focus_recovery(ctx: Context, model, keywords) -> dict:
     """Recovery rate of the ``focus`` strategy (with its random-word control) using ``keywords``."""
     from unpact_mech.recovery import RecoveryConfig, run_recovery
 
-    cfg = RecoveryConfig(strategies=("focus",), interventions=(), n_boot=ctx.n_boot, seed=ctx.seed, batch_size=BATCH_SIZE,
-                         max_new_tokens=MAX_NEW_TOKENS, max_control_items=MAX_CONTROL_ITEMS)
+    cfg = RecoveryConfig(attacks=("focus",), n_boot=ctx.n_boot, seed=ctx.seed, batch_size=ctx.batch_size,
+                         max_new_tokens=ctx.max_new_tokens, max_control_items=MAX_CONTROL_ITEMS)
     rec = run_recovery(ctx.original, model, ctx.items, cfg, keywords=keywords, original_baseline=ctx.original_evaluation,
                        progress=False)
     return {k: rec.rates.iloc[0].get(k) for k in RECOVERY_COLUMNS}
@@ -57,11 +60,12 @@ def recovery_rows(ctx: Context, occlusion) -> tuple[list[dict], dict | None]:
     """Focus recovery for RECOVERY_SETTINGS on the first method's model, and with the annotated keywords."""
     from tqdm.auto import tqdm
 
-    from unpact_mech.recovery.keywords import data_keywords
+    from unpact_mech.attacks.keywords import data_keywords
     from unpact_mech.scoring.tokens import encode_item
 
     [(method, model)] = list(ctx.unlearned())  # the study uses the first of --methods only
-    rows = [{"alpha": a, "beta": b, "recovery_method": method} | focus_recovery(ctx, model, ctx.keytokens(ctx.items, occlusion, a, b))
+    rows = [{"keytoken_alpha": a, "keytoken_beta": b, "recovery_method": method}
+            | focus_recovery(ctx, model, ctx.keywords(occlusion, ctx.items, keytoken_alpha=a, keytoken_beta=b))
             for a, b in tqdm(RECOVERY_SETTINGS, desc="focus recovery", disable=not ctx.progress)]
     reference = None
     if any(it.keywords for it in ctx.items):
@@ -77,7 +81,7 @@ def heatmaps(table: pd.DataFrame, path) -> None:
     panels = ("keytoken_hit_rate", "keyword_precision", "keyword_recall")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.2), layout="constrained")
     for ax, metric in zip(axes, panels):
-        mat = table.pivot(index="alpha", columns="beta", values=metric).astype(float)
+        mat = table.pivot(index="keytoken_alpha", columns="keytoken_beta", values=metric).astype(float)
         im = ax.imshow(mat.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         for (i, j), v in np.ndenumerate(mat.to_numpy()):
             ax.text(j, i, "nan" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
@@ -99,19 +103,19 @@ def run(ctx: Context) -> StudyResult:
         for beta in BETAS:
             row, agreements = grid_row(occlusion.units, alpha, beta)
             rows.append(row)
-            long.append(pd.DataFrame([{"item_id": u.item_id, "split": u.split, "alpha": alpha, "beta": beta,
+            long.append(pd.DataFrame([{"item_id": u.item_id, "split": u.split, "keytoken_alpha": alpha, "keytoken_beta": beta,
                                        "hit": float(a.hit), "precision": a.precision, "recall": a.recall,
                                        "n_keytokens": a.n_keytokens} for u, a in zip(occlusion.units, agreements)]))
     recovery, reference = recovery_rows(ctx, occlusion)
-    table = pd.DataFrame(rows).merge(pd.DataFrame(recovery), on=["alpha", "beta"], how="left")
+    table = pd.DataFrame(rows).merge(pd.DataFrame(recovery), on=["keytoken_alpha", "keytoken_beta"], how="left")
     table = table.rename(columns={"recovery_rate_n": "n_eligible"})
     heatmaps(table, ctx.out / "keytoken_agreement.png")
-    grouped_bars(table.dropna(subset=["recovery_rate"]).assign(setting=lambda t: "α=" + t["alpha"].astype(str) + " β=" + t["beta"].astype(str)),
+    grouped_bars(table.dropna(subset=["recovery_rate"]).assign(setting=lambda t: "α=" + t["keytoken_alpha"].astype(str) + " β=" + t["keytoken_beta"].astype(str)),
                  "setting", {"focus (KeyTokens)": "recovery_rate", "random-word control": "random_control_rate"},
                  ctx.out / "focus_recovery.png", errors={"recovery_rate": ("recovery_rate_ci_lo", "recovery_rate_ci_hi")},
                  ylabel="recovery rate", ylim=(0, 1.02), title=f"focus strategy on {recovery[0]['recovery_method']}: KeyTokens by α, β")
-    results = pd.concat(long, ignore_index=True).melt(id_vars=["item_id", "split", "alpha", "beta"], var_name="metric")
-    return StudyResult(table, results, {"data_keywords_recovery": reference, "alphas": list(ALPHAS), "betas": list(BETAS)})
+    results = pd.concat(long, ignore_index=True).melt(id_vars=["item_id", "split", "keytoken_alpha", "keytoken_beta"], var_name="metric")
+    return StudyResult(table, results, {"data_keywords_recovery": reference, "keytoken_alphas": list(ALPHAS), "keytoken_betas": list(BETAS)})
 
 
 STUDY = Study("keytoken_sweep", __doc__, run, first_method_only=True)

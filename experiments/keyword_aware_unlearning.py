@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
-from _common import BATCH_SIZE, MAX_CONTROL_ITEMS, MAX_NEW_TOKENS, Context, Study, StudyResult, main, positive_int
-from finding2_keyword_recovery import recovery_config, write_method
+from unpact_mech.commands.common import positive_int
+from unpact_mech.data.splits import tuning_split
+from unpact_mech.pipeline.presets import MAX_CONTROL_ITEMS, train_overrides
+from unpact_mech.pipeline.study import Context, Study, StudyResult, main
 
 # keyguard's ingredients (the ablation sets one to 0 at a time) and the suite's conditions it trains against
 from unpact_mech.unlearning.methods.keyguard import INGREDIENTS, TRAINED_CONDITIONS
@@ -83,14 +84,6 @@ def variants(methods: Sequence[str], ablations: bool) -> list[Variant]:
     if ablations and "keyguard" in methods:
         out += [Variant(f"keyguard-no_{ing}", "keyguard", {ing: 0.0}) for ing in INGREDIENTS]
     return out
-
-
-def tuning_split(forget_ids: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``(tuning, held_out)``: a fixed seeded half of the forget ids (sorted first, so order does not matter)."""
-    ids = sorted(forget_ids)
-    random.Random(SPLIT_SEED).shuffle(ids)
-    half = (len(ids) + 1) // 2
-    return sorted(ids[:half]), sorted(ids[half:])
 
 
 # -- matched retain accuracy (pure functions of the checkpoint table) ---------------------------------------------
@@ -172,21 +165,20 @@ def add_options(p) -> None:
 
 def horizon_steps(method: str, factor: float) -> int:
     from unpact_mech.errors import InputError
-    from unpact_mech.unlearning import METHODS
+    from unpact_mech.unlearning import UNLEARNING_METHODS
 
     if not (factor >= 1.0 and math.isfinite(factor)):
         raise InputError(f"--horizon must be a finite number >= 1, got {factor}")
-    return max(1, math.ceil(METHODS[method].recipe.steps * factor))
+    return max(1, math.ceil(UNLEARNING_METHODS[method].recipe.steps * factor))
 
 
 def train(ctx: Context, v: Variant, steps: int, *, evaluate: bool, eval_every: int = 0):
     """A fresh copy of the model unlearned with ``v`` for ``steps`` steps (the ``unlearn`` result and the model)."""
-    from unpact_mech.demo import MODEL_DEFAULTS
     from unpact_mech.models import load_model
     from unpact_mech.runtime import seed_everything
     from unpact_mech.unlearning import unlearn
 
-    options = {k: x for k, x in MODEL_DEFAULTS.get(ctx.args.model, {}).get("train", {}).items() if k != "steps"}
+    options = {k: x for k, x in train_overrides(ctx.spec).items() if k != "steps"}
     hyperparameters = dict(v.hyperparameters)
     override = REPRESENTATION_OVERRIDES.get(ctx.args.model, {}).get(v.method)
     if override:
@@ -196,7 +188,7 @@ def train(ctx: Context, v: Variant, steps: int, *, evaluate: bool, eval_every: i
     model = load_model(ctx.args.model, backend=ctx.args.backend)
     result = unlearn(model, ctx.items, v.method, hyperparameters=hyperparameters, seed=ctx.seed, steps=steps,
                      evaluate=evaluate, eval_every=eval_every, initial_evaluation=ctx.original_evaluation if evaluate else None,
-                     eval_batch_size=BATCH_SIZE, max_new_tokens=MAX_NEW_TOKENS, progress=ctx.progress,
+                     eval_batch_size=ctx.batch_size, max_new_tokens=ctx.max_new_tokens, progress=ctx.progress,
                      data_label=ctx.data, **options)
     model.name = v.name
     return model, result
@@ -230,7 +222,8 @@ def run(ctx: Context) -> StudyResult:
 
     from unpact_mech.errors import InputError
     from unpact_mech.io import atomic_write_text
-    from unpact_mech.recovery import run_recovery
+    from unpact_mech.attacks import DEFAULT_ATTACKS
+    from unpact_mech.recovery import RecoveryConfig
     from unpact_mech.recovery.outputs import long_results
 
     todo = variants(ctx.methods, ctx.args.ablations)
@@ -276,10 +269,11 @@ def run(ctx: Context) -> StudyResult:
                          f"({merged_table['target_retain'].iloc[0]:.3f} vs {target['target_retain']:.3f}); rerun it")
 
     # 4. the recovery suite on each matched checkpoint
-    keywords = ctx.keytokens(ctx.items, ctx.attribute(ctx.original, ctx.items, "original")) if todo else []
-    rcfg = recovery_config(ctx)
+    keywords = ctx.keywords(ctx.attribute(ctx.original, ctx.items, "original"), ctx.items) if todo else []
+    rcfg = RecoveryConfig(attacks=DEFAULT_ATTACKS, max_new_tokens=ctx.max_new_tokens, batch_size=ctx.batch_size,
+                          n_boot=ctx.n_boot, seed=ctx.seed, max_control_items=ctx.args.max_control_items)
     forget_ids = [it.id for it in ctx.split("forget")]
-    tuning, held_out = tuning_split(forget_ids)
+    tuning, held_out = tuning_split(forget_ids, SPLIT_SEED)
     subsets = {"all": forget_ids, "tuning": tuning, "held_out": held_out}
     table_rows, rate_frames, long = [], [], []
     for v in tqdm(todo, desc="recovery", disable=not ctx.progress):
@@ -292,9 +286,7 @@ def run(ctx: Context) -> StudyResult:
             table_rows.append(row | {"matched_step": None})
             continue
         model, _ = train(ctx, v, int(chosen["step"]), evaluate=False)
-        rec = run_recovery(ctx.original, model, ctx.items, rcfg, keywords=keywords,
-                           original_baseline=ctx.original_evaluation, progress=ctx.progress)
-        write_method(ctx, v.name, model, rec, rcfg)
+        rec = ctx.recover(model, v.name, rcfg, keywords)
         rates = condition_rates(rec.per_item, rec.eligible_ids, subsets).assign(variant=v.name)
         rate_frames.append(rates)
         long.append(long_results(rec).assign(method=v.method, variant=v.name))

@@ -17,7 +17,8 @@ import sys
 
 import pandas as pd
 
-from _common import Context, Study, StudyResult, main, positive_int
+from unpact_mech.commands.common import positive_int
+from unpact_mech.pipeline.study import Context, Study, StudyResult, main
 
 TOP = 5
 

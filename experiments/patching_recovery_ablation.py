@@ -16,12 +16,14 @@ import sys
 
 import pandas as pd
 
-from _common import BATCH_SIZE, MAX_NEW_TOKENS, Context, Study, StudyResult, main, positive_int
+from unpact_mech.pipeline.study import Context, Study, StudyResult, main
 
 KEYS = ["method", "intervention", "group", "mode"]
 
 
 def add_options(p) -> None:
+    from unpact_mech.commands.common import positive_int
+
     p.add_argument("--points", type=positive_int, default=4, metavar="N",
                    help="layers swept: N evenly spaced, first and last included (default: 4; all if the model has fewer)")
     p.add_argument("--modes", nargs="+", default=["cumulative"], choices=["single", "cumulative"],
@@ -54,16 +56,14 @@ def summarise(sweep: pd.DataFrame) -> pd.DataFrame:
 
 def run(ctx: Context) -> StudyResult:
     from unpact_mech.io import atomic_write_text
-    from unpact_mech.recovery.ablation import SweepConfig, layer_sweep
+    from unpact_mech.recovery.ablation import SweepConfig, default_sweep_layers, layer_sweep
     from unpact_mech.report.recovery_plots import plot_layer_sweep
 
     forget = ctx.split("forget")
-    keywords = ctx.keytokens(forget, ctx.attribute(ctx.original, forget, "original"))
-    from unpact_mech.recovery.ablation import default_sweep_layers
-
+    keywords = ctx.keywords(ctx.attribute(ctx.original, forget, "original"), forget)
     layers = default_sweep_layers(ctx.original.shape.n_layers, ctx.args.points)
-    cfg = SweepConfig(methods=("patch", "scale"), modes=tuple(ctx.args.modes), layers=layers, batch_size=BATCH_SIZE,
-                      max_new_tokens=MAX_NEW_TOKENS)
+    cfg = SweepConfig(interventions=("patch", "scale"), modes=tuple(ctx.args.modes), layers=layers,
+                      batch_size=ctx.batch_size, max_new_tokens=ctx.max_new_tokens)
     sweeps, empty = [], []
     for method, model in ctx.unlearned():
         idx = eligible(ctx, model, forget)
@@ -71,14 +71,14 @@ def run(ctx: Context) -> StudyResult:
             empty.append(method)
             continue
         sweep = layer_sweep(ctx.original, model, [forget[i] for i in idx], [keywords[i] for i in idx], cfg, progress=ctx.progress)
-        sweeps.append(sweep.rename(columns={"method": "intervention"}).assign(method=method))
+        sweeps.append(sweep.assign(method=method))
     sweep = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame(columns=KEYS + ["layer", "recovery_rate", "n"])
     table = summarise(sweep)
     if empty:  # methods without eligible items: nothing to recover
         table = pd.concat([table, pd.DataFrame({"method": empty, "n_eligible": 0})], ignore_index=True)
     if len(sweep):
-        curves = sweep.assign(method=sweep["method"] + " · " + sweep["intervention"])
-        plot_layer_sweep(curves, ctx.out / "layer_sweep.png", title="Recovery by layer and position group")
+        curves = sweep.assign(curve=sweep["method"] + " · " + sweep["intervention"])
+        plot_layer_sweep(curves, ctx.out / "layer_sweep.png", title="Recovery by layer and position group", by="curve")
     atomic_write_text(ctx.out / "sweep.csv", sweep.to_csv(index=False))
     long = sweep.melt(id_vars=KEYS + ["layer", "layers", "n"], value_vars=["recovery_rate", "top1_rate", "mean_logprob_gain"],
                       var_name="metric").assign(item_id="eligible", split="forget")

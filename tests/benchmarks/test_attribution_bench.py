@@ -1,7 +1,7 @@
 """Attribution benchmarks on SmolLM2-135M (``make bench``). Every number is a ratio against a reference timed
 in the same run (interleaved rounds); no timed assertions.
 
-* occlusion (our default: deletion, auto strategy = packed on SmolLM2) vs captum 0.9's
+* occlusion (our default: deletion, batching="auto" = packed on SmolLM2) vs captum 0.9's
   ``LLMAttribution(FeatureAblation)`` on the same prompt, the same features (the question tokens) and the same
   model object, ``use_cached_outputs=False`` (captum's cached path gives wrong scores for multi-token answers
   under transformers 5.x) — goal >= 10x faster (ratio <= 0.1). A cross-check first shows the two compute the
@@ -70,7 +70,7 @@ def test_occlusion_vs_captum_feature_ablation(benchmark, compare, captum_attr, s
     assert (captum_run().flatten() - ours_like).abs().max().item() < 1e-3
 
     def ours():
-        return occlusion(smollm2, item)  # the default: deletion, auto strategy (packed on SmolLM2)
+        return occlusion(smollm2, item)  # the default: deletion, batching="auto" (packed on SmolLM2)
 
     ratio = compare(benchmark, "occlusion (ours) vs captum LLMAttribution(FeatureAblation)", ours, captum_run,
                     rounds=3, goal="goal <= 0.1 (>= 10x faster)")

@@ -18,7 +18,7 @@ import torch
 
 from unpact_mech import load_model
 from unpact_mech.scoring.tokens import EncodedPrompt
-from unpact_mech.unlearning import TrainConfig, Trainer, get_method
+from unpact_mech.unlearning import TrainConfig, Trainer, get_unlearning_method
 from unpact_mech.unlearning.batches import UnlearningSet
 from unpact_mech.unlearning.params import select_trainable
 from unpact_mech.unlearning.targets import TrainTarget
@@ -44,7 +44,7 @@ def test_unlearning_step_vs_plain_hf_step(benchmark, compare, attention):
     ids = torch.randint(100, 40000, (2, PROMPT + ANSWER), generator=torch.Generator().manual_seed(0))
     model = load_model("smollm2")
     data = UnlearningSet((), (), _targets(ids), ())
-    method = get_method("ga")
+    method = get_unlearning_method("ga")
     trainer = Trainer(model, method, data, TrainConfig(steps=10**6, lr=1e-7, batch_size=2),
                       trainable=select_trainable(model, None), progress=False)
 

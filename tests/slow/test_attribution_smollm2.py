@@ -21,8 +21,8 @@ def test_top_occlusion_word_is_an_annotated_keyword(smollm2, real_facts):
 def test_packed_occlusion_is_exact_on_smollm2(smollm2, real_facts):
     """The tree-masked packed row (long row, RoPE positions, GQA) equals the right-padded batch."""
     item = real_facts[0]
-    packed = occlusion(smollm2, item, strategy="packed")
-    batched = occlusion(smollm2, item, strategy="batched")
+    packed = occlusion(smollm2, item, batching="packed")
+    batched = occlusion(smollm2, item, batching="batched")
     assert (packed.scores - batched.scores).abs().max().item() <= 1e-4
     assert abs(packed.target_value - batched.target_value) <= 1e-4
     assert packed.scores.abs().max() > 0.1

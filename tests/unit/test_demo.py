@@ -10,22 +10,23 @@ import pandas as pd
 import pytest
 
 from tests.cli_helpers import run_cli, tree_digest
-from unpact_mech.demo import DemoConfig, default_out, run_demo
+from unpact_mech.demo import DemoConfig, run_demo
+from unpact_mech.pipeline.presets import default_out
 
-METHODS = ("ga_gdr", "npo_gdr")
+DEMO_METHODS = ("ga_gdr", "npo_gdr")
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    return run_demo(DemoConfig(model="tiny", methods=METHODS, n_boot=200), out, progress=False, log=lambda _: None)
+    return run_demo(DemoConfig(model="tiny", methods=DEMO_METHODS, n_boot=200), out, progress=False, log=lambda _: None)
 
 
 def test_demo_writes_every_stage(demo_run):
     out = demo_run.out
     for rel in ("run.json", "summary.json", "results.csv", "report.html", "evaluate/items.csv"):
         assert (out / rel).is_file(), rel
-    for m in METHODS:
+    for m in DEMO_METHODS:
         assert (out / "unlearned" / m / "model.safetensors").is_file()
         assert (out / "unlearned" / m / "dynamics.png").is_file()
         for name in ("occlusion", "residual", "attention"):
@@ -39,7 +40,7 @@ def test_demo_writes_every_stage(demo_run):
 def test_demo_numbers_are_sane(demo_run):
     summary = json.loads((demo_run.out / "summary.json").read_text())
     rows = summary["methods"]
-    assert [r["method"] for r in rows] == list(METHODS)
+    assert [r["method"] for r in rows] == list(DEMO_METHODS)
     for r in rows:
         for key in ("forget_acc_before", "forget_acc_after", "retain_acc_before", "retain_acc_after", "destructive_rate",
                     "best_prompt_recovery", "best_activation_recovery"):
@@ -47,7 +48,7 @@ def test_demo_numbers_are_sane(demo_run):
         assert r["forget_acc_after"] < r["forget_acc_before"]  # the unlearning did something
         assert r["eligible"] >= 1
         assert r["keytoken_contribution_before"] > r["other_contribution_before"]  # KeyTokens are the top words
-    for m in METHODS:
+    for m in DEMO_METHODS:
         rates = pd.read_csv(demo_run.out / "recovery" / m / "rates.csv")
         assert set(rates["condition"]) >= {"focus", "repeat_question", "quote", "neutral"}
         assert len(rates) == 6
@@ -61,14 +62,14 @@ def test_demo_numbers_are_sane(demo_run):
 
 
 def test_demo_lineage_is_complete(demo_run):
-    for m in METHODS:
+    for m in DEMO_METHODS:
         lineage = json.loads((demo_run.out / "recovery" / m / "run.json").read_text())["lineage"]
         assert [step["role"] for step in lineage] == ["base", "unlearned", "recovered"]
         assert lineage[1]["method"] == m and lineage[2]["weights_changed"] is False
         model_lineage = json.loads((demo_run.out / "unlearned" / m / "run.json").read_text())["lineage"]
         assert [step["role"] for step in model_lineage] == ["base", "unlearned"]
     top = json.loads((demo_run.out / "run.json").read_text())
-    assert top["command"] == "demo" and set(top["config"]["lineages"]) == set(METHODS)
+    assert top["command"] == "demo" and set(top["config"]["lineages"]) == set(DEMO_METHODS)
 
 
 def test_report_shows_every_stage_and_rebuilds(demo_run, capsys):
@@ -83,7 +84,7 @@ def test_report_shows_every_stage_and_rebuilds(demo_run, capsys):
 
 
 def test_same_seed_same_numbers(demo_run, tmp_path):
-    again = run_demo(DemoConfig(model="tiny", methods=METHODS, n_boot=200), tmp_path / "again", progress=False, log=lambda _: None)
+    again = run_demo(DemoConfig(model="tiny", methods=DEMO_METHODS, n_boot=200), tmp_path / "again", progress=False, log=lambda _: None)
     first, second = (json.loads((r / "summary.json").read_text())["methods"] for r in (demo_run.out, again.out))
     assert first == second
     rates = [pd.read_csv(r / "recovery" / "npo_gdr" / "rates.csv") for r in (demo_run.out, again.out)]
@@ -115,7 +116,7 @@ def test_out_that_is_a_file_or_an_earlier_run(tmp_path, capsys, demo_run):
     target = tmp_path / "notes.txt"
     target.write_text("mine")
     code, _, err = run_cli(["demo", "--model", "tiny", "--out", target], capsys)
-    assert code == 2 and "exists and is a file" in err and target.read_text() == "mine"
+    assert code == 2 and "already exists (a file)" in err and target.read_text() == "mine"
     before = tree_digest(demo_run.out)
     code, _, err = run_cli(["demo", "--model", "tiny", "--out", demo_run.out], capsys)
     assert code == 2 and "already exists" in err
@@ -123,14 +124,14 @@ def test_out_that_is_a_file_or_an_earlier_run(tmp_path, capsys, demo_run):
 
 
 def test_interrupted_demo_leaves_earlier_results_and_no_partial_run(tmp_path, capsys, monkeypatch, demo_run):
-    import unpact_mech.recovery as recovery
+    from unpact_mech.pipeline.session import Session
 
     before = tree_digest(demo_run.out)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(recovery, "run_recovery", interrupted)
+    monkeypatch.setattr(Session, "recover", interrupted)
     code, _, err = run_cli(["demo", "--model", "tiny", "--quiet", "--out", tmp_path / "run"], capsys)
     assert code == 130 and "interrupted" in err
     assert not (tmp_path / "run").exists() and list(tmp_path.iterdir()) == []

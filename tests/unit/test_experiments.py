@@ -2,7 +2,7 @@
 values and complete lineage; one script trains its own unlearned model (same numbers as the demo's); bad input exits
 2 with one line on stderr and writes nothing.
 
-The scripts run in-process through ``_common.main`` (one interpreter: seconds each) on ONE shared tiny demo run
+The scripts run in-process through ``unpact_mech.pipeline.study.main`` (one interpreter: seconds each) on ONE shared tiny demo run
 (``--from-run``); one test runs a script as a real subprocess for the exit code.
 """
 
@@ -21,7 +21,7 @@ import pytest
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 SCRIPTS = ("finding1_keyword_focus", "finding2_keyword_recovery", "finding3_destruction", "layer_study",
            "patching_recovery_ablation", "keytoken_sweep")
-METHODS = ("ga_gdr", "npo_gdr")
+DEMO_METHODS = ("ga_gdr", "npo_gdr")
 COMMON = ("--model", "tiny", "--n-boot", "200", "--quiet")
 
 
@@ -32,7 +32,9 @@ def load(name: str):
 
 
 def run_script(name: str, *argv) -> int:
-    return load("_common").main(load(name).STUDY, [str(a) for a in argv])
+    from unpact_mech.pipeline.study import main
+
+    return main(load(name).STUDY, [str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def demo(tmp_path_factory) -> Path:
     from unpact_mech.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("demo") / "run"
-    run_demo(DemoConfig(model="tiny", methods=METHODS, n_boot=200), out, progress=False, log=lambda _: None)
+    run_demo(DemoConfig(model="tiny", methods=DEMO_METHODS, n_boot=200), out, progress=False, log=lambda _: None)
     return out
 
 
@@ -83,7 +85,7 @@ def test_output_contract(name, run_dir, capsys):
     assert len(results) and list(results.columns[:4]) == ["item_id", "split", "metric", "value"]
     run = json.loads((out / "run.json").read_text())
     assert run["command"] == f"experiment:{name}" and run["seed"] == 0
-    used = METHODS[:1] if name == "keytoken_sweep" else METHODS
+    used = DEMO_METHODS[:1] if name == "keytoken_sweep" else DEMO_METHODS
     assert [(s["role"], s.get("method")) for s in run["lineage"]] == [("base", None)] + [("unlearned", m) for m in used]
     for m in used:
         lineage = run["config"]["lineages"][m]
@@ -94,7 +96,7 @@ def test_output_contract(name, run_dir, capsys):
 def test_finding1_keytokens_lose_focus(run_dir):
     out = run_dir("finding1_keyword_focus")
     df, summary = table(out), json.loads((out / "summary.json").read_text())
-    assert list(df["method"]) == list(METHODS)
+    assert list(df["method"]) == list(DEMO_METHODS)
     assert_ci(df, "diff_change")
     for row in df.to_dict("records"):
         by_split = summary["keytoken_change_forget"][row["method"]]
@@ -106,19 +108,19 @@ def test_finding1_keytokens_lose_focus(run_dir):
 
 
 def test_finding2_recovery_rates(run_dir):
-    from unpact_mech.recovery.strategies import DEFAULT_STRATEGIES
+    from unpact_mech.attacks import DEFAULT_ATTACKS, attack_names
 
     out = run_dir("finding2_keyword_recovery")
     df = table(out)
-    assert len(df) == len(METHODS) * (len(DEFAULT_STRATEGIES) + 4)
+    assert len(df) == len(DEMO_METHODS) * len(DEFAULT_ATTACKS) == len(DEMO_METHODS) * 11
     assert_ci(df, "recovery_rate")
     for col in ("random_control_rate", "original_accuracy_before", "original_accuracy_after", "retain_accuracy_before",
                 "retain_accuracy_after", "top1_before", "top1_after"):
         assert df[col].dropna().between(0, 1).all(), col
     assert (df["n_eligible"] >= 1).all()
-    for m in METHODS:
+    for m in DEMO_METHODS:
         rates = pd.read_csv(out / "recovery" / m / "rates.csv")
-        assert set(DEFAULT_STRATEGIES) <= set(rates["condition"])
+        assert set(attack_names("strategy")) <= set(rates["condition"])
         lineage = json.loads((out / "recovery" / m / "run.json").read_text())["lineage"]
         assert [s["role"] for s in lineage] == ["base", "unlearned", "recovered"]
 
@@ -126,7 +128,7 @@ def test_finding2_recovery_rates(run_dir):
 def test_finding3_destruction(run_dir):
     out = run_dir("finding3_destruction")
     df, summary = table(out), json.loads((out / "summary.json").read_text())
-    assert list(df["method"]) == list(METHODS)
+    assert list(df["method"]) == list(DEMO_METHODS)
     assert_ci(df, "destructive_rate")
     assert_ci(df, "diff_change")
     assert (df["n_paired"] > 0).all() and (df["n_retain"] == 24).all()
@@ -142,7 +144,7 @@ def test_finding3_word_classes():
 
 def test_layer_study(run_dir):
     df = table(run_dir("layer_study"))
-    assert [(r["method"], r["split"]) for r in df.to_dict("records")] == [(m, s) for m in METHODS for s in ("forget", "retain")]
+    assert [(r["method"], r["split"]) for r in df.to_dict("records")] == [(m, s) for m in DEMO_METHODS for s in ("forget", "retain")]
     for when in ("before", "after"):
         assert df[f"first_top1_layer_{when}"].between(0, 2).all()  # tiny: 2 layers; "never" counts as 2
         assert df[f"reaches_top1_{when}"].between(0, 1).all()
@@ -154,12 +156,12 @@ def test_layer_study(run_dir):
 def test_patching_ablation(run_dir, tmp_path, demo):
     out = run_dir("patching_recovery_ablation")
     df, sweep = table(out), pd.read_csv(out / "sweep.csv")
-    assert len(df) == len(METHODS) * 2 * 3 * 1  # methods x {patch, scale} x groups x default mode (cumulative)
+    assert len(df) == len(DEMO_METHODS) * 2 * 3 * 1  # methods x {patch, scale} x groups x default mode (cumulative)
     assert set(df["mode"]) == {"cumulative"}
     both = tmp_path / "both"
     assert run_script("patching_recovery_ablation", *COMMON, "--from-run", demo, "--out", both,
                       "--modes", "single", "cumulative") == 0
-    assert len(table(both)) == len(METHODS) * 2 * 3 * 2
+    assert len(table(both)) == len(DEMO_METHODS) * 2 * 3 * 2
     for col in ("best_recovery_rate", "mean_recovery_rate", "last_layer_recovery_rate"):
         assert df[col].between(0, 1).all(), col
     assert (df["mean_recovery_rate"] <= df["best_recovery_rate"] + 1e-12).all()
@@ -170,15 +172,15 @@ def test_keytoken_sweep_grid(run_dir):
     mod = load("keytoken_sweep")
     out = run_dir("keytoken_sweep")
     df, summary = table(out), json.loads((out / "summary.json").read_text())
-    assert len(df) == 20 and set(zip(df["alpha"], df["beta"])) == {(a, b) for a in mod.ALPHAS for b in mod.BETAS}
+    assert len(df) == 20 and set(zip(df["keytoken_alpha"], df["keytoken_beta"])) == {(a, b) for a in mod.ALPHAS for b in mod.BETAS}
     for col in ("top_word_hit_rate", "keytoken_hit_rate", "keyword_precision", "keyword_recall"):
         assert df[col].between(0, 1).all(), col
     assert (df["mean_keytokens_per_item"] >= 1).all()
-    assert df.groupby("beta")["mean_keytokens_per_item"].apply(lambda s: s.is_monotonic_decreasing).all()  # higher α, fewer
+    assert df.groupby("keytoken_beta")["mean_keytokens_per_item"].apply(lambda s: s.is_monotonic_decreasing).all()  # higher α, fewer
     rec = df.dropna(subset=["recovery_rate"])
-    assert set(zip(rec["alpha"], rec["beta"])) == set(mod.RECOVERY_SETTINGS)
+    assert set(zip(rec["keytoken_alpha"], rec["keytoken_beta"])) == set(mod.RECOVERY_SETTINGS)
     assert_ci(rec, "recovery_rate")
-    assert (rec["recovery_method"] == METHODS[0]).all()
+    assert (rec["recovery_method"] == DEMO_METHODS[0]).all()
     assert 0 <= summary["data_keywords_recovery"]["recovery_rate"] <= 1
 
 
@@ -222,11 +224,13 @@ def test_bad_input_exits_2_and_writes_nothing(case, demo, tmp_path, capsys):
 
 
 def test_cli_exit_code_and_help(tmp_path):
+    from unpact_mech.pipeline.study import build_parser
+
     script = EXPERIMENTS / "keytoken_sweep.py"
     proc = subprocess.run([sys.executable, script, "--model", "tiny", "--methods", "nope", "--out", tmp_path / "o"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "nope" in proc.stderr
     assert not (tmp_path / "o").exists()
     for name in SCRIPTS:
-        help_text = load("_common").build_parser(load(name).STUDY).format_help()
+        help_text = build_parser(load(name).STUDY).format_help()
         assert "--from-run" in help_text and load(name).__doc__.splitlines()[0] in help_text

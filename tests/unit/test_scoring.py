@@ -14,7 +14,8 @@ from unpact_mech.scoring.batching import left_pad, length_batches, right_pad_tea
 from unpact_mech.scoring.judges import contains_answer, lcs_length, normalize_tokens, rouge_l_recall
 from unpact_mech.scoring.logprob import token_rank
 from unpact_mech.scoring.prompt import PromptFormat, prompt_format_from_name
-from unpact_mech.scoring.tokens import encode_answer, encode_item, encode_prompt, keyword_spans, tokens_in_span
+from unpact_mech.data.text import keyword_spans
+from unpact_mech.scoring.tokens import encode_answer, encode_item, encode_prompt, tokens_in_span
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<bos><|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"

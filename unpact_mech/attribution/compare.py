@@ -7,7 +7,8 @@ Works on the long frames of :mod:`unpact_mech.attribution.results` (pure pandas,
 * :func:`compare_units` / :func:`compare_heads` / :func:`compare_layers` — the per token/word, per (layer,
   head) and per (layer, component) views;
 * :func:`keytoken_change` — did the KeyTokens lose more contribution than the other tokens? KeyTokens come
-  from the BEFORE attribution (the original model, as in the paper), by the alpha/beta rule. Per item, the mean
+  from the BEFORE attribution (the original model, as in the paper), by the α/β rule (``keytoken_alpha``,
+  ``keytoken_beta``). Per item, the mean
   contribution of its KeyTokens and of its other units, before and after; the summary averages over items
   (macro), overall and per split, and repeats the comparison for the annotated keywords.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from unpact_mech.attribution.keytokens import DEFAULT_ALPHA, DEFAULT_BETA, keytoken_mask
+from unpact_mech.attribution.keytokens import DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA, keytoken_mask
 from unpact_mech.attribution.results import CONTRIBUTION
 
 UNIT_KEYS = ("item_id", "split", "method", "target", "level", "unit", "position", "token", "word_index", "is_keyword")
@@ -69,18 +70,27 @@ def compare_layers(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     return diff_frames(before, after, LAYER_KEYS, metrics=["direct_logit", "lens_logprob", "lens_first_prob", "lens_first_rank"])
 
 
-def mark_keytokens(units: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA, beta: int = DEFAULT_BETA, column: str = "value") -> pd.Series:
-    """KeyToken flags for a frame of unit contributions (one item per ``item_id``), by the alpha/beta rule on
+def mark_keytokens(
+    units: pd.DataFrame,
+    *,
+    keytoken_alpha: float = DEFAULT_KEYTOKEN_ALPHA,
+    keytoken_beta: int = DEFAULT_KEYTOKEN_BETA,
+    column: str = "value",
+) -> pd.Series:
+    """KeyToken flags for a frame of unit contributions (one item per ``item_id``), by the α/β rule on
     ``column``. Returns a bool Series aligned with ``units``."""
     flags = pd.Series(False, index=units.index)
     for _, group in units.groupby("item_id", sort=False):
         scores = torch.tensor(group[column].to_numpy(dtype=np.float64), dtype=torch.float64)
-        flags.loc[group.index] = keytoken_mask(scores, alpha, beta).numpy()
+        flags.loc[group.index] = keytoken_mask(scores, keytoken_alpha, keytoken_beta).numpy()
     return flags
 
 
 def keytoken_change(
-    unit_diff: pd.DataFrame, *, alpha: float = DEFAULT_ALPHA, beta: int = DEFAULT_BETA
+    unit_diff: pd.DataFrame,
+    *,
+    keytoken_alpha: float = DEFAULT_KEYTOKEN_ALPHA,
+    keytoken_beta: int = DEFAULT_KEYTOKEN_BETA,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per item and group (``keytokens`` / ``other``; ``keywords`` / ``non_keywords`` when annotated): the mean
     unit contribution before and after, and the summary averaged over items (overall and per split).
@@ -88,7 +98,7 @@ def keytoken_change(
     ``unit_diff`` is :func:`compare_units`' output; KeyTokens are computed on its ``before`` column.
     """
     df = unit_diff.copy()
-    df["is_keytoken"] = mark_keytokens(df, alpha=alpha, beta=beta, column="before")
+    df["is_keytoken"] = mark_keytokens(df, keytoken_alpha=keytoken_alpha, keytoken_beta=keytoken_beta, column="before")
     rows = []
     groupings = [("keytokens", "other", "is_keytoken")]
     if "is_keyword" in df and df["is_keyword"].astype(bool).any():
@@ -112,6 +122,6 @@ def keytoken_change(
             out["keytoken_minus_other_change"] = out["keytokens"]["change"] - out["other"]["change"]
         return out
 
-    summary = summarise(per_item) | {"alpha": alpha, "beta": beta}
+    summary = summarise(per_item) | {"keytoken_alpha": keytoken_alpha, "keytoken_beta": keytoken_beta}
     summary["by_split"] = {split: summarise(g) for split, g in per_item.groupby("split", sort=True)}
     return per_item, summary

@@ -23,6 +23,7 @@ Choices (documented defaults):
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,6 +53,14 @@ POSITION_SETS = ("question", "prompt")
 TOKENS_PER_CHUNK = 1024
 
 
+def check_ig_options(steps: int, positions: str) -> None:
+    """Raise :class:`InputError` unless ``steps >= 2`` (an integer) and ``positions`` is in :data:`POSITION_SETS`."""
+    if isinstance(steps, bool) or not (isinstance(steps, Integral) and steps >= 2):
+        raise InputError(f"integrated gradients needs at least 2 steps, got {steps}")
+    if positions not in POSITION_SETS:
+        raise InputError(f"unknown IG position set {positions!r}; choose one of: {', '.join(POSITION_SETS)}")
+
+
 def integrated_gradients(
     model: "HookedLM",
     item: ItemLike,
@@ -72,10 +81,7 @@ def integrated_gradients(
     ``steps``; ``position_scores`` (T_prompt,) is zero at positions that were not interpolated. ``baseline``:
     ``"zero"`` or a token (id or one-token text) whose embedding replaces the interpolated positions.
     """
-    if steps < 2:
-        raise InputError(f"integrated gradients needs at least 2 steps, got {steps}")
-    if positions not in POSITION_SETS:
-        raise InputError(f"unknown IG position set {positions!r}; choose one of: {', '.join(POSITION_SETS)}")
+    check_ig_options(steps, positions)
     prepared = prepare_item(model, item)
     tgt = get_target(target)
     units = prompt_units(prepared.prompt, level)

@@ -1,13 +1,15 @@
 """KeyTokens (the paper's alpha/beta rule) and their agreement with annotated keywords. Pure functions.
 
-KeyTokens of an attribution ``C`` (U,) over units (tokens or words):
+KeyTokens of an attribution ``C`` (U,) over units (tokens or words), with ``α = keytoken_alpha`` and
+``β = keytoken_beta``:
 
 1. only positive contributions count: ``P = {u : C_u > 0}``;
-2. if ``|P| < beta``: every unit of P is a KeyToken;
-3. otherwise normalise by the largest, ``C_u / max_P C``, and keep the units with normalised score ``>= alpha``
-   (``>=`` so that ``alpha = 1`` keeps the maximum).
+2. if ``|P| < β``: every unit of P is a KeyToken;
+3. otherwise normalise by the largest, ``C_u / max_P C``, and keep the units with normalised score ``>= α``
+   (``>=`` so that ``α = 1`` keeps the maximum).
 
-alpha in (0, 1] and beta >= 1 are not given by the paper: defaults alpha = 0.5, beta = 3, both settable.
+α in (0, 1] and β >= 1 are not given by the paper: the defaults :data:`DEFAULT_KEYTOKEN_ALPHA` = 0.5 and
+:data:`DEFAULT_KEYTOKEN_BETA` = 3 (the only ones: every caller imports them) are settable everywhere.
 
 Agreement with the item's annotated keywords (sets of units): ``hit`` = the top-scoring unit is a keyword;
 ``precision`` = |KeyTokens ∩ keywords| / |KeyTokens|; ``recall`` = |KeyTokens ∩ keywords| / |keywords|
@@ -26,26 +28,30 @@ from torch import Tensor
 
 from unpact_mech.errors import InputError
 
-DEFAULT_ALPHA = 0.5
-DEFAULT_BETA = 3
+#: α: KeyTokens are the positive units with ``C_u / max C >= α``.
+DEFAULT_KEYTOKEN_ALPHA = 0.5
+#: β: with fewer than β positive units, all of them are KeyTokens.
+DEFAULT_KEYTOKEN_BETA = 3
 
 
-def check_alpha_beta(alpha: float, beta: int) -> None:
-    """Raise :class:`InputError` unless ``0 < alpha <= 1`` and ``beta >= 1``."""
-    if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1):
-        raise InputError(f"alpha must be in (0, 1], got {alpha}")
-    if not (isinstance(beta, int) and beta >= 1):
-        raise InputError(f"beta must be an integer >= 1, got {beta}")
+def check_keytoken_rule(keytoken_alpha: float, keytoken_beta: int) -> None:
+    """Raise :class:`InputError` unless ``0 < keytoken_alpha <= 1`` and ``keytoken_beta >= 1`` (an integer)."""
+    if not (isinstance(keytoken_alpha, (int, float)) and 0 < keytoken_alpha <= 1):
+        raise InputError(f"keytoken_alpha must be in (0, 1], got {keytoken_alpha}")
+    if not (isinstance(keytoken_beta, int) and keytoken_beta >= 1):
+        raise InputError(f"keytoken_beta must be an integer >= 1, got {keytoken_beta}")
 
 
-def keytoken_mask(scores: Tensor, alpha: float = DEFAULT_ALPHA, beta: int = DEFAULT_BETA) -> Tensor:
-    """The alpha/beta rule: ``scores`` (U,) -> (U,) bool, True for KeyTokens (module docstring)."""
-    check_alpha_beta(alpha, beta)
+def keytoken_mask(
+    scores: Tensor, keytoken_alpha: float = DEFAULT_KEYTOKEN_ALPHA, keytoken_beta: int = DEFAULT_KEYTOKEN_BETA
+) -> Tensor:
+    """The α/β rule: ``scores`` (U,) -> (U,) bool, True for KeyTokens (module docstring)."""
+    check_keytoken_rule(keytoken_alpha, keytoken_beta)
     positive = scores > 0
-    if int(positive.sum()) < beta:
+    if int(positive.sum()) < keytoken_beta:
         return positive
     normalised = torch.where(positive, scores / scores[positive].max(), torch.zeros_like(scores))
-    return positive & (normalised >= alpha)
+    return positive & (normalised >= keytoken_alpha)
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,14 @@ definition; later tokens move up one position) or replaces each by a baseline to
 positions unchanged). Only question tokens are units: BOS, chat-template and separator tokens are never ablated.
 A word unit removes all its sub-word tokens together — not the sum of their token scores.
 
-All n+1 variants (the intact prompt and one per unit) are scored in ONE forward, chunked only when large:
+All n+1 variants (the intact prompt and one per unit) are scored in ONE forward, chunked only when large; the
+``batching`` (one of :data:`BATCHINGS`) says how:
 
-* ``strategy="batched"``: the variants as right-padded rows of one batch;
-* ``strategy="packed"``: the variants packed into one sequence sharing their common prefixes through a tree
+* ``batching="batched"``: the variants as right-padded rows of one batch;
+* ``batching="packed"``: the variants packed into one sequence sharing their common prefixes through a tree
   attention mask (:mod:`unpact_mech.attribution.packing`) — fewer tokens, but one long attention row;
-* ``strategy="auto"`` (default): packed when its estimated FLOPs — which count the eager attention over the
-  whole packed row — are below 80% of the batch's (:func:`choose_strategy`). Measured on 2 CPU threads: on
+* ``batching="auto"`` (default): packed when its estimated FLOPs — which count the eager attention over the
+  whole packed row — are below 80% of the batch's (:func:`choose_batching`). Measured on 2 CPU threads: on
   SmolLM2 (37-token chat prompts) packed is ~2x faster than batched and is chosen; on the tiny model packed is
   15-20% faster for the short synthetic prompts (chosen) but 2.3x slower for a 34-token prompt with 28 question
   tokens, where the quadratic packed row dominates (the estimate picks batched).
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from unpact_mech.attribution.forward import target_of_prompts
 from unpact_mech.attribution.math import occlusion_scores, tree_attention_mask
-from unpact_mech.attribution.packing import MODES, pack_variants, packed_length, variant_prompts
+from unpact_mech.attribution.packing import OCCLUSION_MODES, pack_variants, packed_length, variant_prompts
 from unpact_mech.attribution.results import TokenAttribution
 from unpact_mech.attribution.targets import Target, get_target
 from unpact_mech.attribution.units import ItemLike, PreparedItem, keyword_unit_mask, prepare_item, prompt_units
@@ -39,7 +40,8 @@ from unpact_mech.scoring.batching import InterventionFactory
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
 
-STRATEGIES = ("auto", "batched", "packed")
+#: How the n+1 variants share a forward (module docstring).
+BATCHINGS = ("auto", "batched", "packed")
 #: Packed rows longer than this are split into several rows (each with its own trunk).
 MAX_PACKED_TOKENS = 2048
 
@@ -58,6 +60,14 @@ def resolve_baseline_token(model: "HookedLM", baseline: int | str | None) -> int
     return int(ids[0])
 
 
+def check_occlusion_options(mode: str, batching: str) -> None:
+    """Raise :class:`InputError` unless ``mode`` is in :data:`OCCLUSION_MODES` and ``batching`` in :data:`BATCHINGS`."""
+    if mode not in OCCLUSION_MODES:
+        raise InputError(f"unknown occlusion mode {mode!r}; choose one of: {', '.join(OCCLUSION_MODES)}")
+    if batching not in BATCHINGS:
+        raise InputError(f"unknown occlusion batching {batching!r}; choose one of: {', '.join(BATCHINGS)}")
+
+
 def _token_flops(model: "HookedLM") -> tuple[float, float]:
     """(FLOPs per token of the blocks' matrices, FLOPs per query-key pair of eager attention)."""
     s = model.shape
@@ -65,7 +75,9 @@ def _token_flops(model: "HookedLM") -> tuple[float, float]:
     return 2.0 * s.n_layers * per_layer, 4.0 * s.n_layers * s.n_heads * s.d_head
 
 
-def choose_strategy(model: "HookedLM", prompt_len: int, answer_len: int, units: Sequence[Sequence[int]], mode: str) -> str:
+def choose_batching(
+    model: "HookedLM", prompt_len: int, answer_len: int, units: Sequence[Sequence[int]], mode: str
+) -> str:
     """``packed`` if its estimated FLOPs are < 80% of the right-padded batch's, else ``batched``.
 
     Estimate: ``tokens * F_token + query_key_pairs * F_pair`` with the eager attention's full (P x P) score
@@ -138,7 +150,7 @@ def occlusion(
     mode: str = "delete",
     baseline_token: int | str | None = None,
     target: str | Target = "logprob",
-    strategy: str = "auto",
+    batching: str = "auto",
     batch_size: int = 64,
     interventions: InterventionFactory | None = None,
 ) -> TokenAttribution:
@@ -147,7 +159,7 @@ def occlusion(
     ``item``: a :class:`~unpact_mech.data.record.QAItem` or an :class:`~unpact_mech.scoring.tokens.EncodedQA`.
     ``baseline_token`` (``mode="replace"``): token id, one-token text, or None for the pad token.
     ``batch_size``: variants per forward (more are chunked). ``interventions``: a factory of interventions
-    active in every variant's forward (batched strategy; it receives the batch layout with row ``0`` = the
+    active in every variant's forward (``batched`` only; it receives the batch layout with row ``0`` = the
     intact prompt and row ``u + 1`` = unit ``u``).
 
     >>> res = occlusion(model, item, level="word")          # doctest: +SKIP
@@ -155,19 +167,17 @@ def occlusion(
     """
     prepared: PreparedItem = prepare_item(model, item)
     tgt = get_target(target)
-    if mode not in MODES:
-        raise InputError(f"unknown occlusion mode {mode!r}; choose one of: {', '.join(MODES)}")
-    if strategy not in STRATEGIES:
-        raise InputError(f"unknown occlusion strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    check_occlusion_options(mode, batching)
     units = prompt_units(prepared.prompt, level)
     positions = [u.positions for u in units]
     baseline_id = resolve_baseline_token(model, baseline_token) if mode == "replace" else None
     prompt, answer = list(prepared.prompt.ids), list(prepared.answer_ids)
-    if strategy == "auto":
-        strategy = "batched" if interventions is not None else choose_strategy(model, len(prompt), len(answer), positions, mode)
-    if strategy == "packed" and interventions is not None:
-        raise ValueError("interventions need the batched strategy (packed rows have no per-variant layout)")
-    if strategy == "packed" and positions:
+    if batching == "auto":
+        batching = "batched" if interventions is not None else choose_batching(
+            model, len(prompt), len(answer), positions, mode)
+    if batching == "packed" and interventions is not None:
+        raise ValueError("interventions need batching='batched' (packed rows have no per-variant layout)")
+    if batching == "packed" and positions:
         values = target_of_variants_packed(model, prompt, answer, positions, tgt, mode=mode, baseline_id=baseline_id, batch_size=batch_size)
     else:
         variants = variant_prompts(prompt, positions, mode, baseline_id)

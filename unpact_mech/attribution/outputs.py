@@ -1,8 +1,8 @@
 """Write attribution runs into a directory (shared by ``unpact attribute`` and the demo).
 
 Files: ``run.json``, ``results.csv`` (long), ``summary.json``, ``tokens.html`` (token/word heatmaps, models side by
-side), and per method ``attention_heads.png`` (layer x head) or ``residual_components.png`` + ``logit_lens.png``;
-with a comparison, ``comparison.csv`` and ``keytoken_change.csv``.
+side), ``attention_heads.png`` (layer x head) for methods with a head view, ``residual_components.png`` +
+``logit_lens.png`` for methods with a layer view; with a comparison, ``comparison.csv`` and ``keytoken_change.csv``.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ def write_attribution(
     out = Path(out_dir)
     results = pd.concat([r.frame for r in runs], ignore_index=True)
     run.write(out, results, summary)
-    method = runs[0].config.method
+    method = runs[0].config.method_object()
     if runs[0].units:
         units = pd.concat([r.unit_frame() for r in runs], ignore_index=True)
         table = pd.DataFrame([{"item_id": it.id, "question": it.question, "answer": it.answer} for it in items])
         write_token_heatmap(out / "tokens.html", units, items=table, title=title, subtitle=subtitle)
-    if method == "attention":
+    if method.head_view:
         plot_layer_head(results, out / "attention_heads.png")
-    if method == "residual":
+    if method.layer_view:
         plot_layer_component(results, out / "residual_components.png")
         plot_logit_lens(results, out / "logit_lens.png")
     if comparison is not None:

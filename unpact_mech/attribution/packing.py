@@ -22,7 +22,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-MODES = ("delete", "replace")
+#: How a unit is removed: deleted (the paper; later tokens move up) or replaced by a baseline token.
+OCCLUSION_MODES = ("delete", "replace")
 
 
 def ablate(prompt: Sequence[int], positions: Sequence[int], mode: str, baseline_id: int | None = None) -> list[int]:
@@ -34,7 +35,7 @@ def ablate(prompt: Sequence[int], positions: Sequence[int], mode: str, baseline_
         if baseline_id is None:
             raise ValueError("replace mode needs a baseline token id")
         return [baseline_id if i in drop else t for i, t in enumerate(prompt)]
-    raise ValueError(f"unknown occlusion mode {mode!r} ({', '.join(MODES)})")
+    raise ValueError(f"unknown occlusion mode {mode!r} ({', '.join(OCCLUSION_MODES)})")
 
 
 def variant_prompts(prompt: Sequence[int], units: Sequence[Sequence[int]], mode: str, baseline_id: int | None = None) -> list[list[int]]:

@@ -3,27 +3,51 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from unpact_mech.commands.common import add_model_options, add_run_options, positive_int
+from unpact_mech.errors import InputError
 
 HELP = "attribute answers to prompt tokens/words, attention heads or residual components"
-EPILOG = """methods:
-  occlusion             unPact score C(u) = LP(x, y) - LP(x without u, y); --mode delete|replace
-  grad_x_input          gradient x input embedding (--hooks: also gradient x activation at those hooks)
-  integrated_gradients  IG over the question's embeddings (--steps, first token fixed), completeness per item
-  attention             direct contribution per layer/head/source position (--layers to restrict)
-  residual              direct logit attribution of embeddings + each layer's attn/mlp output; logit lens
---batch-size: occlusion variants (batch rows, or branches of a packed row) per forward.
+#: Method option -> the ``args`` attribute of its flag (a flag applies to the methods that have its option).
+OPTION_FLAGS = {
+    "mode": "mode",
+    "baseline_token": "baseline_token",
+    "batching": "batching",
+    "steps": "steps",
+    "positions": "ig_positions",
+    "hooks": "hooks",
+    "layers": "layers",
+    "batch_size": "batch_size",
+}
+NOTES = """--batch-size: occlusion variants (batch rows, or branches of a packed row) per forward.
 outputs: results.csv (long), summary.json (keyword_hit_rate, ...), run.json, tokens.html (token/word heatmap,
 side by side with --compare-to), attention_heads.png / residual_components.png + logit_lens.png, and with
 --compare-to: comparison.csv (before/after diffs) and keytoken_change.csv."""
 
 
+def _flag(option: str) -> str:
+    return "--" + OPTION_FLAGS[option].replace("_", "-")
+
+
+def _epilog() -> str:
+    """The registered methods, each with its description and the flags that set its options."""
+    from unpact_mech.attribution.methods import ATTRIBUTION_METHODS
+
+    lines = ["methods:"]
+    for name, cls in ATTRIBUTION_METHODS.items():
+        lines.append(f"  {name:<21} {cls.description}")
+        flags = [_flag(o) for o in cls.default_options() if o in OPTION_FLAGS]
+        if flags:
+            lines.append(f"  {'':<21} flags: {', '.join(flags)}")
+    return "\n".join(lines + [NOTES])
+
+
 def _layers(text: str) -> tuple[int, ...]:
-    from unpact_mech.recovery.interventions import _int_list
+    from unpact_mech.syntax import parse_int_list
 
     try:
-        return _int_list(text)
+        return parse_int_list(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"cannot parse layers {text!r} (use e.g. 0-9 or 0+5+10)") from None
 
@@ -36,36 +60,64 @@ def _steps(text: str) -> int:
 
 
 def add_parser(sub) -> None:
-    from unpact_mech.attribution.run import METHODS
+    from unpact_mech.attribution.integrated_gradients import DEFAULT_STEPS, POSITION_SETS
+    from unpact_mech.attribution.keytokens import DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA
+    from unpact_mech.attribution.methods import ATTRIBUTION_METHODS
+    from unpact_mech.attribution.occlusion import BATCHINGS
+    from unpact_mech.attribution.packing import OCCLUSION_MODES
     from unpact_mech.attribution.targets import TARGETS
 
-    p = sub.add_parser("attribute", help=HELP, description=HELP + ".", epilog=EPILOG,
+    p = sub.add_parser("attribute", help=HELP, description=HELP + ".", epilog=_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p)
     add_run_options(p)
-    p.add_argument("--method", required=True, choices=list(METHODS), help="attribution method (see below)")
+    p.add_argument("--method", required=True, choices=list(ATTRIBUTION_METHODS), help="attribution method (see below)")
     p.add_argument("--level", default="token", choices=["token", "word"],
                    help="attribute question tokens or words (a word = its sub-word tokens together; default: token)")
     p.add_argument("--target", default="logprob", choices=list(TARGETS),
                    help="logprob = teacher-forced mean log-prob of the answer (the paper's LP); first_logit = the "
                    "answer's first-token logit (default: logprob)")
-    p.add_argument("--mode", default="delete", choices=["delete", "replace"],
+    p.add_argument("--mode", default=None, choices=list(OCCLUSION_MODES),
                    help="occlusion: delete the unit (paper) or replace it by --baseline-token (default: delete)")
     p.add_argument("--baseline-token", default=None, metavar="TEXT",
                    help="one-token text for --mode replace (default: the pad token) and the IG baseline (default: zeros)")
-    p.add_argument("--strategy", default="auto", choices=["auto", "batched", "packed"],
-                   help="occlusion: right-padded batch, packed tree-masked row, or choose by model size (default)")
-    p.add_argument("--alpha", type=float, default=0.5, help="KeyTokens: keep units >= alpha x the largest (0 < alpha <= 1; default 0.5)")
-    p.add_argument("--beta", type=int, default=3, help="KeyTokens: all positive units if fewer than beta (>= 1; default 3)")
-    p.add_argument("--steps", type=_steps, default=50, help="integrated gradients: quadrature nodes (default 50)")
-    p.add_argument("--ig-positions", default="question", choices=["question", "prompt"],
-                   help="integrated gradients: interpolate the question tokens or all prompt tokens but the first")
-    p.add_argument("--hooks", nargs="+", default=[], metavar="HOOK",
+    p.add_argument("--batching", default=None, choices=list(BATCHINGS),
+                   help="occlusion: right-padded batch, packed tree-masked row, or choose by model size "
+                   "(default: auto)")
+    p.add_argument("--keytoken-alpha", type=float, default=DEFAULT_KEYTOKEN_ALPHA,
+                   help="KeyTokens: keep units >= alpha x the largest "
+                   f"(0 < alpha <= 1; default {DEFAULT_KEYTOKEN_ALPHA})")
+    p.add_argument("--keytoken-beta", type=int, default=DEFAULT_KEYTOKEN_BETA,
+                   help=f"KeyTokens: all positive units if fewer than beta (>= 1; default {DEFAULT_KEYTOKEN_BETA})")
+    p.add_argument("--steps", type=_steps, default=None,
+                   help=f"integrated gradients: quadrature nodes (default {DEFAULT_STEPS})")
+    p.add_argument("--ig-positions", default=None, choices=list(POSITION_SETS),
+                   help="integrated gradients: interpolate the question tokens (default) or all prompt tokens but "
+                   "the first")
+    p.add_argument("--hooks", nargs="+", default=None, metavar="HOOK",
                    help="grad_x_input: also gradient x activation at these hooks, e.g. blocks.3.hook_resid_post")
     p.add_argument("--layers", type=_layers, default=None, metavar="LAYERS", help="attention: layers, e.g. 0-9 or 0+5+10 (default: all)")
     p.add_argument("--compare-to", default=None, metavar="SPEC",
                    help="also attribute this model (e.g. the unlearned one) and write the before/after comparison")
     p.set_defaults(run=run)
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method's options from the flags given (``--batch-size`` whenever the method has a batch size); a flag
+    the method does not take is an :class:`InputError` naming the flags it does take."""
+    from unpact_mech.attribution.methods import ATTRIBUTION_METHODS
+
+    accepted = ATTRIBUTION_METHODS[args.method].default_options()
+    given = {o: getattr(args, dest) for o, dest in OPTION_FLAGS.items() if getattr(args, dest) is not None}
+    wrong = [_flag(o) for o in given if o not in accepted and o != "batch_size"]
+    if wrong:
+        usable = ", ".join(_flag(o) for o in accepted if o in OPTION_FLAGS) or "none"
+        verb = "does" if len(wrong) == 1 else "do"
+        raise InputError(f"{', '.join(wrong)} {verb} not apply to --method {args.method} (its flags: {usable})")
+    options = {o: v for o, v in given.items() if o in accepted}
+    if "hooks" in options:
+        options["hooks"] = tuple(options["hooks"])
+    return options
 
 
 def _label(name: str, taken: str | None = None) -> str:
@@ -83,11 +135,9 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.scoring.prompt import prompt_format_from_name
 
     seed_everything(args.seed)
-    cfg = AttributionConfig(
-        method=args.method, level=args.level, target=args.target, mode=args.mode, baseline_token=args.baseline_token,
-        strategy=args.strategy, alpha=args.alpha, beta=args.beta, steps=args.steps, ig_positions=args.ig_positions,
-        hooks=tuple(args.hooks), layers=args.layers, batch_size=args.batch_size,
-    )
+    cfg = AttributionConfig(method=args.method, level=args.level, target=args.target,
+                            keytoken_alpha=args.keytoken_alpha, keytoken_beta=args.keytoken_beta,
+                            options=method_options(args))
     cfg.validate()  # cheap checks first: nothing is loaded or written for bad values
     prepare_output_path(args.out, overwrite=args.overwrite)
     items = load_items(args.data, schema=args.schema)
@@ -105,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     comparison = compare_runs(runs[0], runs[1]) if len(runs) > 1 else None
 
     summary = attribution_summary(runs, comparison, labels, args.backend)
-    run_meta = RunWriter("attribute", config={k: v for k, v in vars(args).items() if k != "run"}, seed=args.seed)
+    config = {k: v for k, v in vars(args).items() if k != "run"} | {"options": cfg.method_object().options()}
+    run_meta = RunWriter("attribute", config=config, seed=args.seed)
     run_meta.add_input("data", None if str(args.data).startswith("builtin:") else args.data)
     run_meta.lineage = models[-1].lineage
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:

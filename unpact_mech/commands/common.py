@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 
@@ -68,12 +67,4 @@ def load_run_inputs(args: argparse.Namespace, *, spec_attr: str = "model") -> tu
     model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
     return model, items
 
-
-def record_inputs(run, args: argparse.Namespace, model) -> None:
-    """Hash the data file and the model weights into ``run.json``."""
-    data = str(args.data)
-    run.add_input("data", None if data.startswith("builtin:") else data)
-    weights = sorted(Path(model.source_dir).glob("*.safetensors"))
-    run.add_input("model", weights[0] if weights else model.source_dir)
-    run.lineage = model.lineage
 

@@ -18,16 +18,18 @@ examples:
 
 
 def add_parser(sub) -> None:
-    from unpact_mech.demo import DEFAULT_METHODS, DEMO_INTERVENTIONS, DEMO_STRATEGIES, DemoConfig
     from unpact_mech.commands.common import add_backend_option, add_seed_option, positive_int
+    from unpact_mech.demo import DemoConfig
+    from unpact_mech.pipeline.presets import DEFAULT_METHODS, DEMO_INTERVENTIONS, DEMO_STRATEGIES
+    from unpact_mech.unlearning import UNLEARNING_METHODS
 
     p = sub.add_parser("demo", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", metavar="SPEC",
                    help="smollm2 (embedded SmolLM2-135M-Instruct, default), tiny, or a local HF model directory")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
-                   help=f"unlearning methods, each on a fresh copy (default: {' '.join(DEFAULT_METHODS)}; any of ga ga_gdr "
-                   "ga_klr npo npo_gdr npo_klr simnpo rmu task_vector)")
+                   help=f"unlearning methods, each on a fresh copy (default: {' '.join(DEFAULT_METHODS)}; any of "
+                   f"{' '.join(UNLEARNING_METHODS)})")
     p.add_argument("--data", default=None, metavar="FILE",
                    help="QA items with a forget/retain split (default: builtin:real_facts; builtin:synthetic_facts for tiny)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory to create (default: unpact-runs/demo-MODEL-TIMESTAMP)")

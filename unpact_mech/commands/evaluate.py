@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from unpact_mech.commands.common import add_model_options, add_run_options, load_run_inputs, positive_int, record_inputs
+from unpact_mech.commands.common import add_model_options, add_run_options, load_run_inputs, positive_int
 
 HELP = "evaluate a model on QA items (accuracy / log-prob / rank per item)"
 
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unpact_mech.io import RunWriter, atomic_output_dir
+    from unpact_mech.io import atomic_output_dir, run_record
     from unpact_mech.runtime import seed_everything
     from unpact_mech.scoring import evaluate_items, summarize
     from unpact_mech.scoring.evaluate import write_evaluation
@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, progress=not args.quiet,
     )
     summary = summarize(per_item) | {"model": model.name, "backend": model.backend.name, "judge": args.judge}
-    run = RunWriter("evaluate", config=vars(args) | {"run": None}, seed=args.seed)
-    record_inputs(run, args, model)
+    run = run_record("evaluate", config=vars(args), seed=args.seed, data=args.data, lineage=model.lineage,
+                     models={"model": model})
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_evaluation(tmp, per_item, summary, run, model=model.name)
     by_split = ", ".join(f"{k} {v:.2f}" for k, v in summary["accuracy_by_split"].items())

@@ -7,36 +7,42 @@ import argparse
 from unpact_mech.commands.common import positive_int
 
 HELP = "try to recover forgotten answers by keyword emphasis (prompt strategies and activation interventions)"
-EPILOG = """interventions: METHOD[:key=value,...] with METHOD in scale, patch, steer, pasta and keys
-layers (a-b ranges, + lists), heads, factor, coefficient, hook; e.g. scale:factor=3,layers=0-9
-pasta:factor=0.05,layers=10-19,heads=0+4  patch:layers=0-29  steer:coefficient=2.
+EPILOG = """conditions come from the attack registry (unpact_mech.attacks); --strategy takes prompt strategies,
+--intervention activation interventions as NAME[:key=value,...] with integer lists as a-b ranges and + lists:
+  scale:factor=3,layers=0-9   patch:layers=0-29   steer:coefficient=2   pasta:other_weight=0.05,layers=10-19,heads=0+4
 Defaults: scale x2 on the first half of the layers; patch from the original at all layers; steer (mean
-original-minus-unlearned residual at keyword positions, coefficient 1) on the first half; pasta x0.1 on the
-middle third, all heads. Use 'none' to run no strategies / no interventions."""
+original-minus-unlearned residual at keyword positions, coefficient 1) on the first half; pasta (attention to
+other keys x0.1) on the middle third, all heads. Use 'none' to run no strategies / no interventions.
+--ablation sweeps the given interventions (default: patch and scale) over layers x position groups."""
 
 
 def add_parser(sub) -> None:
-    from unpact_mech.recovery.strategies import STRATEGIES
+    from unpact_mech.attacks import attack_names
+    from unpact_mech.attribution.keytokens import DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA
+    from unpact_mech.commands.common import add_run_options
 
+    strategies, interventions = attack_names("strategy"), attack_names("intervention")
     p = sub.add_parser("recover", help=HELP, description=HELP + ". Writes rates.csv (one row per strategy/"
                        "intervention with CIs and controls), results.csv, per_item.csv, keywords.csv, plots, "
                        "summary.json and run.json.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--original", default="smollm2", metavar="SPEC", help="the model before unlearning (default: smollm2)")
     p.add_argument("--unlearned", required=True, metavar="SPEC", help="the unlearned model (e.g. an `unpact unlearn` output)")
-    from unpact_mech.commands.common import add_run_options
-
     add_run_options(p)
-    p.add_argument("--strategy", nargs="+", default=list(STRATEGIES), metavar="NAME",
-                   help=f"prompt strategies ({', '.join(STRATEGIES)}; default: all; 'none' for no strategies)")
-    p.add_argument("--intervention", nargs="+", default=["scale", "patch", "steer", "pasta"], metavar="SPEC",
-                   help="activation interventions at keyword positions (default: scale patch steer pasta; see below)")
+    p.add_argument("--strategy", nargs="+", default=strategies, metavar="NAME",
+                   help=f"prompt strategies ({', '.join(strategies)}; default: all; 'none' for no strategies)")
+    p.add_argument("--intervention", nargs="+", default=interventions, metavar="SPEC",
+                   help=f"activation interventions at keyword positions (default: {' '.join(interventions)}; see below)")
     p.add_argument("--keywords", default="attribution", choices=["attribution", "data", "both"],
                    help="keyword source: KeyTokens of occlusion on the original model, the data's keywords, or both")
-    p.add_argument("--alpha", type=float, default=0.5, help="KeyTokens threshold on max-normalised contributions (default 0.5)")
-    p.add_argument("--beta", type=int, default=3, help="KeyTokens: keep all positive words if fewer than beta (default 3)")
+    p.add_argument("--keytoken-alpha", type=float, default=DEFAULT_KEYTOKEN_ALPHA, metavar="ALPHA",
+                   help=f"KeyTokens: keep words >= ALPHA x the largest contribution (0 < ALPHA <= 1; "
+                   f"default {DEFAULT_KEYTOKEN_ALPHA})")
+    p.add_argument("--keytoken-beta", type=int, default=DEFAULT_KEYTOKEN_BETA, metavar="BETA",
+                   help=f"KeyTokens: all positive words if fewer than BETA (>= 1; default {DEFAULT_KEYTOKEN_BETA})")
     p.add_argument("--no-controls", action="store_true", help="skip the random-word, original-model and retain controls")
-    p.add_argument("--ablation", action="store_true", help="also run the layer x position-group sweep for patch and scale")
-    p.add_argument("--ablation-layers", default=None, metavar="LAYERS", help="layers for --ablation, e.g. 0-29 or 0+5+10 (default: 10 evenly spaced)")
+    p.add_argument("--ablation", action="store_true", help="also sweep the interventions over layers x position groups")
+    p.add_argument("--ablation-layers", default=None, metavar="LAYERS",
+                   help="layers for --ablation, e.g. 0-29 or 0+5+10 (default: 10 evenly spaced)")
     p.add_argument("--max-new-tokens", type=positive_int, default=12, help="greedy answer length (default: 12)")
     p.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap resamples for CIs (default: 2000)")
     p.set_defaults(run=run)
@@ -47,32 +53,30 @@ def _lists(values: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from unpact_mech.attacks import get_attack
+    from unpact_mech.attribution.keytokens import check_keytoken_rule
     from unpact_mech.data import load_items
     from unpact_mech.errors import InputError
-    from unpact_mech.io import RunWriter, atomic_output_dir, prepare_output_path
+    from unpact_mech.io import atomic_output_dir, prepare_output_path, run_record
     from unpact_mech.models import load_model
-    from unpact_mech.recovery import RecoveryConfig, check_compatible, parse_intervention, resolve, run_recovery
+    from unpact_mech.recovery import RecoveryConfig, check_compatible, recovered_lineage, run_recovery
     from unpact_mech.recovery.ablation import SweepConfig, layer_sweep
-    from unpact_mech.recovery.interventions import _int_list
-    from unpact_mech.recovery.strategies import get_strategy
     from unpact_mech.recovery.outputs import write_recovery
-    from unpact_mech.recovery.run import recovered_lineage
     from unpact_mech.runtime import seed_everything
     from unpact_mech.scoring.prompt import prompt_format_from_name
+    from unpact_mech.syntax import parse_int_list
 
     seed_everything(args.seed)
     # cheap validation first: nothing is loaded or written for bad names/values
     prepare_output_path(args.out, overwrite=args.overwrite)
-    strategies = _lists(args.strategy)
-    for name in strategies:
-        get_strategy(name)
-    specs = [parse_intervention(t) for t in _lists(args.intervention)]
-    if not 0 < args.alpha <= 1:
-        raise InputError(f"--alpha must be in (0, 1], got {args.alpha}")
-    if args.beta < 1:
-        raise InputError(f"--beta must be >= 1, got {args.beta}")
+    strategies = [get_attack(name, kind="strategy") for name in _lists(args.strategy)]
+    interventions = [get_attack(text, kind="intervention") for text in _lists(args.intervention)]
     try:
-        ablation_layers = _int_list(args.ablation_layers) if args.ablation_layers else None
+        check_keytoken_rule(args.keytoken_alpha, args.keytoken_beta)
+    except InputError as err:
+        raise InputError(f"--{str(err).replace('_', '-')}") from None
+    try:
+        ablation_layers = parse_int_list(args.ablation_layers) if args.ablation_layers else None
     except ValueError:
         raise InputError(f"--ablation-layers: cannot parse {args.ablation_layers!r} (use e.g. 0-29 or 0+5+10)") from None
     items = load_items(args.data, schema=args.schema)
@@ -81,31 +85,33 @@ def run(args: argparse.Namespace) -> int:
     check_compatible(original, unlearned)
     for model in (original, unlearned):
         model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
-    specs = [resolve(s, unlearned) for s in specs]  # layer/head/factor errors before any work
+    attacks = [a.resolve(unlearned) for a in strategies + interventions]  # layer/head errors before any work
     if ablation_layers is not None:
         bad = [L for L in ablation_layers if not 0 <= L < unlearned.shape.n_layers]
         if bad:
-            raise InputError(f"--ablation-layers: layer {bad[0]} out of range (model has layers 0..{unlearned.shape.n_layers - 1})")
+            raise InputError(f"--ablation-layers: layer {bad[0]} out of range "
+                             f"(model has layers 0..{unlearned.shape.n_layers - 1})")
 
     cfg = RecoveryConfig(
-        strategies=strategies, interventions=specs, keyword_source=args.keywords, alpha=args.alpha, beta=args.beta,
-        controls=not args.no_controls, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        n_boot=args.n_boot, seed=args.seed,
+        attacks=attacks, keyword_source=args.keywords, keytoken_alpha=args.keytoken_alpha,
+        keytoken_beta=args.keytoken_beta, controls=not args.no_controls, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed,
     )
     result = run_recovery(original, unlearned, items, cfg, progress=not args.quiet)
     sweep = None
     if args.ablation:
         eligible = set(result.eligible_ids)
         chosen = [(it, kw) for it, kw in zip(items, result.item_keywords) if it.id in eligible]
+        swept = [a.configure(layers=None) for a in interventions] or ["patch", "scale"]
         sweep = layer_sweep(
             original, unlearned, [it for it, _ in chosen], [kw for _, kw in chosen],
-            SweepConfig(layers=ablation_layers, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+            SweepConfig(interventions=swept, layers=ablation_layers, max_new_tokens=args.max_new_tokens,
+                        batch_size=args.batch_size),
             progress=not args.quiet,
         )
 
-    run_meta = RunWriter("recover", config={k: v for k, v in vars(args).items() if k != "run"}, seed=args.seed)
-    run_meta.add_input("data", None if str(args.data).startswith("builtin:") else args.data)
-    run_meta.lineage = recovered_lineage(unlearned, strategies, specs, args.keywords, args.original)
+    run_meta = run_record("recover", config=vars(args), seed=args.seed, data=args.data,
+                          lineage=recovered_lineage(unlearned, result.attacks, args.keywords, args.original))
     summary = result.summary | {"original": str(args.original), "unlearned": str(args.unlearned), "backend": args.backend}
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_recovery(tmp, result, run_meta, summary, sweep)

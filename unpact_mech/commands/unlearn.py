@@ -16,10 +16,10 @@ HP_FLAGS = {"alpha": "--alpha", "beta": "--beta", "gamma": "--gamma", "c": "--st
 
 
 def _epilog() -> str:
-    from unpact_mech.unlearning import HYPERPARAMETERS, METHODS
+    from unpact_mech.unlearning import HYPERPARAMETERS, UNLEARNING_METHODS
 
     lines = ["methods and their defaults (recipes measured on smollm2 + builtin:real_facts, docs/unlearning.md):"]
-    for name, cls in METHODS.items():
+    for name, cls in UNLEARNING_METHODS.items():
         r = cls.recipe
         hp = ", ".join(f"{k}={v:g}" for k, v in cls.hyperparameters.items())
         lines.append(f"  {name:<12} lr {r.lr:g}, {r.steps} steps, batch {r.batch_size}" + (f"; {hp}" if hp else ""))
@@ -34,14 +34,14 @@ def _epilog() -> str:
 
 
 def add_parser(sub) -> None:
-    from unpact_mech.unlearning import LR_SCHEDULES, METHODS
+    from unpact_mech.unlearning import LR_SCHEDULES, UNLEARNING_METHODS
 
     p = sub.add_parser("unlearn", help=HELP, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=HELP + ". Writes the model (safetensors, config, tokenizer), run.json (lineage "
                        "base -> unlearned), results.csv (long: item_id, split, metric, value, step, method), "
                        "summary.json, dynamics.csv/.png and training_log.csv.")
-    p.add_argument("--method", required=True, choices=list(METHODS), metavar="NAME",
-                   help=f"unlearning method: {', '.join(METHODS)}")
+    p.add_argument("--method", required=True, choices=list(UNLEARNING_METHODS), metavar="NAME",
+                   help=f"unlearning method: {', '.join(UNLEARNING_METHODS)}")
     add_model_options(p)
     add_run_options(p, batch_size_default=None,
                     batch_size_help="forget items per micro-batch (and as many retain items), per process "
@@ -92,17 +92,17 @@ def _checkpoint_dir(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from unpact_mech.commands.common import load_run_inputs, record_inputs
+    from unpact_mech.commands.common import load_run_inputs
     from unpact_mech.errors import InputError
-    from unpact_mech.io import RunWriter, prepare_output_path
+    from unpact_mech.io import prepare_output_path, run_record
     from unpact_mech.runtime import seed_everything
-    from unpact_mech.unlearning import UnlearningFailed, get_method, resolve_config, unlearn, write_unlearned
+    from unpact_mech.unlearning import UnlearningFailed, get_unlearning_method, resolve_config, unlearn, write_unlearned
     from unpact_mech.unlearning.checkpoint import CheckpointStore
     from unpact_mech.unlearning.run import check_outside
 
     seed_everything(args.seed)
     # cheap checks first: nothing is loaded or written for bad names/values
-    method = get_method(args.method, **{k: getattr(args, k) for k in HP_FLAGS})
+    method = get_unlearning_method(args.method, **{k: getattr(args, k) for k in HP_FLAGS})
     eval_every = args.eval_every if args.eval_every is not None else args.checkpoint_every
     config = resolve_config(
         method, steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
@@ -136,9 +136,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not main:
         return 0
-    run_meta = RunWriter("unlearn", config={k: v for k, v in vars(args).items() if k != "run"}
-                         | {"resolved": vars(config), "hyperparameters": dict(method.hp)}, seed=args.seed)
-    record_inputs(run_meta, args, model)
+    run_meta = run_record("unlearn", config=vars(args) | {"resolved": vars(config), "hyperparameters": dict(method.hp)},
+                          seed=args.seed, data=args.data, lineage=model.lineage, models={"model": model})
     write_unlearned(model, result, args.out, run=run_meta, overwrite=args.overwrite)
     if ckpt_dir is not None and not args.keep_checkpoints:
         CheckpointStore(ckpt_dir, {}).clear()

@@ -1,6 +1,7 @@
 """QA items: the record, loaders for files and built-in sets, schema adapters."""
 
-from unpact_mech.data.loaders import SCHEMAS, load_items, split_items
+from unpact_mech.data.loaders import SCHEMAS, load_items
 from unpact_mech.data.record import QAItem
+from unpact_mech.data.splits import FORGET, RETAIN, require_split, split_items
 
-__all__ = ["QAItem", "SCHEMAS", "load_items", "split_items"]
+__all__ = ["FORGET", "QAItem", "RETAIN", "SCHEMAS", "load_items", "require_split", "split_items"]

@@ -155,6 +155,3 @@ def load_items(source: str | Path, *, schema: str = "auto", default_split: str |
         raise InputError(f"data {text}: no items")
     return items
 
-
-def split_items(items: list[QAItem], split: str) -> list[QAItem]:
-    return [it for it in items if it.split == split]

@@ -1,4 +1,4 @@
-"""The QA record (DESIGN.md) and its validation.
+"""The QA record and its validation (the data contract: docs/concepts.md).
 
 ``{"id": str, "question": str, "answer": str, "aliases": [str]?, "keywords": [str]?, "split": str?}``
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from unpact_mech.errors import InputError
-from unpact_mech.scoring.tokens import keyword_spans
+from unpact_mech.data.text import keyword_spans
 
 KNOWN_FIELDS = ("id", "question", "answer", "aliases", "keywords", "split")
 UNSPLIT = "unsplit"

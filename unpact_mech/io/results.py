@@ -1,4 +1,4 @@
-"""The output contract of every command (DESIGN.md): ``run.json``, ``results.csv``, ``summary.json``.
+"""The output contract of every command (docs/concepts.md): ``run.json``, ``results.csv``, ``summary.json``.
 
 * ``results.csv`` is long format: one row per (item, metric) with at least ``item_id, split, metric, value`` plus
   whatever identifies the row (model, method, strategy, layer, head, position, token, ...).
@@ -19,11 +19,14 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import pandas as pd
 
 from unpact_mech.io.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from unpact_mech.models.hooked import HookedLM
 
 REQUIRED_COLUMNS = ("item_id", "split", "metric", "value")
 _VERSIONED = ("unpact-mech", "torch", "transformers", "transformer-lens", "nnsight", "numpy", "pandas", "accelerate")
@@ -73,11 +76,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 class RunWriter:
     """Collects what a command did and writes the three contract files into an output directory.
 
-    Example::
+    Start one with :func:`run_record` (the one constructor every command and pipeline stage uses)::
 
-        run = RunWriter("evaluate", config=vars(args), seed=args.seed)
-        run.add_input("data", data_path)
-        run.lineage = model.lineage
+        run = run_record("evaluate", config=vars(args), seed=args.seed, data=args.data, lineage=model.lineage)
         run.write(out_dir, results_df, {"accuracy": 0.9})
     """
 
@@ -116,6 +117,30 @@ class RunWriter:
         ordered = list(REQUIRED_COLUMNS) + [c for c in results.columns if c not in REQUIRED_COLUMNS]
         atomic_write_text(out / "results.csv", results[ordered].to_csv(index=False))
         write_json(out / "summary.json", dict(summary))
+
+
+def run_record(
+    command: str,
+    *,
+    config: Mapping[str, Any],
+    seed: int | None,
+    data: str | os.PathLike | None,
+    lineage: Sequence[Mapping[str, Any]] = (),
+    argv: Sequence[str] | None = None,
+    models: Mapping[str, "HookedLM"] | None = None,
+) -> RunWriter:
+    """A :class:`RunWriter` for ``command``: the data input hashed (``builtin:...`` sets recorded as built-in), the
+    weights of ``models`` (name -> model) hashed, the lineage copied; ``config`` without the CLI's ``run`` callback."""
+    clean = {k: v for k, v in dict(config).items() if not callable(v)}
+    run = RunWriter(command, config=clean, seed=seed, argv=list(argv) if argv is not None else list(sys.argv))
+    if data is not None:
+        text = str(data)
+        run.add_input("data", None if text.startswith("builtin:") else text)
+    for name, model in (models or {}).items():
+        weights = sorted(Path(model.source_dir).glob("*.safetensors"))
+        run.add_input(name, weights[0] if weights else model.source_dir)
+    run.lineage = [dict(step) for step in lineage]
+    return run
 
 
 def read_results(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:

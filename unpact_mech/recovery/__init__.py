@@ -1,23 +1,18 @@
-"""Recovery by keyword emphasis: prompt strategies, activation interventions, recovery/destructive rates."""
+"""The recovery experiment: run conditions of the attack registry (:mod:`unpact_mech.attacks`) on an unlearned
+model with controls — the runner (:mod:`.run`), controls (:mod:`.controls`), rates (:mod:`.metrics`), the layer
+ablation (:mod:`.ablation`) and outputs (:mod:`.outputs`)."""
 
-from unpact_mech.recovery.interventions import InterventionSpec, build_factory, parse_intervention, resolve
 from unpact_mech.recovery.metrics import Rate, bootstrap_ci, destructive_rate, recovery_rate
-from unpact_mech.recovery.run import RecoveryConfig, RecoveryResult, check_compatible, run_recovery
-from unpact_mech.recovery.strategies import STRATEGIES, get_strategy
+from unpact_mech.recovery.run import RecoveryConfig, RecoveryResult, check_compatible, recovered_lineage, run_recovery
 
 __all__ = [
-    "InterventionSpec",
     "Rate",
     "RecoveryConfig",
     "RecoveryResult",
-    "STRATEGIES",
     "bootstrap_ci",
-    "build_factory",
     "check_compatible",
     "destructive_rate",
-    "get_strategy",
-    "parse_intervention",
+    "recovered_lineage",
     "recovery_rate",
-    "resolve",
     "run_recovery",
 ]

@@ -1,4 +1,4 @@
-"""Recovery and destructive rates (PAPER.md) with percentile-bootstrap confidence intervals.
+"""Recovery and destructive rates (definitions: docs/concepts.md) with percentile-bootstrap confidence intervals.
 
 * recovery rate = among forget items the ORIGINAL model answers correctly and the UNLEARNED model does not
   (the eligible set E), the fraction the unlearned model answers correctly under emphasis:

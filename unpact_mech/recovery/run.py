@@ -1,23 +1,32 @@
-"""The recovery experiment: emphasise keywords without changing weights and ask the unlearned model again.
+"""The recovery experiment: apply every condition of the attack registry and ask again, with controls.
 
 For an ORIGINAL and an UNLEARNED model (same tokenizer and architecture) and items with a forget/retain split:
 
-1. keywords per item from one source (:mod:`.keywords`), aligned on the original prompt;
-2. baselines: both models, no emphasis, all items -> eligible forget items (original right, unlearned wrong) and
-   the destructive rate on retain items;
-3. for every prompt strategy and every activation intervention (emphasis on the keywords):
-   * recovery rate on the eligible forget items (with a bootstrap CI) and whether the gold answer's first token
-     becomes top-1 / enters the top-k;
-   * controls: the same emphasis on RANDOM non-keyword words/positions (same count); the same emphasis on the
-     ORIGINAL model (its accuracy on all items); the same emphasis on RETAIN items (unlearned accuracy).
+1. keywords per item from one source (:mod:`unpact_mech.attacks.keywords`), aligned on the original prompt;
+2. baselines: both models, no attack, every forget and retain item -> the ELIGIBLE forget items (original right,
+   unlearned wrong) and the destructive rate on retain items;
+3. one loop over the conditions (:class:`~unpact_mech.attacks.base.Attack` objects); each is evaluated in up to four
+   arms, all through :meth:`Attack.treat` and :func:`~unpact_mech.scoring.evaluate.evaluate_items`:
 
-Everything is scored by the foundation's :func:`~unpact_mech.scoring.evaluate.evaluate_items` (greedy answer +
-judge, teacher-forced LP and rank), so "correct" means the same everywhere.
+   ====================  =================  ==========================  =========================================
+   arm                   model              items                       emphasised words
+   ====================  =================  ==========================  =========================================
+   ``emphasis``          unlearned          eligible forget items       the keywords
+   ``random_control``    unlearned          eligible forget items       random non-keyword words (same count);
+                                                                        only for conditions that use keywords
+   ``original_control``  original           sample of forget + retain   the keywords (skipped where meaningless)
+   ``retain_control``    unlearned          sample of retain items      the keywords
+   ====================  =================  ==========================  =========================================
+
+   -> one row of ``rates`` per condition (:func:`condition_row`: recovery rate with CI, top-1/top-k, LP gain,
+   controls). Items are addressed by their id throughout.
+
+Everything is scored by :func:`~unpact_mech.scoring.evaluate.evaluate_items` (greedy answer + judge, teacher-forced
+LP and rank), so "correct" means the same everywhere.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -25,29 +34,33 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from unpact_mech.attacks import DEFAULT_ATTACKS, Attack, AttackEnv, ItemKeywords, resolve_attacks, select_keywords
+from unpact_mech.attribution.keytokens import DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA
+from unpact_mech.data.splits import FORGET, RETAIN, split_items
 from unpact_mech.errors import InputError
-from unpact_mech.recovery.interventions import InterventionSpec, build_factory, resolve, steering_directions
-from unpact_mech.recovery.keywords import ItemKeywords, random_words, select_keywords
+from unpact_mech.recovery.controls import control_items, random_word_controls
 from unpact_mech.recovery.metrics import destructive_rate, eligible_for_recovery, rate
-from unpact_mech.recovery.strategies import DEFAULT_STRATEGIES, get_strategy
 from unpact_mech.scoring.evaluate import evaluate_items
-from unpact_mech.scoring.tokens import EncodedQA, encode_item
+from unpact_mech.scoring.tokens import encode_item
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
 
-DEFAULT_INTERVENTIONS = (InterventionSpec("scale"), InterventionSpec("patch"), InterventionSpec("steer"), InterventionSpec("pasta"))
+BASELINE = "baseline"
 
 
 @dataclass
 class RecoveryConfig:
-    strategies: Sequence[str] = DEFAULT_STRATEGIES
+    """What a recovery run does. ``attacks``: registered names, spec strings (``scale:factor=3``) or
+    :class:`~unpact_mech.attacks.base.Attack` objects, run in this order (one string counts as one condition);
+    ``templates``: prompt templates by strategy name."""
+
+    attacks: Sequence["str | Attack"] = DEFAULT_ATTACKS
     templates: dict[str, str] = field(default_factory=dict)
-    interventions: Sequence[InterventionSpec] = DEFAULT_INTERVENTIONS
     keyword_source: str = "attribution"
-    alpha: float = 0.5
-    beta: int = 3
+    keytoken_alpha: float = DEFAULT_KEYTOKEN_ALPHA
+    keytoken_beta: int = DEFAULT_KEYTOKEN_BETA
     controls: bool = True
     judge: str = "contains"
     max_new_tokens: int = 12
@@ -62,7 +75,8 @@ class RecoveryConfig:
 class RecoveryResult:
     """``per_item``: one row per (model, condition, emphasis, item); ``rates``: one row per condition;
     ``keywords``: the emphasised words per item (table; ``item_keywords`` the objects, aligned with the items);
-    ``summary``: headline numbers; ``eligible_ids``: forget items the original knows and the unlearned does not."""
+    ``summary``: headline numbers; ``eligible_ids``: forget items the original knows and the unlearned does not;
+    ``attacks``: the resolved conditions, in the order of ``rates``."""
 
     per_item: pd.DataFrame
     rates: pd.DataFrame
@@ -70,13 +84,15 @@ class RecoveryResult:
     summary: dict[str, Any]
     item_keywords: list[ItemKeywords] = field(default_factory=list)
     eligible_ids: list[str] = field(default_factory=list)
+    attacks: list[Attack] = field(default_factory=list)
 
 
-def recovered_lineage(unlearned: "HookedLM", strategies: Sequence[str], specs: Sequence[InterventionSpec], keyword_source: str, original: str) -> list[dict[str, Any]]:
+def recovered_lineage(unlearned: "HookedLM", attacks: Sequence[Attack], keyword_source: str,
+                      original: str) -> list[dict[str, Any]]:
     """The unlearned model's lineage extended by the recovery step (no weight changes)."""
     return list(unlearned.lineage) + [{
-        "role": "recovered", "weights_changed": False, "strategies": list(strategies),
-        "interventions": [s.name for s in specs], "keyword_source": keyword_source, "original": str(original),
+        "role": "recovered", "weights_changed": False, "attacks": [a.label for a in attacks],
+        "keyword_source": keyword_source, "original": str(original),
     }]
 
 
@@ -92,42 +108,109 @@ def check_compatible(original: "HookedLM", unlearned: "HookedLM") -> None:
         raise InputError("original and unlearned models have different tokenizers")
 
 
-class _Runner:
-    def __init__(self, original, unlearned, items, config: RecoveryConfig, progress: bool) -> None:
-        self.o, self.u, self.items, self.cfg, self.progress = original, unlearned, list(items), config, progress
-        self.rows: list[pd.DataFrame] = []
+@dataclass(frozen=True)
+class Arm:
+    """One evaluation of a condition: ``role`` (which model), the item ids, the emphasis label and words."""
 
-    def evaluate(self, model, idx, *, label, kind, condition, emphasis, questions=None, interventions=None):
-        """Evaluate ``model`` on items ``idx`` (optionally rewritten / with interventions); keep rows; return them
-        (None when ``idx`` is empty)."""
-        if not idx:
+    name: str
+    role: str
+    ids: list[str]
+    emphasis: str
+    words: dict[str, ItemKeywords]
+
+
+class _Evaluator:
+    """Evaluates (model, items, treatment) and keeps every labelled per-item frame."""
+
+    def __init__(self, models: dict[str, "HookedLM"], items: dict[str, "QAItem"], cfg: RecoveryConfig) -> None:
+        self.models, self.items, self.cfg = models, items, cfg
+        self.frames: list[pd.DataFrame] = []
+
+    def run(self, arm: Arm, attack: Attack, env: AttackEnv) -> pd.DataFrame | None:
+        """Evaluate ``arm`` under ``attack``; None when the arm has no items."""
+        if not arm.ids:
             return None
-        items = [self.items[i] for i in idx]
-        encoded = None if questions is None else [encode_item(model, it, question=q) for it, q in zip(items, questions)]
-        df = evaluate_items(
-            model, items, encoded=encoded, judge=self.cfg.judge, max_new_tokens=self.cfg.max_new_tokens,
-            batch_size=self.cfg.batch_size, interventions=interventions, progress=False,
-        )
-        return self.keep(df, label=label, kind=kind, condition=condition, emphasis=emphasis)
+        items = [self.items[i] for i in arm.ids]
+        treated = attack.treat(self.models[arm.role], items, [arm.words[i] for i in arm.ids], env)
+        encoded = None if treated.questions is None else [
+            encode_item(treated.model, it, question=q) for it, q in zip(items, treated.questions)]
+        df = evaluate_items(treated.model, items, encoded=encoded, judge=self.cfg.judge,
+                            max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
+                            interventions=treated.interventions, progress=False)
+        return self.keep(df, role=arm.role, kind=attack.kind, condition=attack.label, emphasis=arm.emphasis)
 
-    def keep(self, df: pd.DataFrame, *, label, kind, condition, emphasis) -> pd.DataFrame:
-        """Label an evaluation frame (one row per item) and keep it for ``per_item``."""
+    def baseline(self, role: str, ids: list[str], known: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The model's answers without any attack (``known``: an evaluation of these items to reuse)."""
+        if known is None:
+            items = [self.items[i] for i in ids]
+            known = evaluate_items(self.models[role], items, judge=self.cfg.judge, max_new_tokens=self.cfg.max_new_tokens,
+                                   batch_size=self.cfg.batch_size, progress=False)
+        else:
+            have = set(known["item_id"])
+            missing = [i for i in ids if i not in have]
+            if missing:
+                raise ValueError(f"original_baseline lacks item {missing[0]!r}")
+            known = known.set_index("item_id").loc[ids].reset_index()
+        return self.keep(known, role=role, kind=BASELINE, condition="none", emphasis="none").set_index("item_id")
+
+    def keep(self, df: pd.DataFrame, *, role: str, kind: str, condition: str, emphasis: str) -> pd.DataFrame:
         df = df.copy()
-        df.insert(2, "model", label)
-        df.insert(3, "kind", kind)
-        df.insert(4, "condition", condition)
-        df.insert(5, "emphasis", emphasis)
-        self.rows.append(df)
+        for pos, (col, value) in enumerate((("model", role), ("kind", kind), ("condition", condition),
+                                            ("emphasis", emphasis)), start=2):
+            df.insert(pos, col, value)
+        self.frames.append(df)
         return df
 
 
-def _subset_factory(factory, idx: Sequence[int]):
-    """Re-index an intervention factory built over all items onto a subset evaluated on its own."""
-    if factory is None:
-        return None
-    from dataclasses import replace
+def arms(attack: Attack, cfg: RecoveryConfig, eligible: list[str], original_control: list[str],
+         retain_control: list[str], keywords: dict[str, ItemKeywords],
+         controls: dict[str, ItemKeywords]) -> list[Arm]:
+    """The arms of one condition (see the module docstring), in the order they are evaluated."""
+    out = [Arm("emphasis", "unlearned", eligible, "keywords", keywords)]
+    if cfg.controls:
+        if attack.uses_keywords:
+            out.append(Arm("random_control", "unlearned", eligible, "random", controls))
+        if attack.runs_on_original:
+            out.append(Arm("original_control", "original", original_control, "keywords", keywords))
+        out.append(Arm("retain_control", "unlearned", retain_control, "keywords", keywords))
+    return out
 
-    return lambda layout: factory(replace(layout, items=tuple(idx[i] for i in layout.items)))
+
+def condition_row(attack: Attack, frames: dict[str, pd.DataFrame | None], eligible: list[str], base_o: pd.DataFrame,
+                  base_u: pd.DataFrame, cfg: RecoveryConfig) -> dict[str, Any]:
+    """One ``rates`` row: recovery rate R on the eligible items (under emphasis, with CI), top-1/top-k of the gold
+    first token before and after, mean LP gain, and the controls (random-word rate; original-model and retain
+    accuracy before -> after on the same items)."""
+    row: dict[str, Any] = {"kind": attack.kind, "condition": attack.label}
+    emph = frames.get("emphasis")
+    e = emph.set_index("item_id").loc[eligible] if emph is not None else base_u.iloc[:0]
+    row |= rate(e["correct"].to_numpy(bool), n_boot=cfg.n_boot, seed=cfg.seed).as_dict("recovery_rate")
+    before = base_u.loc[eligible] if eligible else base_u.iloc[:0]
+    for label, frame in (("before", before), ("after", e)):
+        row[f"top1_{label}"] = float((frame["rank"] == 0).mean()) if len(frame) else float("nan")
+    for label, frame in (("before", before), ("after", e)):
+        row[f"top{cfg.top_k}_{label}"] = float((frame["rank"] < cfg.top_k).mean()) if len(frame) else float("nan")
+    gain = e["logprob"].to_numpy() - before["logprob"].to_numpy()
+    row["mean_logprob_gain"] = float(gain.mean()) if len(e) else float("nan")
+    rand = frames.get("random_control")
+    if rand is not None and len(rand):
+        row |= rate(rand["correct"].to_numpy(bool), n_boot=cfg.n_boot, seed=cfg.seed).as_dict("random_control_rate")
+    for arm, base, prefix in (("original_control", base_o, "original"), ("retain_control", base_u, "retain")):
+        frame = frames.get(arm)
+        if frame is not None and len(frame):  # before/after on the same (possibly sampled) items
+            row[f"{prefix}_accuracy_before"] = float(base.loc[list(frame["item_id"]), "correct"].mean())
+            row[f"{prefix}_accuracy_after"] = float(frame["correct"].mean())
+    return row
+
+
+def _item_keywords(cfg: RecoveryConfig, original: "HookedLM", items: Sequence["QAItem"], encoded,
+                   keywords: Sequence[ItemKeywords] | None) -> list[ItemKeywords]:
+    if keywords is None:
+        return select_keywords(cfg.keyword_source, original, items, encoded, keytoken_alpha=cfg.keytoken_alpha,
+                               keytoken_beta=cfg.keytoken_beta, batch_size=cfg.batch_size)
+    if [k.item_id for k in keywords] != [it.id for it in items]:
+        raise ValueError("precomputed keywords must be aligned with the items")
+    return list(keywords)
 
 
 def run_recovery(
@@ -140,140 +223,76 @@ def run_recovery(
     original_baseline: pd.DataFrame | None = None,
     progress: bool = True,
 ) -> RecoveryResult:
-    """Run prompt strategies and activation interventions with controls; see the module docstring.
+    """Run every condition of ``config.attacks`` with controls; see the module docstring.
 
-    ``keywords``: precomputed keywords aligned with ``items`` (e.g. KeyTokens computed once for several
-    unlearned models); default: from ``config.keyword_source``. ``original_baseline``: the original model's
-    :func:`~unpact_mech.scoring.evaluate.evaluate_items` frame of these items with the same judge and answer
-    length (reused instead of evaluating the original again, e.g. once for several unlearned models)."""
+    ``keywords``: precomputed keywords aligned with ``items`` (e.g. KeyTokens computed once for several unlearned
+    models); default: from ``config.keyword_source``. ``original_baseline``: the original model's
+    :func:`~unpact_mech.scoring.evaluate.evaluate_items` frame of these items with the same judge and answer length
+    (reused instead of evaluating the original again)."""
     cfg = config or RecoveryConfig()
     check_compatible(original, unlearned)
-    strategies = [get_strategy(n, cfg.templates.get(n)) for n in cfg.strategies]
-    specs = [resolve(s, unlearned) for s in cfg.interventions]
-    forget = [i for i, it in enumerate(items) if it.split == "forget"]
-    retain = [i for i, it in enumerate(items) if it.split == "retain"]
+    attacks = resolve_attacks(cfg.attacks, unlearned, cfg.templates)
+    forget = [it.id for it in split_items(items, FORGET)]
+    retain = [it.id for it in split_items(items, RETAIN)]
     if not forget:
         raise InputError("recovery needs items with split 'forget'")
-    run = _Runner(original, unlearned, items, cfg, progress)
-    encoded: list[EncodedQA] = [encode_item(original, it) for it in items]
-    if keywords is None:
-        keywords = select_keywords(
-            cfg.keyword_source, original, items, encoded, alpha=cfg.alpha, beta=cfg.beta, batch_size=cfg.batch_size, progress=progress
-        )
-    elif [k.item_id for k in keywords] != [it.id for it in items]:
-        raise ValueError("precomputed keywords must be aligned with the items")
-    keywords = list(keywords)
-    rng = random.Random(cfg.seed)
-    controls = [random_words(enc, kw, rng) for enc, kw in zip(encoded, keywords)]
+    encoded = [encode_item(original, it) for it in items]
+    kw_list = _item_keywords(cfg, original, items, encoded, keywords)
+    control_list = random_word_controls(encoded, kw_list, cfg.seed)
+    kws = {k.item_id: k for k in kw_list}
+    controls = {it.id: c for it, c in zip(items, control_list)}
+    original_control, retain_control = control_items(forget + retain, retain, [it.id for it in items],
+                                                     cfg.max_control_items, cfg.seed)
+    evaluator = _Evaluator({"original": original, "unlearned": unlearned}, {it.id: it for it in items}, cfg)
 
-    n_steps = 2 + len(strategies) + len(specs)
-    bar = tqdm(total=n_steps, desc="recovery", disable=not progress)
-    everything = forget + retain
-    cap = cfg.max_control_items
-    sample = random.Random(cfg.seed + 1)
-    original_control = sorted(sample.sample(everything, cap)) if cap and cap < len(everything) else everything
-    retain_control = sorted(sample.sample(retain, cap)) if cap and cap < len(retain) else retain
-    if original_baseline is not None:
-        known = original_baseline.set_index("item_id")
-        missing = [items[i].id for i in everything if items[i].id not in known.index]
-        if missing:
-            raise ValueError(f"original_baseline lacks item {missing[0]!r}")
-        base_o = run.keep(known.loc[[items[i].id for i in everything]].reset_index(), label="original", kind="baseline",
-                          condition="none", emphasis="none").set_index("item_id")
-    else:
-        base_o = run.evaluate(original, everything, label="original", kind="baseline", condition="none", emphasis="none").set_index("item_id")
+    bar = tqdm(total=2 + len(attacks), desc="recovery", disable=not progress)
+    base_o = evaluator.baseline("original", forget + retain, original_baseline)
     bar.update()
-    base_u = run.evaluate(unlearned, everything, label="unlearned", kind="baseline", condition="none", emphasis="none").set_index("item_id")
+    base_u = evaluator.baseline("unlearned", forget + retain)
     bar.update()
-    ids = [items[i].id for i in forget]
-    eligible_mask = eligible_for_recovery(base_o.loc[ids, "correct"].to_numpy(), base_u.loc[ids, "correct"].to_numpy())
-    eligible = [i for i, ok in zip(forget, eligible_mask) if ok]
-    eligible_ids = [items[i].id for i in eligible]
-    rids = [items[i].id for i in retain]
-    destructive = destructive_rate(base_o.loc[rids, "correct"].to_numpy(), base_u.loc[rids, "correct"].to_numpy(), n_boot=cfg.n_boot, seed=cfg.seed) if retain else None
+    mask = eligible_for_recovery(base_o.loc[forget, "correct"].to_numpy(), base_u.loc[forget, "correct"].to_numpy())
+    eligible = [i for i, ok in zip(forget, mask) if ok]
+    env = AttackEnv(original, unlearned, {e.item_id: e for e in encoded}, kws, tuple(forget), cfg.batch_size)
 
-    rate_rows: list[dict[str, Any]] = []
-
-    def summarise(kind: str, name: str, emph, rand, orig, ret) -> None:
-        """One rates row; ``emph`` holds the eligible items under emphasis (None if there are none)."""
-        row: dict[str, Any] = {"kind": kind, "condition": name}
-        e = emph.set_index("item_id").loc[eligible_ids] if emph is not None else base_u.iloc[:0]
-        # e holds only eligible items (original right, unlearned wrong): R is their accuracy under emphasis
-        row |= rate(e["correct"].to_numpy(bool), n_boot=cfg.n_boot, seed=cfg.seed).as_dict("recovery_rate")
-        before = base_u.loc[eligible_ids] if eligible_ids else base_u.iloc[:0]
-        row["top1_before"] = float((before["rank"] == 0).mean()) if len(before) else float("nan")
-        row["top1_after"] = float((e["rank"] == 0).mean()) if len(e) else float("nan")
-        row[f"top{cfg.top_k}_before"] = float((before["rank"] < cfg.top_k).mean()) if len(before) else float("nan")
-        row[f"top{cfg.top_k}_after"] = float((e["rank"] < cfg.top_k).mean()) if len(e) else float("nan")
-        row["mean_logprob_gain"] = float((e["logprob"].to_numpy() - before["logprob"].to_numpy()).mean()) if len(e) else float("nan")
-        if rand is not None and len(rand):
-            row |= rate(rand["correct"].to_numpy(bool), n_boot=cfg.n_boot, seed=cfg.seed).as_dict("random_control_rate")
-        if orig is not None and len(orig):  # before/after on the same (possibly sampled) items
-            row["original_accuracy_before"] = float(base_o.loc[list(orig["item_id"]), "correct"].mean())
-            row["original_accuracy_after"] = float(orig["correct"].mean())
-        if ret is not None and len(ret):
-            row["retain_accuracy_before"] = float(base_u.loc[list(ret["item_id"]), "correct"].mean())
-            row["retain_accuracy_after"] = float(ret["correct"].mean())
-        rate_rows.append(row)
-
-    # -- prompt strategies --------------------------------------------------------------------------------------
-    for strategy in strategies:
-        rewrite = lambda idx, kws: [strategy.rewrite(items[i].question, kws[i].words) for i in idx]  # noqa: E731
-        emph = run.evaluate(unlearned, eligible, label="unlearned", kind="strategy", condition=strategy.name, emphasis="keywords", questions=rewrite(eligible, keywords))
-        rand = orig = ret = None
-        if cfg.controls:
-            if strategy.uses_keywords:
-                rand = run.evaluate(unlearned, eligible, label="unlearned", kind="strategy", condition=strategy.name, emphasis="random", questions=rewrite(eligible, controls))
-            orig = run.evaluate(original, original_control, label="original", kind="strategy", condition=strategy.name, emphasis="keywords", questions=rewrite(original_control, keywords))
-            ret = run.evaluate(unlearned, retain_control, label="unlearned", kind="strategy", condition=strategy.name, emphasis="keywords", questions=rewrite(retain_control, keywords))
-        summarise("strategy", strategy.name, emph, rand, orig, ret)
-        bar.update()
-
-    # -- activation interventions -------------------------------------------------------------------------------
-    kw_pos = [list(k.positions) for k in keywords]
-    rnd_pos = [list(k.positions) for k in controls]
-    for spec in specs:
-        directions = None
-        if spec.method == "steer":
-            directions = steering_directions(original, unlearned, [encoded[i].prompt.ids for i in forget], [kw_pos[i] for i in forget], spec.layers, spec.hook, cfg.batch_size)
-
-        def factory(positions, idx, spec=spec, directions=directions):
-            return _subset_factory(build_factory(spec, positions, source=original, directions=directions), idx)
-
-        emph = run.evaluate(unlearned, eligible, label="unlearned", kind="intervention", condition=spec.name, emphasis="keywords", interventions=factory(kw_pos, eligible))
-        rand = orig = ret = None
-        if cfg.controls:
-            rand = run.evaluate(unlearned, eligible, label="unlearned", kind="intervention", condition=spec.name, emphasis="random", interventions=factory(rnd_pos, eligible))
-            if spec.method != "patch":  # patching the original from itself is the identity
-                orig = run.evaluate(original, original_control, label="original", kind="intervention", condition=spec.name, emphasis="keywords", interventions=factory(kw_pos, original_control))
-            ret = run.evaluate(unlearned, retain_control, label="unlearned", kind="intervention", condition=spec.name, emphasis="keywords", interventions=factory(kw_pos, retain_control))
-        summarise("intervention", spec.name, emph, rand, orig, ret)
+    rate_rows = []
+    for attack in attacks:
+        frames = {arm.name: evaluator.run(arm, attack, env)
+                  for arm in arms(attack, cfg, eligible, original_control, retain_control, kws, controls)}
+        rate_rows.append(condition_row(attack, frames, eligible, base_o, base_u, cfg))
         bar.update()
     bar.close()
 
-    per_item = pd.concat(run.rows, ignore_index=True)
-    rates = pd.DataFrame(rate_rows)
     kw_table = pd.DataFrame([
-        {"item_id": k.item_id, "split": items[i].split, "source": k.source, "keywords": " | ".join(k.words),
+        {"item_id": it.id, "split": it.split, "source": k.source, "keywords": " | ".join(k.words),
          "positions": " ".join(map(str, k.positions)), "random_control": " | ".join(c.words)}
-        for i, (k, c) in enumerate(zip(keywords, controls))
+        for it, k, c in zip(items, kw_list, control_list)
     ])
+    summary = _summary(cfg, forget, retain, eligible, base_o, base_u, rate_rows)
+    return RecoveryResult(pd.concat(evaluator.frames, ignore_index=True), pd.DataFrame(rate_rows), kw_table, summary,
+                          kw_list, eligible, attacks)
+
+
+def _summary(cfg: RecoveryConfig, forget: list[str], retain: list[str], eligible: list[str], base_o: pd.DataFrame,
+             base_u: pd.DataFrame, rate_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Headline numbers: counts, baseline accuracies, destructive rate, rate per condition, best condition."""
     summary: dict[str, Any] = {
         "n_forget": len(forget),
         "n_retain": len(retain),
         "n_eligible": len(eligible),
-        "original_forget_accuracy": float(base_o.loc[ids, "correct"].mean()),
-        "unlearned_forget_accuracy": float(base_u.loc[ids, "correct"].mean()),
+        "original_forget_accuracy": float(base_o.loc[forget, "correct"].mean()),
+        "unlearned_forget_accuracy": float(base_u.loc[forget, "correct"].mean()),
         "keyword_source": cfg.keyword_source,
     }
-    if destructive is not None:
-        summary |= destructive.as_dict("destructive_rate")
-        summary["original_retain_accuracy"] = float(base_o.loc[rids, "correct"].mean())
-        summary["unlearned_retain_accuracy"] = float(base_u.loc[rids, "correct"].mean())
+    if retain:
+        o, u = base_o.loc[retain, "correct"].to_numpy(), base_u.loc[retain, "correct"].to_numpy()
+        summary |= destructive_rate(o, u, n_boot=cfg.n_boot, seed=cfg.seed).as_dict("destructive_rate")
+        summary["original_retain_accuracy"] = float(o.mean())
+        summary["unlearned_retain_accuracy"] = float(u.mean())
     summary["recovery_rate"] = {r["condition"]: r["recovery_rate"] for r in rate_rows}
-    summary["random_control_rate"] = {r["condition"]: r.get("random_control_rate") for r in rate_rows if "random_control_rate" in r}
+    summary["random_control_rate"] = {r["condition"]: r.get("random_control_rate") for r in rate_rows
+                                      if "random_control_rate" in r}
     if rate_rows:
         best = max(rate_rows, key=lambda r: -1 if np.isnan(r["recovery_rate"]) else r["recovery_rate"])
         summary["best_condition"] = best["condition"]
         summary["best_recovery_rate"] = best["recovery_rate"]
-    return RecoveryResult(per_item, rates, kw_table, summary, keywords, eligible_ids)
+    return summary

@@ -37,22 +37,24 @@ def plot_recovery_rates(rates: pd.DataFrame, path: str | Path, title: str = "Rec
     return save_figure(fig, path)
 
 
-def plot_layer_sweep(sweep: pd.DataFrame, path: str | Path, title: str = "Recovery by layer") -> Path:
-    """Grid: one row per method, one column per mode (single layer / cumulative 0..L); a line per position group."""
-    methods, modes = list(dict.fromkeys(sweep["method"])), list(dict.fromkeys(sweep["mode"]))
-    fig, axes = plt.subplots(len(methods), len(modes), figsize=(4.2 * len(modes), 2.8 * len(methods)), squeeze=False,
+def plot_layer_sweep(sweep: pd.DataFrame, path: str | Path, title: str = "Recovery by layer",
+                     by: str = "intervention") -> Path:
+    """Grid: one row per value of column ``by`` (default: the intervention), one column per mode (single layer /
+    cumulative 0..L); a line per position group. ``sweep`` is :func:`~unpact_mech.recovery.ablation.layer_sweep`'s."""
+    rows, modes = list(dict.fromkeys(sweep[by])), list(dict.fromkeys(sweep["mode"]))
+    fig, axes = plt.subplots(len(rows), len(modes), figsize=(4.2 * len(modes), 2.8 * len(rows)), squeeze=False,
                              sharey=True, layout="constrained")
-    for i, m in enumerate(methods):
+    for i, m in enumerate(rows):
         for j, mode in enumerate(modes):
             ax = axes[i][j]
-            sub = sweep[(sweep["method"] == m) & (sweep["mode"] == mode)]
+            sub = sweep[(sweep[by] == m) & (sweep["mode"] == mode)]
             for group, g in sub.groupby("group", sort=False):
                 ax.plot(g["layer"], g["recovery_rate"], marker="o", ms=3, label=group)
             ax.set_title(f"{m} · {'layer L only' if mode == 'single' else 'layers 0..L'}", fontsize=9)
             ax.set_ylim(-0.02, 1.02)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            if i == len(methods) - 1:
+            if i == len(rows) - 1:
                 ax.set_xlabel("layer L")
             if j == 0:
                 ax.set_ylabel("recovery rate")

@@ -6,7 +6,7 @@ tokenizer's character offsets. Alignment is by character overlap: token ``i`` be
 
 * question tokens: tokens overlapping the question's span — the only ones attribution may ablate
   (BOS, chat-template and separator tokens never are);
-* words: maximal runs matching :data:`WORD_RE` inside the question (punctuation marks are their own units); each
+* words: maximal runs matching :data:`~unpact_mech.data.text.WORD_RE` inside the question (punctuation marks are their own units); each
   question token goes to the word it overlaps most (a whitespace-only token to the word that follows it), so
   the words partition the question tokens;
 * keywords: case-insensitive, word-bounded occurrences of the keyword text in the question (multi-word keywords
@@ -15,28 +15,16 @@ tokenizer's character offsets. Alignment is by character overlap: token ``i`` be
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from unpact_mech.data.text import WORD_RE, keyword_spans
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.prompt import PromptFormat
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
-
-WORD_RE = re.compile(r"\w+(?:['\u2019\-.]\w+)*|[^\w\s]")
-
-
-def keyword_spans(question: str, keyword: str) -> list[tuple[int, int]]:
-    """Character spans of ``keyword`` in ``question``: case-insensitive, not inside a longer word."""
-    kw = keyword.strip()
-    if not kw:
-        return []
-    pattern = re.compile(r"(?<!\w)" + re.escape(kw) + r"(?!\w)", re.IGNORECASE)
-    return [m.span() for m in pattern.finditer(question)]
-
 
 def tokens_in_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> list[int]:
     """Positions of the tokens whose character span overlaps ``[start, end)``."""

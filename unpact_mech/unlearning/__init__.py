@@ -13,13 +13,13 @@ attribution before and after unlearning runs on one object; references are expli
 
 from unpact_mech.unlearning import losses
 from unpact_mech.unlearning.loop import LR_SCHEDULES, Trainer, TrainConfig, TrainResult, UnlearningFailed, lr_factor, train
-from unpact_mech.unlearning.methods import HYPERPARAMETERS, METHODS, Recipe, UnlearningMethod, get_method, register
+from unpact_mech.unlearning.methods import HYPERPARAMETERS, UNLEARNING_METHODS, Recipe, UnlearningMethod, get_unlearning_method, register_unlearning_method
 from unpact_mech.unlearning.run import UnlearnResult, resolve_config, unlearn, write_unlearned
 
 __all__ = [
     "HYPERPARAMETERS",
     "LR_SCHEDULES",
-    "METHODS",
+    "UNLEARNING_METHODS",
     "Recipe",
     "TrainConfig",
     "Trainer",
@@ -27,10 +27,10 @@ __all__ = [
     "UnlearnResult",
     "UnlearningFailed",
     "UnlearningMethod",
-    "get_method",
+    "get_unlearning_method",
     "losses",
     "lr_factor",
-    "register",
+    "register_unlearning_method",
     "resolve_config",
     "train",
     "unlearn",

@@ -1,18 +1,18 @@
 """Adversarial training rows for ``keyguard``: the forget (and retain) items as the recovery attacks present them.
 
-The recovery suite (:mod:`unpact_mech.recovery`) emphasises an item's keywords by rewriting its prompt (prompt
+The recovery conditions (:mod:`unpact_mech.attacks`) emphasise an item's keywords by rewriting its prompt (prompt
 strategies) or by editing activations at the keyword positions (interventions). :func:`build_attack_pool` turns the
 training items into rows that carry the same emphasis, so an unlearning loss can be applied under the attack:
 
 * ``prompt`` rows — a forget item's question rewritten by each training strategy (keywords = the ORIGINAL model's
   KeyTokens, as in recovery), followed by the same teacher-forced context and answer as its plain target;
 * ``activation`` rows — a forget item's plain target; the method edits the residual at its keyword positions
-  (e.g. the recovery registry's ``patch``);
+  (e.g. the attack registry's ``patch``);
 * ``retain_prompt`` rows — a retain item's question rewritten the same way (so the forget loss does not learn
   "an emphasised prompt means forget").
 
 The kind of a row is its :attr:`TrainTarget.source` (``attack:<kind>``). Keywords and positions come from the
-recovery package's one keyword source and the scoring package's one alignment rule.
+attack registry's one keyword source and the scoring package's one alignment rule.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from unpact_mech.scoring.tokens import encode_item
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
-    from unpact_mech.recovery.keywords import ItemKeywords
-    from unpact_mech.recovery.strategies import PromptStrategy
+    from unpact_mech.attacks import ItemKeywords, PromptAttack
     from unpact_mech.unlearning.targets import TrainTarget
 
 KINDS = ("prompt", "activation", "retain_prompt")
@@ -56,7 +55,7 @@ def build_attack_pool(
     model: "HookedLM",
     forget: Sequence[tuple["QAItem", "TrainTarget", "ItemKeywords"]],
     retain: Sequence[tuple["QAItem", "TrainTarget", "ItemKeywords"]],
-    strategies: Sequence["PromptStrategy"],
+    strategies: Sequence["PromptAttack"],
 ) -> AttackPool:
     """Rows of every kind: ``len(forget)·len(strategies)`` prompt rows, ``len(forget)`` activation rows and
     ``len(retain)·len(strategies)`` retain-prompt rows (items without keywords are rewritten with none, as the

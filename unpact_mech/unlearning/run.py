@@ -23,7 +23,7 @@ from unpact_mech.unlearning.batches import UnlearningSet
 from unpact_mech.unlearning.checkpoint import CheckpointStore
 from unpact_mech.unlearning.dynamics import make_evaluator, plot_dynamics
 from unpact_mech.unlearning.loop import TrainConfig, TrainResult, train
-from unpact_mech.unlearning.methods import UnlearningMethod, get_method
+from unpact_mech.unlearning.methods import UnlearningMethod, get_unlearning_method
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
@@ -151,7 +151,7 @@ def unlearn(
     answer length), used as the step-0 evaluation instead of computing it again. Bad input raises :class:`InputError` before any update;
     :class:`~unpact_mech.unlearning.loop.UnlearningFailed` means the run failed (NaN, no weight changed).
     """
-    m = get_method(method, **dict(hyperparameters or {})) if isinstance(method, str) else method
+    m = get_unlearning_method(method, **dict(hyperparameters or {})) if isinstance(method, str) else method
     cfg = resolve_config(m, **train_options)
     m.check_model(model)
     _, retain_items = UnlearningSet.split(items, where=data_label)

@@ -26,13 +26,14 @@ import torch
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.batching import left_pad, length_batches
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
-from unpact_mech.scoring.tokens import EncodedPrompt, EncodedQA, keyword_spans
+from unpact_mech.data.text import keyword_spans
+from unpact_mech.scoring.tokens import EncodedPrompt, EncodedQA
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
 
-TARGETS = ("generated", "gold")
+TRAIN_TARGETS = ("generated", "gold")
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,8 @@ def build_targets(
     batch_size: int = 16,
 ) -> list[TrainTarget]:
     """One :class:`TrainTarget` per item (greedy generation with the model's CURRENT weights for ``generated``)."""
-    if target not in TARGETS:
-        raise InputError(f"unknown training target {target!r}; choose one of: {', '.join(TARGETS)}")
+    if target not in TRAIN_TARGETS:
+        raise InputError(f"unknown training target {target!r}; choose one of: {', '.join(TRAIN_TARGETS)}")
     gold = [TrainTarget(e.item_id, e.prompt, (), tuple(e.answer_ids), "gold") for e in encoded]
     if target == "gold" or not items:
         return gold

@@ -19,7 +19,7 @@ TOL = 1e-4
 def _all_methods(model, item):
     return {
         "occlusion": occlusion(model, item, level="word").scores,
-        "occlusion_packed": occlusion(model, item, strategy="packed").scores,
+        "occlusion_packed": occlusion(model, item, batching="packed").scores,
         "grad_x_input": grad_x_input(model, item).position_scores,
         "integrated_gradients": integrated_gradients(model, item, steps=16).scores,
         "attention": attention_paths(model, item).contributions,

@@ -11,6 +11,7 @@ import torch
 
 from tests.cli_helpers import run_cli
 from unpact_mech import load_model
+from unpact_mech.attribution import keytoken_mask
 
 BASE = ["attribute", "--model", "tiny", "--data", "builtin:synthetic_facts", "--quiet"]
 
@@ -59,6 +60,23 @@ def test_occlusion_end_to_end_and_backend_determinism(tmp_path, capsys):
     assert code == 0, err
     again = pd.read_csv(out / "results.csv")
     assert (again.value - results.value).abs().max() < 1e-4
+    # --batching and the KeyToken rule's flags reach the method and the summary; the scores do not change
+    flags = ["--batching", "batched", "--batch-size", "5", "--keytoken-alpha", "0.9", "--keytoken-beta", "1"]
+    code, _, err = run_cli(BASE + ["--method", "occlusion", "--level", "word", "--out", out, "--overwrite", *flags],
+                           capsys)
+    assert code == 0, err
+    strict = pd.read_csv(out / "results.csv")
+    assert (strict.value - results.value).abs().max() < 1e-4
+    run = json.loads((out / "run.json").read_text())
+    options = run["config"]["options"]
+    assert options == {"mode": "delete", "baseline_token": None, "batching": "batched", "batch_size": 5}
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["keytoken_alpha"], summary["keytoken_beta"]) == (0.9, 1) and "alpha" not in summary
+    units = strict[strict.metric == "contribution"]
+    for _, item in units.groupby("item_id"):
+        want = keytoken_mask(torch.tensor(item.value.to_numpy()), keytoken_alpha=0.9, keytoken_beta=1)
+        assert item.is_keytoken.tolist() == want.tolist()
+    assert units.is_keytoken.sum() < results[results.metric == "contribution"].is_keytoken.sum()
 
 
 def test_every_method_runs_and_compare_to_writes_the_comparison(tmp_path, capsys, perturbed_tiny_dir):
@@ -108,12 +126,21 @@ def _bad_cases(tmp_path, empty_answer_model_dir, llama_dir):
     return {
         "unknown method": (["--method", "saliency"], "invalid choice: 'saliency'"),
         "answer tokenises to nothing": (["--method", "occlusion", "--model", empty_answer_model_dir, "--data", zw], "item 'zw': the answer tokenises to nothing"),
-        "alpha zero": (["--method", "occlusion", "--alpha", "0"], r"alpha must be in \(0, 1\], got 0.0"),
-        "alpha above one": (["--method", "occlusion", "--alpha", "1.5"], r"alpha must be in \(0, 1\]"),
-        "beta zero": (["--method", "occlusion", "--beta", "0"], "beta must be an integer >= 1, got 0"),
+        "alpha zero": (["--method", "occlusion", "--keytoken-alpha", "0"],
+                       r"keytoken_alpha must be in \(0, 1\], got 0.0"),
+        "alpha above one": (["--method", "occlusion", "--keytoken-alpha", "1.5"], r"keytoken_alpha must be in \(0, 1"),
+        "beta zero": (["--method", "occlusion", "--keytoken-beta", "0"],
+                      "keytoken_beta must be an integer >= 1, got 0"),
+        "old flag": (["--method", "occlusion", "--strategy", "packed"], "unrecognized arguments: --strategy"),
         "unknown hook": (["--method", "grad_x_input", "--hooks", "blocks.0.hook_nope"], "unknown hook name 'blocks.0.hook_nope'"),
         "hook layer out of range": (["--method", "grad_x_input", "--hooks", "blocks.7.hook_resid_post"], "layer 7 out of range"),
-        "hooks with another method": (["--method", "occlusion", "--hooks", "hook_embed"], "apply to method grad_x_input only"),
+        "hooks with another method": (
+            ["--method", "occlusion", "--hooks", "hook_embed"],
+            r"--hooks does not apply to --method occlusion \(its flags: --mode, --baseline-token, --batching, "
+            r"--batch-size\)$"),
+        "batching with another method": (
+            ["--method", "attention", "--batching", "packed", "--steps", "4"],
+            r"--batching, --steps do not apply to --method attention \(its flags: --layers\)$"),
         "layers out of range": (["--method", "attention", "--layers", "0-5"], "layer 2 out of range"),
         "steps below two": (["--method", "integrated_gradients", "--steps", "1"], "must be >= 2"),
         "multi-token baseline": (["--method", "occlusion", "--mode", "replace", "--baseline-token", "capital of"], "exactly one"),
@@ -121,9 +148,9 @@ def _bad_cases(tmp_path, empty_answer_model_dir, llama_dir):
     }
 
 
-CASES = ["unknown method", "answer tokenises to nothing", "alpha zero", "alpha above one", "beta zero", "unknown hook",
-         "hook layer out of range", "hooks with another method", "layers out of range", "steps below two",
-         "multi-token baseline", "incompatible compare model"]
+CASES = ["unknown method", "answer tokenises to nothing", "alpha zero", "alpha above one", "beta zero", "old flag",
+         "unknown hook", "hook layer out of range", "hooks with another method", "batching with another method",
+         "layers out of range", "steps below two", "multi-token baseline", "incompatible compare model"]
 
 
 @pytest.mark.parametrize("case", CASES)

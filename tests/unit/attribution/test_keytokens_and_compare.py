@@ -8,7 +8,17 @@ import pandas as pd
 import pytest
 import torch
 
-from unpact_mech.attribution import agreement_summary, diff_frames, keytoken_change, keytoken_mask, keyword_agreement
+from unpact_mech.attribution import (
+    DEFAULT_KEYTOKEN_ALPHA,
+    DEFAULT_KEYTOKEN_BETA,
+    AttributionConfig,
+    agreement_summary,
+    check_keytoken_rule,
+    diff_frames,
+    keytoken_change,
+    keytoken_mask,
+    keyword_agreement,
+)
 from unpact_mech.attribution.compare import compare_units
 from unpact_mech.errors import InputError
 
@@ -16,22 +26,35 @@ from unpact_mech.errors import InputError
 def test_fewer_positive_than_beta_keeps_every_positive_unit():
     scores = torch.tensor([0.9, -1.0, 0.05, 0.0])
     # 2 positive units < beta = 3: both are KeyTokens even though 0.05 / 0.9 < alpha
-    assert keytoken_mask(scores, alpha=0.5, beta=3).tolist() == [True, False, True, False]
+    assert keytoken_mask(scores, keytoken_alpha=0.5, keytoken_beta=3).tolist() == [True, False, True, False]
 
 
 def test_at_least_beta_positive_units_are_normalised_and_thresholded():
     scores = torch.tensor([2.0, 1.0, 0.99, -5.0, 0.5, 1.5])
     # 5 positive >= beta = 3: normalised 1.0, 0.5, 0.495, -, 0.25, 0.75 -> keep >= 0.5
-    assert keytoken_mask(scores, alpha=0.5, beta=3).tolist() == [True, True, False, False, False, True]
-    assert keytoken_mask(scores, alpha=1.0, beta=3).tolist() == [True] + [False] * 5  # alpha = 1 keeps the max
-    assert keytoken_mask(scores, alpha=0.5, beta=6).tolist() == [True, True, True, False, True, True]  # 5 < 6
-    assert keytoken_mask(torch.tensor([-1.0, 0.0]), beta=1).tolist() == [False, False]  # nothing positive
+    assert keytoken_mask(scores, 0.5, 3).tolist() == [True, True, False, False, False, True]
+    assert keytoken_mask(scores, keytoken_alpha=1.0).tolist() == [True] + [False] * 5  # alpha = 1 keeps the max
+    assert keytoken_mask(scores, keytoken_alpha=0.5, keytoken_beta=6).tolist() == [True, True, True, False, True, True]
+    assert keytoken_mask(torch.tensor([-1.0, 0.0]), keytoken_beta=1).tolist() == [False, False]  # nothing positive
 
 
-@pytest.mark.parametrize("alpha,beta", [(0.0, 3), (1.5, 3), (-0.1, 3), (float("nan"), 3), (0.5, 0)])
-def test_alpha_beta_validation(alpha, beta):
-    with pytest.raises(InputError):
-        keytoken_mask(torch.ones(3), alpha=alpha, beta=beta)
+@pytest.mark.parametrize("alpha,beta,message", [
+    (0.0, 3, r"keytoken_alpha must be in \(0, 1\], got 0.0"), (1.5, 3, "keytoken_alpha"), (-0.1, 3, "keytoken_alpha"),
+    (float("nan"), 3, "keytoken_alpha"), (0.5, 0, "keytoken_beta must be an integer >= 1, got 0"),
+    (0.5, 2.0, "keytoken_beta"),
+])
+def test_keytoken_rule_validation(alpha, beta, message):
+    with pytest.raises(InputError, match=message):
+        keytoken_mask(torch.ones(3), keytoken_alpha=alpha, keytoken_beta=beta)
+    with pytest.raises(InputError, match=message):
+        check_keytoken_rule(alpha, beta)
+
+
+def test_one_default_for_the_keytoken_rule():
+    assert (DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA) == (0.5, 3)
+    assert (AttributionConfig().keytoken_alpha, AttributionConfig().keytoken_beta) == (0.5, 3)
+    scores = torch.tensor([1.0, 0.45, 0.55, 0.2])  # 4 positive >= 3: keep >= 0.5 x max
+    assert keytoken_mask(scores).tolist() == [True, False, True, False]
 
 
 def test_keyword_agreement_by_hand():
@@ -82,7 +105,7 @@ def test_keytoken_change_by_hand():
     # item i1: before [1.0, 0.2, -0.5, 0.9] -> 3 positive >= beta: normalised 1, 0.2, -, 0.9 -> KeyTokens {0, 3}
     before = pd.concat([_units([1.0, 0.2, -0.5, 0.9], keywords=(0,)), _units([0.3, -0.1], item="i2", split="retain", keywords=(1,))])
     after = pd.concat([_units([0.2, 0.2, -0.3, 0.5], keywords=(0,)), _units([0.1, 0.0], item="i2", split="retain", keywords=(1,))])
-    per_item, summary = keytoken_change(compare_units(before, after), alpha=0.5, beta=3)
+    per_item, summary = keytoken_change(compare_units(before, after), keytoken_alpha=0.5, keytoken_beta=3)
     rows = per_item.set_index(["item_id", "group"])
     assert rows.loc[("i1", "keytokens"), "before"] == pytest.approx(0.95)
     assert rows.loc[("i1", "keytokens"), "after"] == pytest.approx(0.35)
@@ -95,3 +118,7 @@ def test_keytoken_change_by_hand():
     assert summary["keytoken_minus_other_change"] == pytest.approx(-0.4 - 0.1)
     assert summary["keywords"]["before"] == pytest.approx((1.0 + -0.1) / 2)
     assert summary["by_split"]["retain"]["keytokens"]["change"] == pytest.approx(-0.2)
+    assert (summary["keytoken_alpha"], summary["keytoken_beta"]) == (0.5, 3) and "alpha" not in summary
+    # a stricter alpha: only i1's top unit (1.0) is a KeyToken (0.9 < 0.95 x 1.0)
+    _, strict = keytoken_change(compare_units(before, after), keytoken_alpha=0.95, keytoken_beta=3)
+    assert strict["keytokens"]["change"] == pytest.approx((-0.8 + -0.2) / 2) and strict["keytoken_alpha"] == 0.95

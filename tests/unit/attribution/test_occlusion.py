@@ -1,4 +1,4 @@
-"""Occlusion (the unPact score) equals a one-by-one loop of forwards, in every variant and strategy."""
+"""Occlusion (the unPact score) equals a one-by-one loop of forwards, in every variant and batching."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unpact_mech.attribution import occlusion, prompt_units
-from unpact_mech.attribution.occlusion import choose_strategy, resolve_baseline_token
+from unpact_mech.attribution.occlusion import choose_batching, resolve_baseline_token
 from unpact_mech.attribution.packing import ablate
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.logprob import score_answers
@@ -33,13 +33,13 @@ def loop_scores(model, enc, level, mode, baseline_id, target="logprob"):
 
 @pytest.mark.parametrize("level", ["token", "word"])
 @pytest.mark.parametrize("mode", ["delete", "replace"])
-@pytest.mark.parametrize("strategy", ["batched", "packed"])
-def test_occlusion_equals_loop(arch_pair, random_items, level, mode, strategy):
+@pytest.mark.parametrize("batching", ["batched", "packed"])
+def test_occlusion_equals_loop(arch_pair, random_items, level, mode, batching):
     model = arch_pair["transformer_lens"]
     baseline = resolve_baseline_token(model, None)
     for item in random_items:
         enc = encode_item(model, item)
-        res = occlusion(model, item, level=level, mode=mode, strategy=strategy)
+        res = occlusion(model, item, level=level, mode=mode, batching=batching)
         base, want = loop_scores(model, enc, level, mode, baseline)
         assert len(res.scores) == len(want) > 0
         assert (res.scores - want).abs().max().item() <= TOL, (item.id, res.scores, want)
@@ -52,8 +52,8 @@ def test_packed_equals_batched(arch_pair, random_items, mode):
     for backend, model in arch_pair.items():
         for item in random_items:
             for level in ("token", "word"):
-                packed = occlusion(model, item, level=level, mode=mode, strategy="packed")
-                batched = occlusion(model, item, level=level, mode=mode, strategy="batched")
+                packed = occlusion(model, item, level=level, mode=mode, batching="packed")
+                batched = occlusion(model, item, level=level, mode=mode, batching="batched")
                 assert (packed.scores - batched.scores).abs().max().item() <= TOL, (backend, item.id, level)
                 assert abs(packed.target_value - batched.target_value) <= TOL
 
@@ -80,10 +80,10 @@ def test_first_logit_target_and_chunking(llama_pair, random_items):
     item = random_items[1]
     enc = encode_item(model, item)
     _, want = loop_scores(model, enc, "token", "replace", model.pad_token_id, target="first_logit")
-    for strategy in ("batched", "packed"):
+    for batching in ("batched", "packed"):
         for batch_size in (2, 64):  # chunked into several forwards, or one
-            res = occlusion(model, item, mode="replace", target="first_logit", strategy=strategy, batch_size=batch_size)
-            assert (res.scores - want).abs().max() <= TOL, (strategy, batch_size)
+            res = occlusion(model, item, mode="replace", target="first_logit", batching=batching, batch_size=batch_size)
+            assert (res.scores - want).abs().max() <= TOL, (batching, batch_size)
 
 
 def test_only_question_tokens_are_ablated(tiny_model, synthetic_items):
@@ -100,8 +100,8 @@ def test_target_value_is_the_foundation_lp(tiny_model, synthetic_items):
     encs = [encode_item(tiny_model, it) for it in synthetic_items[:4]]
     lp = score_answers(tiny_model, [e.prompt.ids for e in encs], [e.answer_ids for e in encs]).logprob
     for e, want in zip(encs, lp.tolist()):
-        for strategy in ("batched", "packed"):
-            assert abs(occlusion(tiny_model, e, strategy=strategy).target_value - want) <= 1e-5
+        for batching in ("batched", "packed"):
+            assert abs(occlusion(tiny_model, e, batching=batching).target_value - want) <= 1e-5
 
 
 def test_keyword_flags_and_keyword_unit_is_top_on_the_tiny_model(tiny_model, synthetic_items):
@@ -111,19 +111,21 @@ def test_keyword_flags_and_keyword_unit_is_top_on_the_tiny_model(tiny_model, syn
     assert res.units[res.top_unit].text == "Zorblat"
 
 
-def test_strategy_choice_follows_the_cost_estimate(tiny_model, synthetic_items):
+def test_batching_choice_follows_the_cost_estimate(tiny_model, synthetic_items):
     short = encode_item(tiny_model, synthetic_items[0]).prompt  # 7 question tokens near the end: packing saves work
-    assert choose_strategy(tiny_model, len(short.ids), 2, [[p] for p in short.question_positions], "delete") == "packed"
+    assert choose_batching(tiny_model, len(short.ids), 2, [[p] for p in short.question_positions], "delete") == "packed"
     # a long question: the packed row's quadratic attention outweighs the shared prefix (measured 2.3x slower)
     long_q = list(range(3, 31))
-    assert choose_strategy(tiny_model, 34, 2, [[p] for p in long_q], "delete") == "batched"
-    assert choose_strategy(tiny_model, 34, 2, [], "delete") == "batched"
+    assert choose_batching(tiny_model, 34, 2, [[p] for p in long_q], "delete") == "batched"
+    assert choose_batching(tiny_model, 34, 2, [], "delete") == "batched"
 
 
 def test_bad_options(tiny_model, synthetic_items):
     item = synthetic_items[0]
     with pytest.raises(InputError, match="unknown occlusion mode"):
         occlusion(tiny_model, item, mode="blank")
+    with pytest.raises(InputError, match="unknown occlusion batching 'chunked'; choose one of: auto, batched, packed"):
+        occlusion(tiny_model, item, batching="chunked")
     with pytest.raises(InputError, match="unknown attribution level"):
         occlusion(tiny_model, item, level="sentence")
     with pytest.raises(InputError, match="unknown target"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tests.cli_helpers import run_cli
 import json
 import re
 import shutil
@@ -10,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
-
+from tests.cli_helpers import run_cli
 
 BASE = ["recover", "--original", "tiny", "--data", "builtin:synthetic_facts", "--keywords", "data", "--quiet", "--n-boot", "100"]
 
@@ -18,7 +17,7 @@ BASE = ["recover", "--original", "tiny", "--data", "builtin:synthetic_facts", "-
 def test_recover_end_to_end(ga_unlearned_dir, tmp_path, capsys):
     out = tmp_path / "rec"
     code, stdout, err = run_cli(BASE + ["--unlearned", ga_unlearned_dir, "--out", out, "--strategy", "focus", "quote",
-                                        "--intervention", "patch", "pasta:factor=0.05", "--ablation"], capsys)
+                                        "--intervention", "patch", "pasta:other_weight=0.05", "--ablation"], capsys)
     assert code == 0, err
     names = {p.name for p in out.iterdir()}
     assert {"run.json", "results.csv", "summary.json", "rates.csv", "per_item.csv", "keywords.csv", "recovery_rates.png", "ablation.csv", "ablation.png"} <= names
@@ -32,6 +31,7 @@ def test_recover_end_to_end(ga_unlearned_dir, tmp_path, capsys):
     assert list(results.columns[:4]) == ["item_id", "split", "metric", "value"] and {"condition", "emphasis", "model"} <= set(results.columns)
     sweep = pd.read_csv(out / "ablation.csv")
     assert len(sweep) == 2 * 3 * 2 * 2 and sweep.recovery_rate.between(0, 1).all()
+    assert set(sweep.intervention) == {"patch", "pasta"}  # the sweep honours the interventions asked for
     assert (out / "recovery_rates.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -57,8 +57,9 @@ def other_tokenizer_dir(tmp_path):
         (["--intervention", "teleport"], "unknown intervention 'teleport'"),
         (["--intervention", "scale:layers=7"], r"layer 7 out of range \(model has layers 0..1\)"),
         (["--intervention", "scale:factor=0"], "factor must be > 0"),
-        (["--intervention", "pasta:factor=-0.5"], "factor must be > 0"),
-        (["--alpha", "0"], r"--alpha must be in \(0, 1\]"),
+        (["--intervention", "pasta:other_weight=-0.5"], "other_weight must be > 0"),
+        (["--intervention", "pasta:factor=0.5"], "unknown option 'factor'"),
+        (["--keytoken-alpha", "0"], r"--keytoken-alpha must be in \(0, 1\]"),
         (["--ablation", "--ablation-layers", "0-9"], "--ablation-layers: layer 2 out of range"),
         (["ARCH"], "different architectures"),
         (["TOKENIZER"], "different tokenizers"),

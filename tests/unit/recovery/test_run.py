@@ -6,17 +6,14 @@ import numpy as np
 import pytest
 
 from unpact_mech.errors import InputError
-from unpact_mech.recovery import InterventionSpec, RecoveryConfig, run_recovery
+from unpact_mech.recovery import RecoveryConfig, run_recovery
 from unpact_mech.scoring import evaluate_items
 
 
 @pytest.fixture(scope="module")
 def result(original, ga_unlearned, synthetic_items):
-    cfg = RecoveryConfig(
-        strategies=("focus", "repeat_question", "uppercase"),
-        interventions=(InterventionSpec("patch"), InterventionSpec("scale", factor=3.0)),
-        keyword_source="data", n_boot=200,
-    )
+    cfg = RecoveryConfig(attacks=("focus", "repeat_question", "uppercase", "patch", "scale:factor=3"),
+                         keyword_source="data", n_boot=200)
     return run_recovery(original, ga_unlearned, synthetic_items, cfg, progress=False)
 
 
@@ -47,8 +44,8 @@ def test_rates_table_and_controls(result):
 
 
 def test_intervention_rows_equal_an_independent_evaluation(result, original, ga_unlearned, synthetic_items):
-    """The runner evaluates subsets with factories built over all items: re-indexing must be exact."""
-    from unpact_mech.recovery import build_factory, resolve
+    """The runner evaluates the eligible subset with positions aligned to it: an independent run must agree."""
+    from unpact_mech.attacks import AttackEnv, get_attack
     from unpact_mech.scoring.tokens import encode_item
 
     per = result.per_item
@@ -58,7 +55,7 @@ def test_intervention_rows_equal_an_independent_evaluation(result, original, ga_
     for it in eligible:
         enc = encode_item(original, it).prompt
         positions.append(sorted({p for kw in it.keywords for p in enc.positions_of(kw)}))
-    factory = build_factory(resolve(InterventionSpec("patch"), ga_unlearned), positions, source=original)
+    factory = get_attack("patch").resolve(ga_unlearned).interventions(positions, AttackEnv(original=original))
     again = evaluate_items(ga_unlearned, eligible, interventions=factory, progress=False).set_index("item_id")
     assert list(again.index) == list(rows.index)
     assert (again.correct == rows.correct).all()
@@ -78,7 +75,7 @@ def test_attribution_keywords_are_keytokens_of_the_original(original, ga_unlearn
     from unpact_mech.attribution import keytoken_mask, occlusion
     from unpact_mech.scoring.tokens import encode_item
 
-    cfg = RecoveryConfig(strategies=("focus",), interventions=(), keyword_source="attribution", controls=False, n_boot=50)
+    cfg = RecoveryConfig(attacks="focus", keyword_source="attribution", controls=False, n_boot=50)  # one name = one
     res = run_recovery(original, ga_unlearned, synthetic_items[:8] + synthetic_items[-4:], cfg, progress=False)
     for it, kw in zip(synthetic_items[:3], res.item_keywords[:3]):
         enc = encode_item(original, it)
@@ -96,11 +93,8 @@ def test_a_reused_original_baseline_gives_the_same_result(result, original, ga_u
     """The demo evaluates the original once and passes it to every method's recovery: nothing may change."""
     import pandas as pd
 
-    cfg = RecoveryConfig(
-        strategies=("focus", "repeat_question", "uppercase"),
-        interventions=(InterventionSpec("patch"), InterventionSpec("scale", factor=3.0)),
-        keyword_source="data", n_boot=200,
-    )
+    cfg = RecoveryConfig(attacks=("focus", "repeat_question", "uppercase", "patch", "scale:factor=3"),
+                         keyword_source="data", n_boot=200)
     baseline = evaluate_items(original, list(reversed(synthetic_items)), progress=False)  # any order
     reused = run_recovery(original, ga_unlearned, synthetic_items, cfg, original_baseline=baseline, progress=False)
     pd.testing.assert_frame_equal(reused.rates, result.rates)

@@ -10,7 +10,7 @@ import torch
 from tests.unit.unlearning.conftest import TINY_RUNS, assert_same_weights, mean_logprob, weights
 from unpact_mech import load_model
 from unpact_mech.models.hooks import hook_name
-from unpact_mech.unlearning import get_method, unlearn
+from unpact_mech.unlearning import get_unlearning_method, unlearn
 from unpact_mech.unlearning.adversarial import source
 from unpact_mech.unlearning.batches import UnlearningSet
 from unpact_mech.unlearning.methods.keyguard import INGREDIENTS, TRAIN_PROMPTS
@@ -62,7 +62,7 @@ def test_same_seed_same_weights_other_seed_other_weights(synthetic_items):
 
 
 def _prepared(model, items, **hp):
-    method = get_method("keyguard", **(TINY_RUNS["keyguard"]["hyperparameters"] | hp))
+    method = get_unlearning_method("keyguard", **(TINY_RUNS["keyguard"]["hyperparameters"] | hp))
     data = UnlearningSet.from_items(model, items)
     method.setup(model, data, seed=0)
     return method, data
@@ -129,16 +129,16 @@ def test_bad_weights_are_rejected():
     from unpact_mech.errors import InputError
 
     with pytest.raises(InputError, match="prompt_attacks must be >= 0"):
-        get_method("keyguard", prompt_attacks=-1.0)
+        get_unlearning_method("keyguard", prompt_attacks=-1.0)
 
 
 def test_late_layer_trains_its_mlp_and_is_checked(model):
-    m = get_method("keyguard", layer=0, late_layer=-1)
+    m = get_unlearning_method("keyguard", layer=0, late_layer=-1)
     assert m.default_trainable(model) == r"^model\.layers\.(0|1)\.mlp\.down_proj\.weight$"
-    assert get_method("keyguard", layer=0, late_weight=0.0).default_trainable(model) == get_method("rmu", layer=0).default_trainable(model)
+    assert get_unlearning_method("keyguard", layer=0, late_weight=0.0).default_trainable(model) == get_unlearning_method("rmu", layer=0).default_trainable(model)
     from unpact_mech.errors import InputError
 
     with pytest.raises(InputError, match="late_layer"):
-        get_method("keyguard", layer=1, late_layer=1).check_model(model)
+        get_unlearning_method("keyguard", layer=1, late_layer=1).check_model(model)
     with pytest.raises(InputError, match="integer"):
-        get_method("keyguard", late_layer=1.5)
+        get_unlearning_method("keyguard", late_layer=1.5)

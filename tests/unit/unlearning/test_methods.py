@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.unit.unlearning.conftest import TINY_RUNS, assert_same_weights, mean_logprob, weights
-from unpact_mech.unlearning import METHODS, get_method, unlearn
+from unpact_mech.unlearning import UNLEARNING_METHODS, get_unlearning_method, unlearn
 from unpact_mech.unlearning import task_vector as tv
 
 
@@ -17,8 +17,8 @@ def run(model, items, method, **kw):
 
 
 def test_registry_has_the_ten_methods():
-    assert list(METHODS) == ["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu", "task_vector", "keyguard"]
-    assert set(TINY_RUNS) == set(METHODS)
+    assert list(UNLEARNING_METHODS) == ["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu", "task_vector", "keyguard"]
+    assert set(TINY_RUNS) == set(UNLEARNING_METHODS)
 
 
 @pytest.mark.parametrize("method", list(TINY_RUNS))
@@ -60,9 +60,9 @@ def test_rmu_changes_only_the_selected_mlp_weights(model, synthetic_items):
 
 
 def test_rmu_default_trains_layers_l_minus_2_to_l(model):
-    m = get_method("rmu", layer=1)
+    m = get_unlearning_method("rmu", layer=1)
     assert m.default_trainable(model) == r"^model\.layers\.(0|1)\.mlp\.down_proj\.weight$"
-    m = get_method("rmu", layer=7)
+    m = get_unlearning_method("rmu", layer=7)
     assert "(5|6|7)" in m.default_trainable(model)
 
 
@@ -123,9 +123,9 @@ def test_methods_reject_hyperparameters_they_do_not_take():
     from unpact_mech import InputError
 
     with pytest.raises(InputError, match="beta do not apply"):
-        get_method("ga", beta=0.1)
+        get_unlearning_method("ga", beta=0.1)
     with pytest.raises(InputError, match="beta must be > 0"):
-        get_method("npo", beta=0.0)
+        get_unlearning_method("npo", beta=0.0)
     with pytest.raises(InputError, match="layer must be a non-negative integer"):
-        get_method("rmu", layer=1.5)
-    assert get_method("npo_klr", beta=None).hp == {"beta": 0.1, "alpha": 1.0}
+        get_unlearning_method("rmu", layer=1.5)
+    assert get_unlearning_method("npo_klr", beta=None).hp == {"beta": 0.1, "alpha": 1.0}

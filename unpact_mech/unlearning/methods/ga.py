@@ -6,10 +6,10 @@ from torch import Tensor
 
 from unpact_mech.unlearning import losses
 from unpact_mech.unlearning.methods.base import PolicyOutput, Recipe, UnlearningMethod
-from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.registry import register_unlearning_method
 
 
-@register
+@register_unlearning_method
 class GA(UnlearningMethod):
     name = "ga"
     summary = "gradient ascent on the forget answers: L = -NLL(D_f)"

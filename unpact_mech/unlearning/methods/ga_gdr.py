@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from unpact_mech.unlearning.methods.base import Recipe, RetainNLL
 from unpact_mech.unlearning.methods.ga import GA
-from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.registry import register_unlearning_method
 
 
-@register
+@register_unlearning_method
 class GAGDR(RetainNLL, GA):
     name = "ga_gdr"
     summary = "gradient ascent + retain NLL: L = -NLL(D_f) + alpha*NLL(D_r)"

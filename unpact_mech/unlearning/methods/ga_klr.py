@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from unpact_mech.unlearning.methods.base import Recipe, RetainKL
 from unpact_mech.unlearning.methods.ga import GA
-from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.registry import register_unlearning_method
 
 
-@register
+@register_unlearning_method
 class GAKLR(RetainKL, GA):
     name = "ga_klr"
     summary = "gradient ascent + retain KL: L = -NLL(D_f) + alpha*KL(p_ref||p_theta)(D_r)"

@@ -11,7 +11,7 @@ five weights 0 keyguard IS RMU, numerically (tested)::
                k[b,t] = 1 at the ORIGINAL model's KeyToken positions (attribution-weighted forgetting)
     L_prompt = mean_{b,t∈M} mse(h[b,t], c·u)     forget items with the prompt rewritten (:data:`TRAIN_PROMPTS`)
     L_act    = mean_{b,t∈M} mse(h[b,t], c·u)     forget items with the residual at their KeyToken positions patched
-               from the frozen original at layers 0..ℓ−1 (the recovery suite's ``patch`` emphasis, from its registry)
+               from the frozen original at layers 0..ℓ−1 (the attack registry's ``patch``)
     L_r      = RMU's retain term (h of retain rows kept at the frozen reference's)
     L_rprompt= the same on retain items rewritten by :data:`TRAIN_PROMPTS` (emphasis must not mean "forget")
     L_late_f = mean_{b,t∈M} mse(h'[b,t], c·u')   h' = the residual at a LATE layer ℓ' (default n_layers − 3), on the
@@ -36,15 +36,14 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
+from unpact_mech.attacks import ActivationAttack, AttackEnv, PromptAttack, get_attack
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import hook_name
-from unpact_mech.recovery.interventions import InterventionSpec, build_factory, resolve
-from unpact_mech.recovery.strategies import PromptStrategy, get_strategy
 from unpact_mech.unlearning import losses
 from unpact_mech.unlearning.adversarial import KINDS, AttackPool, build_attack_pool, source
 from unpact_mech.unlearning.batches import sample_indices
 from unpact_mech.unlearning.methods.base import PolicyOutput, Recipe
-from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.registry import register_unlearning_method
 from unpact_mech.unlearning.methods.rmu import RMU, control_vector, mlp_out_pattern
 
 if TYPE_CHECKING:
@@ -53,14 +52,14 @@ if TYPE_CHECKING:
     from unpact_mech.unlearning.batches import StepBatch, UnlearningSet
     from unpact_mech.unlearning.targets import TrainTarget
 
-#: Prompt rewrites keyguard trains on: two of the recovery suite's strategies and two rewrites that are not in it.
-TRAIN_PROMPTS: tuple[PromptStrategy, ...] = (
-    get_strategy("focus"),
-    get_strategy("uppercase"),
-    PromptStrategy("train_instruction", "Please answer this question: {question}", get_strategy("neutral").rewrite_fn,
-                   "training only: a generic instruction", uses_keywords=False),
-    PromptStrategy("train_suffix", "{question} Think about {keywords}.", get_strategy("focus").rewrite_fn,
-                   "training only: keywords named after the question"),
+#: Prompt rewrites keyguard trains on: two of the attack registry's strategies and two rewrites that are not in it.
+TRAIN_PROMPTS: tuple[PromptAttack, ...] = (
+    get_attack("focus", kind="strategy"),  # type: ignore[assignment]
+    get_attack("uppercase", kind="strategy"),  # type: ignore[assignment]
+    PromptAttack("train_instruction", "training only: a generic instruction",
+                 template="Please answer this question: {question}", uses_keywords=False),
+    PromptAttack("train_suffix", "training only: keywords named after the question",
+                 template="{question} Think about {keywords}."),
 )
 #: The recovery suite's conditions keyguard trains against (everything else in the suite is a held-out attack).
 TRAINED_CONDITIONS: tuple[str, ...] = ("focus", "uppercase", "patch")
@@ -72,7 +71,7 @@ KIND_WEIGHTS = {"prompt": "prompt_attacks", "activation": "activation_attacks", 
 STREAMS = {kind: 10 + i for i, kind in enumerate(KINDS)}
 
 
-@register
+@register_unlearning_method
 class KeyGuard(RMU):
     name = "keyguard"
     summary = ("RMU + misdirection under keyword emphasis (rewritten prompts, original activations patched in at "
@@ -82,7 +81,7 @@ class KeyGuard(RMU):
     recipe = Recipe(lr=1e-3, steps=6)
     pool: AttackPool | None = None
     n_layers: int = 0
-    attack: InterventionSpec | None = None
+    attack: ActivationAttack | None = None
     forget_ids: tuple[str, ...] = ()
     late_control: Tensor | None = None
 
@@ -142,7 +141,7 @@ class KeyGuard(RMU):
             self.late_control = control_vector(model.shape.d_model, self.hp["c"], seed + 1).to(model.device)
         if not self.needs_keywords:
             return
-        from unpact_mech.recovery.keywords import select_keywords
+        from unpact_mech.attacks.keywords import select_keywords
         from unpact_mech.scoring.tokens import encode_items
 
         items = list(data.forget_items) + list(data.retain_items)
@@ -157,7 +156,7 @@ class KeyGuard(RMU):
                 self.reference = model.reference_copy()
                 self.reference.hf.to(model.device)
             top = self.late_layer(self.n_layers) if self.uses_late else self.layer
-            self.attack = resolve(InterventionSpec("patch", layers=tuple(range(top))), model)
+            self.attack = get_attack("patch", kind="intervention").configure(layers=tuple(range(top))).resolve(model)
 
     def teardown(self) -> None:
         self.pool = None
@@ -192,7 +191,7 @@ class KeyGuard(RMU):
         return mask.to(batch.tf.input_ids.device)
 
     def interventions(self, model: "HookedLM", batch: "StepBatch") -> Sequence["Intervention"]:
-        """The recovery registry's ``patch`` at the KeyToken positions of the activation rows (layers 0..ℓ−1, from
+        """The attack registry's ``patch`` at the KeyToken positions of the activation rows (layers 0..ℓ−1, from
         the frozen original); the other rows are untouched."""
         rows = self.rows_of(batch, "activation")
         if not rows or self.attack is None or self.pool is None:
@@ -200,7 +199,8 @@ class KeyGuard(RMU):
         positions: list[tuple[int, ...]] = [()] * batch.tf.input_ids.shape[0]
         for r in rows:
             positions[r] = self.pool.keyword_positions.get(batch.extra[r - batch.extra_rows.start].item_id, ())
-        return build_factory(self.attack, positions, source=self.reference)(batch.tf.layout)
+        assert self.reference is not None
+        return self.attack.interventions(positions, AttackEnv(original=self.reference))(batch.tf.layout)
 
     # -- the objective ----------------------------------------------------------------------------------------------
     def forget_loss(self, out: PolicyOutput) -> Tensor:

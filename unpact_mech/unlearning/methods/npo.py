@@ -15,14 +15,14 @@ from torch import Tensor
 from unpact_mech.scoring.logprob import score_answers
 from unpact_mech.unlearning import losses
 from unpact_mech.unlearning.methods.base import PolicyOutput, Recipe, UnlearningMethod
-from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.registry import register_unlearning_method
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
     from unpact_mech.unlearning.batches import UnlearningSet
 
 
-@register
+@register_unlearning_method
 class NPO(UnlearningMethod):
     name = "npo"
     summary = "negative preference optimisation: L = (2/beta)*E_f log(1 + (p_theta/p_ref)^beta), sequence log-probs"

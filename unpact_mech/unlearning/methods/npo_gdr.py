@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from unpact_mech.unlearning.methods.base import Recipe, RetainNLL
 from unpact_mech.unlearning.methods.npo import NPO
-from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.registry import register_unlearning_method
 
 
-@register
+@register_unlearning_method
 class NPOGDR(RetainNLL, NPO):
     name = "npo_gdr"
     summary = "NPO + retain NLL: L = L_NPO(D_f) + alpha*NLL(D_r)"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from unpact_mech.unlearning.methods.base import Recipe, RetainKL
 from unpact_mech.unlearning.methods.npo import NPO
-from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.registry import register_unlearning_method
 
 
-@register
+@register_unlearning_method
 class NPOKLR(RetainKL, NPO):
     name = "npo_klr"
     summary = "NPO + retain KL: L = L_NPO(D_f) + alpha*KL(p_ref||p_theta)(D_r)"

@@ -7,20 +7,20 @@ from typing import TypeVar
 from unpact_mech.errors import InputError
 from unpact_mech.unlearning.methods.base import UnlearningMethod
 
-METHODS: dict[str, type[UnlearningMethod]] = {}
+UNLEARNING_METHODS: dict[str, type[UnlearningMethod]] = {}
 M = TypeVar("M", bound=type[UnlearningMethod])
 
 
-def register(cls: M) -> M:
+def register_unlearning_method(cls: M) -> M:
     """Class decorator: add a method under its ``name`` (names are unique)."""
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
+    if cls.name in UNLEARNING_METHODS and UNLEARNING_METHODS[cls.name] is not cls:
         raise ValueError(f"method {cls.name!r} is already registered")
-    METHODS[cls.name] = cls
+    UNLEARNING_METHODS[cls.name] = cls
     return cls
 
 
-def get_method(name: str, **hyperparameters: float | None) -> UnlearningMethod:
+def get_unlearning_method(name: str, **hyperparameters: float | None) -> UnlearningMethod:
     """Instantiate a registered method; ``None`` hyperparameters take the method's defaults."""
-    if name not in METHODS:
-        raise InputError(f"unknown unlearning method {name!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[name](**hyperparameters)
+    if name not in UNLEARNING_METHODS:
+        raise InputError(f"unknown unlearning method {name!r}; choose one of: {', '.join(UNLEARNING_METHODS)}")
+    return UNLEARNING_METHODS[name](**hyperparameters)

@@ -22,7 +22,7 @@ from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import hook_name
 from unpact_mech.unlearning import losses
 from unpact_mech.unlearning.methods.base import PolicyOutput, Recipe, UnlearningMethod
-from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.registry import register_unlearning_method
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -44,7 +44,7 @@ def control_vector(d_model: int, c: float, seed: int) -> Tensor:
     return c * r / r.norm()
 
 
-@register
+@register_unlearning_method
 class RMU(UnlearningMethod):
     name = "rmu"
     summary = "RMU: steer layer-l resid of forget tokens to c*u, keep retain resid at the reference's; trains MLP l-2..l"

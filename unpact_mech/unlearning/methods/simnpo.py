@@ -9,7 +9,7 @@ from torch import Tensor
 
 from unpact_mech.unlearning import losses
 from unpact_mech.unlearning.methods.base import PolicyOutput, Recipe, RetainNLL, UnlearningMethod
-from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.registry import register_unlearning_method
 
 
 class SimNPOForget(UnlearningMethod):
@@ -18,7 +18,7 @@ class SimNPOForget(UnlearningMethod):
         return losses.simnpo(losses.sequence_logprob(lp, mask), losses.answer_lengths(mask), self.hp["beta"], self.hp["gamma"])
 
 
-@register
+@register_unlearning_method
 class SimNPO(RetainNLL, SimNPOForget):
     name = "simnpo"
     summary = "SimNPO: L = -(2/beta)*E_f log sigmoid(-(beta/|y|)*log p_theta(y|x) - gamma) + alpha*NLL(D_r)"

@@ -20,14 +20,14 @@ from torch import Tensor
 from unpact_mech.errors import InputError
 from unpact_mech.unlearning import losses
 from unpact_mech.unlearning.methods.base import PolicyOutput, Recipe, UnlearningMethod
-from unpact_mech.unlearning.methods.registry import register
+from unpact_mech.unlearning.methods.registry import register_unlearning_method
 from unpact_mech.unlearning.task_vector import negate
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
 
 
-@register
+@register_unlearning_method
 class TaskVector(UnlearningMethod):
     name = "task_vector"
     summary = "task vector: fine-tune on D_f (NLL) to theta_ft, then theta - s*(theta_ft - theta)"

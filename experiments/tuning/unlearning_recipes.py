@@ -5,8 +5,8 @@ table in docs/unlearning.md. ``--run`` gives explicit runs instead (for tuning),
 ``METHOD[:lr=X][:steps=N][:batch=B][:key=value...]`` (key = a hyperparameter or ``trainable``).
 ``--eval-every K`` also records forget/retain accuracy every K steps (the dynamics), at ~16 s per evaluation.
 
-    python benchmarks/unlearning_recipes.py --out /tmp/recipes            # the docs table
-    python benchmarks/unlearning_recipes.py --run ga:lr=2e-5:steps=8 npo:beta=0.05 --eval-every 2 --out /tmp/tune
+    python experiments/tuning/unlearning_recipes.py --out /tmp/recipes            # the docs table
+    python experiments/tuning/unlearning_recipes.py --run ga:lr=2e-5:steps=8 npo:beta=0.05 --eval-every 2 --out /tmp/tune
 
 Writes ``<out>/recipes.csv`` (one row per run), ``<out>/dynamics.csv`` and prints a markdown table. Timings are
 wall-clock on this machine (2 CPU threads); other load on the machine makes them noisy.
@@ -25,10 +25,10 @@ import torch
 
 
 def parse_run(text: str) -> dict:
-    from unpact_mech.unlearning import METHODS
+    from unpact_mech.unlearning import UNLEARNING_METHODS
 
     name, *parts = text.split(":")
-    if name not in METHODS:
+    if name not in UNLEARNING_METHODS:
         raise SystemExit(f"unknown method {name!r}")
     spec: dict = {"method": name, "hp": {}, "train": {}, "trainable": None, "target": "generated", "label": text}
     for part in parts:
@@ -63,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from unpact_mech import load_items, load_model
     from unpact_mech.runtime import offline_and_quiet, seed_everything
-    from unpact_mech.unlearning import METHODS, UnlearningFailed, unlearn
+    from unpact_mech.unlearning import UNLEARNING_METHODS, UnlearningFailed, unlearn
 
     offline_and_quiet()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     items = load_items("builtin:real_facts")
-    runs = [parse_run(r) for r in args.run] if args.run else [parse_run(name) for name in METHODS]
+    runs = [parse_run(r) for r in args.run] if args.run else [parse_run(name) for name in UNLEARNING_METHODS]
     rows, dyn = [], []
     for spec in runs:
         seed_everything(args.seed)

@@ -1,4 +1,5 @@
-"""Activation interventions at keyword positions: exact no-ops, exact patching, generation, backend agreement."""
+"""Activation attacks at keyword positions: exact no-ops, exact patching, the edits by hand, generation, backend
+agreement, spec strings."""
 
 from __future__ import annotations
 
@@ -7,14 +8,9 @@ import torch
 
 from unpact_mech import load_model
 from unpact_mech.errors import InputError
-from unpact_mech.recovery.interventions import (
-    InterventionSpec,
-    build_factory,
-    parse_intervention,
-    resolve,
-    reweight_attention,
-    steering_directions,
-)
+from unpact_mech.attacks import AttackEnv, get_attack
+from unpact_mech.attacks.activation import steering_directions
+from unpact_mech.attacks.edits import reweight_attention
 from unpact_mech.scoring.batching import left_pad, right_pad_teacher_forced
 from unpact_mech.scoring.tokens import encode_item
 
@@ -27,8 +23,15 @@ def _batch(model, items, answers=True):
     return enc, left_pad(prompts, model.pad_token_id, list(range(len(enc))))
 
 
-def _logits(model, batch, spec=None, positions=None, **kw):
-    ivs = build_factory(spec, positions, **kw)(batch.layout) if spec else []
+def _attack(text, model):
+    return get_attack(text, kind="intervention").resolve(model)
+
+
+def _logits(model, batch, attack=None, positions=None, source=None, directions=None):
+    env = AttackEnv(original=source, unlearned=model)
+    if directions is not None:  # steer: directions given by the test instead of fitted
+        env.memo[("steer_directions", attack.label)] = directions
+    ivs = attack.interventions(positions, env)(batch.layout) if attack else []
     with torch.no_grad():
         return model.forward(batch.input_ids, attention_mask=batch.layout.attention_mask, interventions=ivs).logits
 
@@ -36,25 +39,25 @@ def _logits(model, batch, spec=None, positions=None, **kw):
 def test_patching_every_position_of_every_layer_reproduces_the_original(original, blocks_perturbed, synthetic_items):
     enc, batch = _batch(original, synthetic_items[:6])
     everywhere = [list(range(batch.input_ids.shape[1]))] * 6  # prompt AND answer positions
-    spec = resolve(InterventionSpec("patch"), blocks_perturbed)
+    spec = _attack("patch", blocks_perturbed)
     assert spec.layers == tuple(range(original.shape.n_layers))
     ref = _logits(original, batch)
     patched = _logits(blocks_perturbed, batch, spec, everywhere, source=original)
     assert torch.equal(patched, ref)
     assert (_logits(blocks_perturbed, batch) - ref).abs().max() > 1e-2  # the perturbation mattered
-    partial = resolve(InterventionSpec("patch", layers=(0,)), blocks_perturbed)
+    partial = _attack("patch:layers=0", blocks_perturbed)
     assert not torch.equal(_logits(blocks_perturbed, batch, partial, everywhere, source=original), ref)
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [InterventionSpec("scale", factor=1.0), InterventionSpec("pasta", factor=1.0), InterventionSpec("steer", coefficient=0.0),
-     InterventionSpec("patch", layers=())],
-)
+@pytest.mark.parametrize("spec", ["scale:factor=1", "pasta:other_weight=1", "steer:coefficient=0", "patch"])
 def test_noop_settings_are_exact(spec, original, blocks_perturbed, synthetic_items):
     enc, batch = _batch(original, synthetic_items[:5])
     positions = [e.prompt.positions_of(it.keywords[1]) for e, it in zip(enc, synthetic_items[:5])]
-    spec = resolve(spec, blocks_perturbed)
+    spec = _attack(spec, blocks_perturbed)
+    if spec.name == "patch":
+        from dataclasses import replace
+
+        spec = replace(spec, layers=())  # patching no layer
     directions = {L: torch.ones(blocks_perturbed.shape.d_model) for L in spec.layers}
     assert torch.equal(_logits(blocks_perturbed, batch, spec, positions, source=original, directions=directions), _logits(blocks_perturbed, batch))
 
@@ -63,9 +66,9 @@ def test_empty_position_sets_are_exact_noops(blocks_perturbed, original, synthet
     enc, batch = _batch(original, synthetic_items[:4])
     base = _logits(blocks_perturbed, batch)
     empty = [[] for _ in enc]
-    for spec in (InterventionSpec("scale", factor=3.0), InterventionSpec("pasta", factor=0.01), InterventionSpec("patch")):
-        s = resolve(spec, blocks_perturbed)
-        assert torch.equal(_logits(blocks_perturbed, batch, s, empty, source=original), base), spec.method
+    for spec in ("scale:factor=3", "pasta:other_weight=0.01", "patch"):
+        s = _attack(spec, blocks_perturbed)
+        assert torch.equal(_logits(blocks_perturbed, batch, s, empty, source=original), base), spec
 
 
 def test_scale_and_pasta_by_hand(blocks_perturbed, synthetic_items):
@@ -75,8 +78,8 @@ def test_scale_and_pasta_by_hand(blocks_perturbed, synthetic_items):
     name = "blocks.0.hook_resid_post"
     with torch.no_grad():
         pre = model.forward(batch.input_ids, cache=[name]).cache[name]
-        spec = resolve(InterventionSpec("scale", layers=(0,), factor=3.0), model)
-        ivs = build_factory(spec, pos)(batch.layout)
+        spec = _attack("scale:layers=0,factor=3", model)
+        ivs = spec.interventions(pos, AttackEnv(original=model))(batch.layout)
         post = model.forward(batch.input_ids, interventions=ivs, cache=[name]).cache[name]
     expected = pre.clone()
     expected[0, pos[0]] *= 3.0
@@ -93,14 +96,14 @@ def test_interventions_are_active_during_generation(original, blocks_perturbed, 
     items = synthetic_items[:4]
     enc, batch = _batch(original, items, answers=False)
     prompt_positions = [list(range(len(e.prompt))) for e in enc]
-    spec = resolve(InterventionSpec("patch"), blocks_perturbed)
-    ivs = build_factory(spec, prompt_positions, source=original)(batch.layout)
+    spec = _attack("patch", blocks_perturbed)
+    ivs = spec.interventions(prompt_positions, AttackEnv(original=original))(batch.layout)
     plain = blocks_perturbed.generate(batch.input_ids, batch.attention_mask, max_new_tokens=4)
     patched = blocks_perturbed.generate(batch.input_ids, batch.attention_mask, max_new_tokens=4, interventions=ivs)
     target = original.generate(batch.input_ids, batch.attention_mask, max_new_tokens=4)
     assert torch.equal(patched[:, 0], target[:, 0])  # last prompt residual restored -> original's first token
     assert not torch.equal(patched, plain)
-    scaled = build_factory(resolve(InterventionSpec("scale", factor=50.0), blocks_perturbed), prompt_positions)(batch.layout)
+    scaled = _attack("scale:factor=50", blocks_perturbed).interventions(prompt_positions, AttackEnv(original))(batch.layout)
     assert not torch.equal(blocks_perturbed.generate(batch.input_ids, batch.attention_mask, max_new_tokens=4, interventions=scaled), plain)
 
 
@@ -110,14 +113,14 @@ def test_backends_agree_on_every_intervention(ga_unlearned_dir, synthetic_items)
     source = load_model("tiny", backend="nnsight")
     enc, batch = _batch(source, items)
     positions = [e.prompt.positions_of(it.keywords[1]) for e, it in zip(enc, items)]
-    for raw in (InterventionSpec("scale", factor=4.0), InterventionSpec("patch"), InterventionSpec("pasta", factor=0.05), InterventionSpec("steer", coefficient=2.0)):
+    for raw in ("scale:factor=4", "patch", "pasta:other_weight=0.05", "steer:coefficient=2"):
         out = {}
         for b, m in models.items():
-            spec = resolve(raw, m)
-            dirs = steering_directions(source, m, [e.prompt.ids for e in enc], positions, spec.layers) if spec.method == "steer" else None
+            spec = _attack(raw, m)
+            dirs = steering_directions(source, m, [e.prompt.ids for e in enc], positions, spec.layers) if spec.name == "steer" else None
             out[b] = _logits(m, batch, spec, positions, source=source, directions=dirs)
-        assert (out["transformer_lens"] - out["nnsight"]).abs().max() <= 1e-4, raw.method
-        assert (out["nnsight"] - _logits(models["nnsight"], batch)).abs().max() > 1e-4, raw.method
+        assert (out["transformer_lens"] - out["nnsight"]).abs().max() <= 1e-4, raw
+        assert (out["nnsight"] - _logits(models["nnsight"], batch)).abs().max() > 1e-4, raw
 
 
 def test_steering_direction_is_the_mean_difference(original, blocks_perturbed, synthetic_items):
@@ -139,14 +142,17 @@ def test_steering_direction_is_the_mean_difference(original, blocks_perturbed, s
     "text, message",
     [("shout", "unknown intervention 'shout'"), ("scale:factor=0", "factor must be > 0"), ("scale:factor=-1", "factor must be > 0"),
      ("patch:layers=0-7", "layer 2 out of range"), ("pasta:heads=9", "heads must be in 0..3"), ("scale:size=3", "unknown option 'size'"),
-     ("scale:factor=abc", "bad value for factor")],
+     ("scale:factor=abc", "bad value for factor"), ("pasta:factor=0.2", "unknown option 'factor'"), ("focus", "unknown intervention 'focus'"),
+     ("scale:hook=attn.hook_z", "hook must be one of")],
 )
 def test_bad_intervention_specs(text, message, original):
     with pytest.raises(InputError, match=message):
-        resolve(parse_intervention(text), original)
+        _attack(text, original)
 
 
-def test_parse_intervention_syntax():
-    spec = parse_intervention("pasta:layers=0-2+5,heads=1+3,factor=0.2")
-    assert spec == InterventionSpec("pasta", layers=(0, 1, 2, 5), factor=0.2, heads=(1, 3))
-    assert spec.name == "pasta[0,1,2,5]x0.2"
+def test_spec_syntax_and_labels(original):
+    spec = get_attack("pasta:layers=0-2+5,heads=1+3,other_weight=0.2")
+    assert (spec.layers, spec.heads, spec.other_weight) == ((0, 1, 2, 5), (1, 3), 0.2)
+    assert spec.label == "pasta[0,1,2,5]x0.2"
+    assert _attack("scale", original).label == "scale[0]x2.0" and _attack("patch", original).label == "patch[0,1]"
+    assert _attack("steer:coefficient=2", original).label == "steer[0]c2.0"

@@ -5,7 +5,7 @@ here; hyperparameters for the comparison were chosen from this script's output a
 forget / retain accuracy after unlearning (all items) and the worst-case recovery rate over the suite's conditions
 (keyword emphasis, no controls) on the tuning items the original answers and the unlearned model does not.
 
-    python benchmarks/keyguard_tuning.py --config steps=6 --config steps=10,prompt_attacks=2 --out tuning.csv
+    python experiments/tuning/keyguard_tuning.py --config steps=6 --config steps=10,prompt_attacks=2 --out tuning.csv
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 TRAIN_KEYS = ("steps", "lr")
 
@@ -39,9 +37,8 @@ def main() -> int:
     p.add_argument("--out", default=None, help="append the rows to this CSV")
     args = p.parse_args()
 
-    from keyword_aware_unlearning import tuning_split
-
-    from unpact_mech.data import load_items
+    from unpact_mech.data import FORGET, load_items, split_items
+    from unpact_mech.data.splits import tuning_split
     from unpact_mech.models import load_model
     from unpact_mech.recovery import RecoveryConfig, run_recovery
     from unpact_mech.runtime import offline_and_quiet, seed_everything
@@ -49,7 +46,7 @@ def main() -> int:
 
     offline_and_quiet()
     items = load_items("builtin:real_facts")
-    tuning, _ = tuning_split([it.id for it in items if it.split == "forget"])
+    tuning, _ = tuning_split([it.id for it in split_items(items, FORGET)])  # keyword_aware_unlearning's split
     tuning_items = [it for it in items if it.id in set(tuning)]
     original = load_model(args.model)
     rows = []

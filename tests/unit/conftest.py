@@ -1,4 +1,4 @@
-"""Recovery fixtures: the tiny model and two 'unlearned' variants of it.
+"""Shared unit fixtures: the tiny model and two 'unlearned' variants of it (recovery and attack tests).
 
 * ``blocks_perturbed``: noise on the transformer blocks only (embeddings, final norm, unembedding shared with the
   original), so patching every layer's residual from the original must reproduce the original logits exactly.

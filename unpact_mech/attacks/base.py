@@ -1,0 +1,222 @@
+"""Recovery conditions ("attacks"): what they are and the one way each acts.
+
+An attack is a small frozen object with a ``name``, a ``family`` (``prompt_emphasis``, ``activation_emphasis``;
+weight-level and probe families plug in the same way), whether it ``uses_keywords``, whether it is a control, and
+EXACTLY ONE way to act on an evaluation, given by its class:
+
+=====================  ==============  ==========================================================================
+class                  ``kind``        the one way it acts
+=====================  ==============  ==========================================================================
+:class:`PromptAttack`  ``strategy``    rewrites the question: ``rewrite(question, keywords) -> question``
+:class:`ActivationAttack` ``intervention`` edits activations at the emphasised prompt positions, during
+                                       teacher-forced scoring and on every greedy step:
+                                       ``interventions(positions, env) -> InterventionFactory``
+:class:`ModelAttack`   ``transform``   asks a transformed model (weights changed): ``transform(model, env) -> model``
+=====================  ==============  ==========================================================================
+
+The recovery runner treats every attack alike through :meth:`Attack.treat`, which turns (model, items, emphasised
+keywords) into a :class:`Treatment` — the model to ask, the rewritten questions or None, the interventions or None —
+so a new attack needs no change to the runner. Options are dataclass fields; ``attack.configure(factor=3)`` returns a
+configured copy and ``attack.resolve(model)`` fills model-dependent defaults (e.g. layers) and validates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+
+from unpact_mech.errors import InputError
+
+if TYPE_CHECKING:
+    from unpact_mech.attacks.keywords import ItemKeywords
+    from unpact_mech.data.record import QAItem
+    from unpact_mech.models.hooked import HookedLM
+    from unpact_mech.scoring.batching import InterventionFactory
+    from unpact_mech.scoring.tokens import EncodedQA
+
+#: Per-item emphasised prompt positions, aligned with the evaluated items.
+Positions = Sequence[Sequence[int]]
+#: What a kind of attack is called in messages.
+KIND_NOUNS = {"strategy": "prompt strategy", "intervention": "intervention", "transform": "model transform"}
+
+
+@dataclass(frozen=True)
+class AttackEnv:
+    """What an attack may read besides the model it acts on.
+
+    ``original``: the model before unlearning (donor of ``patch``); ``unlearned``: the unlearned model (None outside
+    recovery, e.g. when ``keyguard`` trains against an attack); ``encoded`` / ``keywords``: the original prompts and
+    emphasised keywords by item id; ``fit_ids``: the items a data-fitted attack may estimate from; ``memo``: a
+    per-run cache for quantities an attack computes once (directions, transformed models).
+    """
+
+    original: "HookedLM"
+    unlearned: "HookedLM | None" = None
+    encoded: Mapping[str, "EncodedQA"] = field(default_factory=dict)
+    keywords: Mapping[str, "ItemKeywords"] = field(default_factory=dict)
+    fit_ids: tuple[str, ...] = ()
+    batch_size: int = 16
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False)
+
+    def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per ``key`` for the lifetime of this environment."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+
+@dataclass(frozen=True)
+class Treatment:
+    """How to evaluate items under an attack: ask ``model`` the ``questions`` (None = the items' own) with the
+    ``interventions`` active (None = none)."""
+
+    model: "HookedLM"
+    questions: list[str] | None = None
+    interventions: "InterventionFactory | None" = None
+
+
+@dataclass(frozen=True)
+class Attack:
+    """Base of every recovery condition (see the module docstring). Subclasses set ``kind`` and ``options``."""
+
+    name: str
+    description: str = ""
+    family: str = ""
+    uses_keywords: bool = True
+    is_control: bool = False
+    #: Whether the control "the same attack on the original model" is informative (False for ``patch``, which
+    #: patches the original with itself).
+    runs_on_original: bool = True
+
+    kind: ClassVar[str] = ""
+    #: The fields a user may set with :meth:`configure` or a spec string ``name:key=value,...``.
+    options: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def label(self) -> str:
+        """The condition's name in result tables (the name plus its parameters where it has any)."""
+        return self.name
+
+    def configure(self, **options: Any) -> "Attack":
+        """A copy with ``options`` set; an option the attack does not take is an :class:`InputError`."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            valid = ", ".join(self.options) or "none"
+            raise InputError(f"{self.kind_noun} {self.name!r}: unknown option {unknown[0]!r} (it takes: {valid})")
+        return dataclasses.replace(self, **options) if options else self
+
+    @property
+    def kind_noun(self) -> str:
+        return KIND_NOUNS.get(self.kind, "attack")
+
+    def resolve(self, model: "HookedLM") -> "Attack":
+        """Fill model-dependent defaults and validate against ``model`` (:class:`InputError`); default: unchanged."""
+        return self
+
+    def treat(self, model: "HookedLM", items: Sequence["QAItem"], emphasis: Sequence["ItemKeywords"],
+              env: AttackEnv) -> Treatment:
+        """The attack applied to ``items`` asked of ``model``, emphasising ``emphasis`` (aligned with ``items``)."""
+        raise NotImplementedError
+
+
+# -- prompt rewrites ---------------------------------------------------------------------------------------------
+Rewrite = Callable[[str, Sequence[str], str], str]
+"""``(question, keywords, template) -> rewritten question``."""
+
+
+def fill_template(question: str, keywords: Sequence[str], template: str) -> str:
+    """``template`` with ``{question}`` and ``{keywords}`` (the keywords joined by ", ") filled in."""
+    return template.replace("{keywords}", ", ".join(keywords)).replace("{question}", question)
+
+
+@dataclass(frozen=True)
+class PromptAttack(Attack):
+    """Emphasis in the prompt: the question is rewritten (default: by filling ``template``)."""
+
+    family: str = "prompt_emphasis"
+    template: str = "{question}"
+    rewrite_fn: Rewrite = fill_template
+
+    kind: ClassVar[str] = "strategy"
+
+    def rewrite(self, question: str, keywords: Sequence[str]) -> str:
+        return self.rewrite_fn(question, keywords, self.template)
+
+    def with_template(self, template: str) -> "PromptAttack":
+        """A copy with another template (it must contain ``{question}``)."""
+        if "{question}" not in template:
+            raise InputError(f"prompt strategy {self.name!r}: template {template!r} must contain {{question}}")
+        return dataclasses.replace(self, template=template)
+
+    def treat(self, model, items, emphasis, env) -> Treatment:
+        return Treatment(model, [self.rewrite(it.question, kw.words) for it, kw in zip(items, emphasis)])
+
+
+# -- activation edits --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ActivationAttack(Attack):
+    """Emphasis in the activations at the keyword positions of the prompt (``layers=None``: the attack's default
+    layer set for the model, filled in by :meth:`resolve`)."""
+
+    family: str = "activation_emphasis"
+    layers: tuple[int, ...] | None = None
+
+    kind: ClassVar[str] = "intervention"
+    options: ClassVar[tuple[str, ...]] = ("layers",)
+
+    def default_layers(self, n_layers: int) -> tuple[int, ...]:
+        """The first half of the layers (subclasses choose their own)."""
+        return tuple(range(max(1, n_layers // 2)))
+
+    @property
+    def parameters_label(self) -> str:
+        """What follows ``name[layers]`` in :attr:`label` (e.g. ``x2.0`` for a factor)."""
+        return ""
+
+    @property
+    def label(self) -> str:
+        from unpact_mech.syntax import layers_label
+
+        layers = "default" if self.layers is None else layers_label(self.layers)
+        return f"{self.name}[{layers}]{self.parameters_label}"
+
+    def resolve(self, model: "HookedLM") -> "ActivationAttack":
+        n_layers = model.shape.n_layers
+        layers = self.default_layers(n_layers) if self.layers is None else tuple(self.layers)
+        bad = [L for L in layers if not 0 <= L < n_layers]
+        if bad:
+            raise InputError(f"{self.kind_noun} {self.name}: layer {bad[0]} out of range "
+                             f"(model has layers 0..{n_layers - 1})")
+        resolved = dataclasses.replace(self, layers=layers)
+        resolved.check(model)
+        return resolved
+
+    def check(self, model: "HookedLM") -> None:
+        """Validate the attack's own options against ``model`` (:class:`InputError`); default: nothing to check."""
+
+    def interventions(self, positions: Positions, env: AttackEnv) -> "InterventionFactory":
+        """The factory of interventions that emphasise ``positions`` (per evaluated item) — the one way it acts."""
+        raise NotImplementedError
+
+    def treat(self, model, items, emphasis, env) -> Treatment:
+        return Treatment(model, interventions=self.interventions([kw.positions for kw in emphasis], env))
+
+
+# -- model transforms --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelAttack(Attack):
+    """Recovery by changing the model (e.g. relearning steps, quantization, direction ablation): the items are asked
+    of ``transform(model, env)``. The transformed model is computed once per model and run (``env.memo``)."""
+
+    family: str = "weights"
+    uses_keywords: bool = False
+
+    kind: ClassVar[str] = "transform"
+
+    def transform(self, model: "HookedLM", env: AttackEnv) -> "HookedLM":
+        """The model to ask instead of ``model`` — the one way it acts. Must not modify ``model`` in place."""
+        raise NotImplementedError
+
+    def treat(self, model, items, emphasis, env) -> Treatment:
+        return Treatment(env.cached((self.label, id(model)), lambda: self.transform(model, env)))

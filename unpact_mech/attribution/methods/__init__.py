@@ -1,0 +1,14 @@
+"""The attribution methods, one short file each, in a registry (each wraps its per-item function)."""
+
+from unpact_mech.attribution.methods.base import AttributionMethod
+from unpact_mech.attribution.methods.registry import (
+    ATTRIBUTION_METHODS,
+    get_attribution_method,
+    register_attribution_method,
+)
+
+# Import order = registry order = the order shown by `unpact attribute --help`.
+from unpact_mech.attribution.methods import occlusion, grad_x_input, integrated_gradients  # noqa: E402,F401,I001
+from unpact_mech.attribution.methods import attention, residual  # noqa: E402,F401,I001
+
+__all__ = ["ATTRIBUTION_METHODS", "AttributionMethod", "get_attribution_method", "register_attribution_method"]

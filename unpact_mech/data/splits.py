@@ -1,0 +1,41 @@
+"""Which items belong to which split — the one helper every stage filters through.
+
+``forget``: what unlearning removes and recovery tries to bring back; ``retain``: what retain losses may train on
+and where the destructive rate and the retain controls are measured. Items keep the order of the data file.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from unpact_mech.errors import InputError
+
+if TYPE_CHECKING:
+    from unpact_mech.data.record import QAItem
+
+FORGET = "forget"
+RETAIN = "retain"
+
+
+def split_items(items: Sequence["QAItem"], split: str) -> list["QAItem"]:
+    """The items of ``split``, in data order."""
+    return [it for it in items if it.split == split]
+
+
+def require_split(items: Sequence["QAItem"], split: str, source: str) -> list["QAItem"]:
+    """The items of ``split``; :class:`InputError` naming ``source`` (e.g. the data spec) when there are none."""
+    chosen = split_items(items, split)
+    if not chosen:
+        raise InputError(f"{source}: no {split} items (\"split\": \"{split}\")")
+    return chosen
+
+
+def tuning_split(item_ids: Sequence[str], seed: int = 0) -> tuple[list[str], list[str]]:
+    """``(tuning, held_out)``: a fixed seeded half of ``item_ids`` to choose hyperparameters on, and the rest to
+    report on (the ids are sorted first, so the split does not depend on their order); both sorted."""
+    import random
+
+    ids = sorted(item_ids)
+    random.Random(seed).shuffle(ids)
+    half = (len(ids) + 1) // 2
+    return sorted(ids[:half]), sorted(ids[half:])
