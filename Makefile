@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 INSTALL_INPUTS := requirements.txt requirements-dev.txt pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install browser test test-fast demo bench clean
+.PHONY: install browser lint format test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ browser:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@chromium --version
+
+# Lint and format check (ruff, pinned in requirements-dev.txt; settings in pyproject.toml). `make format` fixes.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # Default test run: unit tier (tiny models) + slow tier (real SmolLM2); benchmarks run with `make bench`.
 # Exit code 5 (no tests collected) is a failure.

@@ -24,7 +24,8 @@ GROUPS = {"KeyTokens": "keytokens", "other words": "other"}
 def method_row(method: str, per_item: pd.DataFrame, ctx: Context) -> dict:
     """One table row from the forget items' per-item KeyToken/other table of one method."""
     return {"method": method, "n_items": per_item["item_id"].nunique()} | paired_contrast(
-        per_item, "keytokens", "other", n_boot=ctx.n_boot, seed=ctx.seed)
+        per_item, "keytokens", "other", n_boot=ctx.n_boot, seed=ctx.seed
+    )
 
 
 def run(ctx: Context) -> StudyResult:
@@ -39,12 +40,24 @@ def run(ctx: Context) -> StudyResult:
         per_item = per_item[per_item["group"].isin(GROUPS.values())]
         rows.append(method_row(method, per_item, ctx))
         by_split[method] = comparison.summary["keytoken_change"]["by_split"].get("forget", {})
-        long.append(long_rows(per_item.assign(change=per_item["after"] - per_item["before"]),
-                              ["item_id", "split", "group", "n_units"], ["before", "after", "change"], method=method))
+        long.append(
+            long_rows(
+                per_item.assign(change=per_item["after"] - per_item["before"]),
+                ["item_id", "split", "group", "n_units"],
+                ["before", "after", "change"],
+                method=method,
+            )
+        )
     table = pd.DataFrame(rows)
     bars = {f"{label} {when}": f"{key}_{when}" for label, key in GROUPS.items() for when in ("before", "after")}
-    grouped_bars(table, "method", bars, ctx.out / "keytoken_focus.png", ylabel="mean word contribution C (nats)",
-                 title="Forget items: contribution of KeyTokens vs other words, original -> unlearned")
+    grouped_bars(
+        table,
+        "method",
+        bars,
+        ctx.out / "keytoken_focus.png",
+        ylabel="mean word contribution C (nats)",
+        title="Forget items: contribution of KeyTokens vs other words, original -> unlearned",
+    )
     return StudyResult(table, pd.concat(long, ignore_index=True), {"keytoken_change_forget": by_split})
 
 

@@ -20,32 +20,52 @@ from unpact_mech.pipeline.presets import MAX_CONTROL_ITEMS
 from unpact_mech.pipeline.study import Context, Study, StudyResult, main
 from unpact_mech.pipeline.tables import grouped_bars
 
-COLUMNS = ["method", "kind", "condition", "recovery_rate_n", "recovery_rate", "recovery_rate_ci_lo", "recovery_rate_ci_hi",
-           "random_control_rate", "original_accuracy_before", "original_accuracy_after", "retain_accuracy_before",
-           "retain_accuracy_after", "top1_before", "top1_after"]
+COLUMNS = [
+    "method",
+    "kind",
+    "condition",
+    "recovery_rate_n",
+    "recovery_rate",
+    "recovery_rate_ci_lo",
+    "recovery_rate_ci_hi",
+    "random_control_rate",
+    "original_accuracy_before",
+    "original_accuracy_after",
+    "retain_accuracy_before",
+    "retain_accuracy_after",
+    "top1_before",
+    "top1_after",
+]
 
 
 def add_options(p) -> None:
     from unpact_mech.commands.common import positive_int
 
-    p.add_argument("--max-control-items", type=positive_int, default=MAX_CONTROL_ITEMS, metavar="N",
-                   help=f"items in the original-model and retain controls (seeded sample; default: {MAX_CONTROL_ITEMS})")
+    p.add_argument(
+        "--max-control-items",
+        type=positive_int,
+        default=MAX_CONTROL_ITEMS,
+        metavar="N",
+        help=f"items in the original-model and retain controls (seeded sample; default: {MAX_CONTROL_ITEMS})",
+    )
 
 
 def run(ctx: Context) -> StudyResult:
     from unpact_mech.attacks import DEFAULT_ATTACKS
-    from unpact_mech.recovery import RecoveryConfig
     from unpact_mech.recovery.outputs import long_results
 
-    keywords = ctx.keywords(ctx.attribute(ctx.original, ctx.items, "original"), ctx.items)
-    rcfg = RecoveryConfig(attacks=DEFAULT_ATTACKS, max_new_tokens=ctx.max_new_tokens, batch_size=ctx.batch_size,
-                          n_boot=ctx.n_boot, seed=ctx.seed, max_control_items=ctx.args.max_control_items)
+    keywords = ctx.original_keywords()
+    rcfg = ctx.recovery_config(DEFAULT_ATTACKS, n_boot=ctx.n_boot, max_control_items=ctx.args.max_control_items)
     tables, long, summaries = [], [], {}
     for method, model in ctx.unlearned():
         rec = ctx.recover(model, method, rcfg, keywords)
-        tables.append(rec.rates.assign(method=method).reindex(columns=COLUMNS).rename(columns={"recovery_rate_n": "n_eligible"}))
+        tables.append(
+            rec.rates.assign(method=method).reindex(columns=COLUMNS).rename(columns={"recovery_rate_n": "n_eligible"})
+        )
         long.append(long_results(rec).assign(method=method))
-        summaries[method] = {k: rec.summary.get(k) for k in ("n_eligible", "destructive_rate", "best_condition", "best_recovery_rate")}
+        summaries[method] = {
+            k: rec.summary.get(k) for k in ("n_eligible", "destructive_rate", "best_condition", "best_recovery_rate")
+        }
     table = pd.concat(tables, ignore_index=True)
     plot(table, ctx)
     return StudyResult(table, pd.concat(long, ignore_index=True), {"recovery": summaries})
@@ -53,14 +73,25 @@ def run(ctx: Context) -> StudyResult:
 
 def plot(table: pd.DataFrame, ctx: Context) -> None:
     """Recovery rate per condition (x) and method (bars), with bootstrap CIs."""
-    wide = table.pivot_table(index="condition", columns="method", values=["recovery_rate", "recovery_rate_ci_lo",
-                                                                          "recovery_rate_ci_hi"], sort=False)
+    wide = table.pivot_table(
+        index="condition",
+        columns="method",
+        values=["recovery_rate", "recovery_rate_ci_lo", "recovery_rate_ci_hi"],
+        sort=False,
+    )
     wide.columns = [f"{m}:{v}" for v, m in wide.columns]
     wide = wide.reset_index()
     methods = list(dict.fromkeys(table["method"]))
-    grouped_bars(wide, "condition", {m: f"{m}:recovery_rate" for m in methods}, ctx.out / "recovery_rates.png",
-                 errors={f"{m}:recovery_rate": (f"{m}:recovery_rate_ci_lo", f"{m}:recovery_rate_ci_hi") for m in methods},
-                 ylabel="recovery rate (eligible forget items)", ylim=(0, 1.02), title="Recovery by keyword emphasis (95% CI)")
+    grouped_bars(
+        wide,
+        "condition",
+        {m: f"{m}:recovery_rate" for m in methods},
+        ctx.out / "recovery_rates.png",
+        errors={f"{m}:recovery_rate": (f"{m}:recovery_rate_ci_lo", f"{m}:recovery_rate_ci_hi") for m in methods},
+        ylabel="recovery rate (eligible forget items)",
+        ylim=(0, 1.02),
+        title="Recovery by keyword emphasis (95% CI)",
+    )
 
 
 STUDY = Study("finding2_keyword_recovery", __doc__, run, add_options)

@@ -43,8 +43,12 @@ def destruction_row(method: str, known: np.ndarray, after: np.ndarray, ctx: Cont
     from unpact_mech.recovery.metrics import destructive_rate
 
     rate = destructive_rate(known, after, n_boot=ctx.n_boot, seed=ctx.seed)
-    return {"method": method, "n_retain": len(known), "retain_acc_before": float(known.mean()),
-            "retain_acc_after": float(after.mean())} | rate.as_dict("destructive_rate")
+    return {
+        "method": method,
+        "n_retain": len(known),
+        "retain_acc_before": float(known.mean()),
+        "retain_acc_after": float(after.mean()),
+    } | rate.as_dict("destructive_rate")
 
 
 def run(ctx: Context) -> StudyResult:
@@ -59,19 +63,34 @@ def run(ctx: Context) -> StudyResult:
         after = ctx.evaluate(model, retain).set_index("item_id").loc[ids, "correct"].to_numpy(bool)
         units = compare_runs(before, ctx.attribute(model, retain, method)).units
         classes = per_item_classes(units)
-        rows.append(destruction_row(method, known, after, ctx)
-                    | paired_contrast(classes, "function", "content", n_boot=ctx.n_boot, seed=ctx.seed))
+        rows.append(
+            destruction_row(method, known, after, ctx)
+            | paired_contrast(classes, "function", "content", n_boot=ctx.n_boot, seed=ctx.seed)
+        )
         words = units.assign(word=units["token"].str.strip().str.lower())
         by_word[method] = words[words["word"].isin(FUNCTION_WORDS)].groupby("word")["diff"].mean().to_dict()
-        correct = pd.DataFrame({"item_id": ids, "split": "retain", "original_correct": known, "unlearned_correct": after})
-        long += [long_rows(classes, ["item_id", "split", "group"], ["before", "after"], method=method),
-                 long_rows(correct, ["item_id", "split"], ["original_correct", "unlearned_correct"], method=method)]
+        correct = pd.DataFrame(
+            {"item_id": ids, "split": "retain", "original_correct": known, "unlearned_correct": after}
+        )
+        long += [
+            long_rows(classes, ["item_id", "split", "group"], ["before", "after"], method=method),
+            long_rows(correct, ["item_id", "split"], ["original_correct", "unlearned_correct"], method=method),
+        ]
     table = pd.DataFrame(rows)
     bars = {f"{g} words {when}": f"{g}_{when}" for g in ("function", "content") for when in ("before", "after")}
-    grouped_bars(table, "method", bars, ctx.out / "common_words.png", ylabel="mean word contribution C (nats)",
-                 title="Retain items: function vs content words, original -> unlearned")
-    return StudyResult(table, pd.concat(long, ignore_index=True),
-                       {"function_words": list(FUNCTION_WORDS), "function_word_change": by_word})
+    grouped_bars(
+        table,
+        "method",
+        bars,
+        ctx.out / "common_words.png",
+        ylabel="mean word contribution C (nats)",
+        title="Retain items: function vs content words, original -> unlearned",
+    )
+    return StudyResult(
+        table,
+        pd.concat(long, ignore_index=True),
+        {"function_words": list(FUNCTION_WORDS), "function_word_change": by_word},
+    )
 
 
 STUDY = Study("finding3_destruction", __doc__, run)

@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -54,16 +55,29 @@ RETAIN_TOLERANCE = 0.02
 SPLIT_SEED = 0
 #: Per-model overrides for the representation methods (the tiny 2-layer model has no layer 7; measured in the
 #: unit tests' TINY_RUNS). Other methods use the demo's per-model recipe overrides.
-REPRESENTATION_OVERRIDES = {"tiny": {
-    "rmu": {"lr": 1e-2, "hyperparameters": {"layer": 1, "c": 20.0, "alpha": 1.0}},
-    "keyguard": {"lr": 1e-2, "hyperparameters": {"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0}},
-}}
+REPRESENTATION_OVERRIDES = {
+    "tiny": {
+        "rmu": {"lr": 1e-2, "hyperparameters": {"layer": 1, "c": 20.0, "alpha": 1.0}},
+        "keyguard": {"lr": 1e-2, "hyperparameters": {"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0}},
+    }
+}
 
 
 #: The headline table (table.csv, printed); variants.csv has every column.
-HEADLINE = ["variant", "matched_step", "forget_accuracy", "retain_accuracy", "n_eligible", "worst_recovery_all",
-            "worst_condition_all", "worst_recovery_held_out", "worst_recovery_held_out_attacks", "worst_recovery_any",
-            "worst_condition_any", "destructive_rate"]
+HEADLINE = [
+    "variant",
+    "matched_step",
+    "forget_accuracy",
+    "retain_accuracy",
+    "n_eligible",
+    "worst_recovery_all",
+    "worst_condition_all",
+    "worst_recovery_held_out",
+    "worst_recovery_held_out_attacks",
+    "worst_recovery_any",
+    "worst_condition_any",
+    "destructive_rate",
+]
 
 
 @dataclass(frozen=True)
@@ -101,12 +115,21 @@ def target_retain(checkpoints: pd.DataFrame, forget_bound: float = FORGET_BOUND)
         rule = f"highest retain accuracy among baseline checkpoints with forget accuracy <= {forget_bound:g}"
     else:
         best = base.sort_values(["forget_accuracy", "retain_accuracy", "step"], ascending=[True, False, True]).iloc[0]
-        rule = f"no baseline checkpoint reaches forget accuracy <= {forget_bound:g}: the lowest-forget baseline checkpoint"
-    return {"target_retain": float(best["retain_accuracy"]), "target_variant": str(best["variant"]),
-            "target_step": int(best["step"]), "target_forget": float(best["forget_accuracy"]), "target_rule": rule}
+        rule = (
+            f"no baseline checkpoint reaches forget accuracy <= {forget_bound:g}: the lowest-forget baseline checkpoint"
+        )
+    return {
+        "target_retain": float(best["retain_accuracy"]),
+        "target_variant": str(best["variant"]),
+        "target_step": int(best["step"]),
+        "target_forget": float(best["forget_accuracy"]),
+        "target_rule": rule,
+    }
 
 
-def matched_checkpoint(checkpoints: pd.DataFrame, target: float, tolerance: float = RETAIN_TOLERANCE) -> pd.Series | None:
+def matched_checkpoint(
+    checkpoints: pd.DataFrame, target: float, tolerance: float = RETAIN_TOLERANCE
+) -> pd.Series | None:
     """The checkpoint (step >= 1) with the lowest forget accuracy whose retain accuracy is >= target - tolerance
     (ties: higher retain accuracy, then the earlier step); None if no checkpoint qualifies."""
     ok = checkpoints[(checkpoints["step"] >= 1) & (checkpoints["retain_accuracy"] >= target - tolerance - 1e-12)]
@@ -119,20 +142,32 @@ def condition_rates(per_item: pd.DataFrame, eligible: Sequence[str], subsets: di
     """Recovery rate per condition on the eligible items of each subset: ``condition, kind, subset, n, recovery_rate``.
 
     ``per_item``: :attr:`RecoveryResult.per_item` (rows of the unlearned model under keyword emphasis are used)."""
-    emph = per_item[(per_item["model"] == "unlearned") & per_item["emphasis"].isin(["keywords", "random"])
-                    & per_item["kind"].isin(["strategy", "intervention"])]
+    emph = per_item[
+        (per_item["model"] == "unlearned")
+        & per_item["emphasis"].isin(["keywords", "random"])
+        & per_item["kind"].isin(["strategy", "intervention"])
+    ]
     rows = []
     for subset, ids in subsets.items():
         keep = sorted(set(eligible) & set(ids))
         part = emph[emph["item_id"].isin(keep)]
         for (kind, condition, emphasis), g in part.groupby(["kind", "condition", "emphasis"], sort=False):
-            rows.append({"condition": condition, "kind": kind, "emphasis": emphasis, "subset": subset, "n": len(keep),
-                         "recovery_rate": float(g["correct"].astype(bool).mean()) if len(keep) else float("nan")})
+            rows.append(
+                {
+                    "condition": condition,
+                    "kind": kind,
+                    "emphasis": emphasis,
+                    "subset": subset,
+                    "n": len(keep),
+                    "recovery_rate": float(g["correct"].astype(bool).mean()) if len(keep) else float("nan"),
+                }
+            )
     return pd.DataFrame(rows, columns=["condition", "kind", "emphasis", "subset", "n", "recovery_rate"])
 
 
-def worst_case(rates: pd.DataFrame, subset: str, conditions: Sequence[str] | None = None,
-               emphasis: Sequence[str] = ("keywords",)) -> tuple[float, str]:
+def worst_case(
+    rates: pd.DataFrame, subset: str, conditions: Sequence[str] | None = None, emphasis: Sequence[str] = ("keywords",)
+) -> tuple[float, str]:
     """``(max recovery rate, its condition)`` over the conditions of ``subset`` with the given ``emphasis`` (keyword
     emphasis by default; add ``random`` for the random-word controls), optionally only ``conditions`` (base names)."""
     part = rates[(rates["subset"] == subset) & rates["recovery_rate"].notna() & rates["emphasis"].isin(emphasis)]
@@ -147,20 +182,50 @@ def worst_case(rates: pd.DataFrame, subset: str, conditions: Sequence[str] | Non
 
 # -- the study ----------------------------------------------------------------------------------------------------
 def add_options(p) -> None:
-    p.add_argument("--ablations", action="store_true",
-                   help="also run keyguard without each ingredient (" + ", ".join(INGREDIENTS) + ")")
-    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
-                   help="run only these of the variants (e.g. to split the ablation over two processes)")
-    p.add_argument("--horizon", type=float, default=1.5, metavar="F",
-                   help="train each variant for ceil(F x its recipe steps) steps (default: 1.5)")
-    p.add_argument("--eval-every", type=positive_int, default=1, metavar="N", help="checkpoint every N steps (default: 1)")
-    p.add_argument("--merge", nargs="+", default=[], metavar="DIR",
-                   help="add the variants of earlier runs of this script (same model, data, seed) to the table")
-    p.add_argument("--target-retain", type=float, default=None, metavar="R",
-                   help="match every variant to this retain accuracy instead of the best baseline's (e.g. the R* of a "
-                   "baselines run still in progress; --merge then checks that the runs agree)")
-    p.add_argument("--max-control-items", type=positive_int, default=MAX_CONTROL_ITEMS, metavar="N",
-                   help=f"items in the recovery suite's original-model and retain controls (default: {MAX_CONTROL_ITEMS})")
+    p.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also run keyguard without each ingredient (" + ", ".join(INGREDIENTS) + ")",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="run only these of the variants (e.g. to split the ablation over two processes)",
+    )
+    p.add_argument(
+        "--horizon",
+        type=float,
+        default=1.5,
+        metavar="F",
+        help="train each variant for ceil(F x its recipe steps) steps (default: 1.5)",
+    )
+    p.add_argument(
+        "--eval-every", type=positive_int, default=1, metavar="N", help="checkpoint every N steps (default: 1)"
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="add the variants of earlier runs of this script (same model, data, seed) to the table",
+    )
+    p.add_argument(
+        "--target-retain",
+        type=float,
+        default=None,
+        metavar="R",
+        help="match every variant to this retain accuracy instead of the best baseline's (e.g. the R* of a "
+        "baselines run still in progress; --merge then checks that the runs agree)",
+    )
+    p.add_argument(
+        "--max-control-items",
+        type=positive_int,
+        default=MAX_CONTROL_ITEMS,
+        metavar="N",
+        help=f"items in the recovery suite's original-model and retain controls (default: {MAX_CONTROL_ITEMS})",
+    )
 
 
 def horizon_steps(method: str, factor: float) -> int:
@@ -186,10 +251,22 @@ def train(ctx: Context, v: Variant, steps: int, *, evaluate: bool, eval_every: i
         hyperparameters = override["hyperparameters"] | hyperparameters
     seed_everything(ctx.seed)
     model = load_model(ctx.args.model, backend=ctx.args.backend)
-    result = unlearn(model, ctx.items, v.method, hyperparameters=hyperparameters, seed=ctx.seed, steps=steps,
-                     evaluate=evaluate, eval_every=eval_every, initial_evaluation=ctx.original_evaluation if evaluate else None,
-                     eval_batch_size=ctx.batch_size, max_new_tokens=ctx.max_new_tokens, progress=ctx.progress,
-                     data_label=ctx.data, **options)
+    result = unlearn(
+        model,
+        ctx.items,
+        v.method,
+        hyperparameters=hyperparameters,
+        seed=ctx.seed,
+        steps=steps,
+        evaluate=evaluate,
+        eval_every=eval_every,
+        initial_evaluation=ctx.original_evaluation if evaluate else None,
+        eval_batch_size=ctx.batch_size,
+        max_new_tokens=ctx.max_new_tokens,
+        progress=ctx.progress,
+        data_label=ctx.data,
+        **options,
+    )
     model.name = v.name
     return model, result
 
@@ -214,16 +291,19 @@ def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.Dat
                 raise InputError(f"--merge {d}: {key} {summary.get(key)!r} differs from this run's {mine!r}")
     if not tables:
         return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
-    return pd.concat(tables, ignore_index=True), pd.concat(checkpoints, ignore_index=True), pd.concat(rates, ignore_index=True)
+    return (
+        pd.concat(tables, ignore_index=True),
+        pd.concat(checkpoints, ignore_index=True),
+        pd.concat(rates, ignore_index=True),
+    )
 
 
 def run(ctx: Context) -> StudyResult:
     from tqdm.auto import tqdm
 
+    from unpact_mech.attacks import DEFAULT_ATTACKS
     from unpact_mech.errors import InputError
     from unpact_mech.io import atomic_write_text
-    from unpact_mech.attacks import DEFAULT_ATTACKS
-    from unpact_mech.recovery import RecoveryConfig
     from unpact_mech.recovery.outputs import long_results
 
     todo = variants(ctx.methods, ctx.args.ablations)
@@ -248,30 +328,44 @@ def run(ctx: Context) -> StudyResult:
     for v in tqdm(todo, desc="checkpoints", disable=not ctx.progress):
         model, result = train(ctx, v, steps[v.name], evaluate=True, eval_every=ctx.args.eval_every)
         dyn = result.dynamics_table()
-        rows += [{"variant": v.name, "method": v.method, "baseline": v.is_baseline, "step": int(r.step),
-                  "forget_accuracy": float(r.forget_accuracy), "retain_accuracy": float(r.retain_accuracy)}
-                 for r in dyn.itertuples()]
+        rows += [
+            {
+                "variant": v.name,
+                "method": v.method,
+                "baseline": v.is_baseline,
+                "step": int(r.step),
+                "forget_accuracy": float(r.forget_accuracy),
+                "retain_accuracy": float(r.retain_accuracy),
+            }
+            for r in dyn.itertuples()
+        ]
         ctx.lineages[v.name] = list(model.lineage)
         del model
     checkpoints = pd.concat([merged_ckpt, pd.DataFrame(rows)], ignore_index=True)
 
     # 2./3. the target retain accuracy and each variant's matched checkpoint
     if fixed is not None:
-        target = {"target_retain": float(fixed), "target_variant": "", "target_step": -1, "target_forget": float("nan"),
-                  "target_rule": "given by --target-retain"}
+        target = {
+            "target_retain": float(fixed),
+            "target_variant": "",
+            "target_step": -1,
+            "target_forget": float("nan"),
+            "target_rule": "given by --target-retain",
+        }
     else:
         try:
             target = target_retain(checkpoints)
         except ValueError as err:
             raise InputError(f"{err}; or pass --target-retain") from None
     if len(merged_table) and not np.isclose(merged_table["target_retain"], target["target_retain"]).all():
-        raise InputError("--merge: the merged run matched another target retain accuracy "
-                         f"({merged_table['target_retain'].iloc[0]:.3f} vs {target['target_retain']:.3f}); rerun it")
+        raise InputError(
+            "--merge: the merged run matched another target retain accuracy "
+            f"({merged_table['target_retain'].iloc[0]:.3f} vs {target['target_retain']:.3f}); rerun it"
+        )
 
     # 4. the recovery suite on each matched checkpoint
-    keywords = ctx.keywords(ctx.attribute(ctx.original, ctx.items, "original"), ctx.items) if todo else []
-    rcfg = RecoveryConfig(attacks=DEFAULT_ATTACKS, max_new_tokens=ctx.max_new_tokens, batch_size=ctx.batch_size,
-                          n_boot=ctx.n_boot, seed=ctx.seed, max_control_items=ctx.args.max_control_items)
+    keywords = ctx.original_keywords() if todo else []
+    rcfg = ctx.recovery_config(DEFAULT_ATTACKS, n_boot=ctx.n_boot, max_control_items=ctx.args.max_control_items)
     forget_ids = [it.id for it in ctx.split("forget")]
     tuning, held_out = tuning_split(forget_ids, SPLIT_SEED)
     subsets = {"all": forget_ids, "tuning": tuning, "held_out": held_out}
@@ -279,9 +373,14 @@ def run(ctx: Context) -> StudyResult:
     for v in tqdm(todo, desc="recovery", disable=not ctx.progress):
         mine = checkpoints[checkpoints["variant"] == v.name]
         chosen = matched_checkpoint(mine, target["target_retain"])
-        row: dict[str, Any] = {"variant": v.name, "method": v.method, "baseline": v.is_baseline,
-                               "hyperparameters": " ".join(f"{k}={x:g}" for k, x in v.hyperparameters.items()),
-                               "horizon_steps": steps[v.name], **target}
+        row: dict[str, Any] = {
+            "variant": v.name,
+            "method": v.method,
+            "baseline": v.is_baseline,
+            "hyperparameters": " ".join(f"{k}={x:g}" for k, x in v.hyperparameters.items()),
+            "horizon_steps": steps[v.name],
+            **target,
+        }
         if chosen is None:
             table_rows.append(row | {"matched_step": None})
             continue
@@ -305,10 +404,19 @@ def run(ctx: Context) -> StudyResult:
     atomic_write_text(ctx.out / "rates.csv", rates.to_csv(index=False))
     plot_tradeoff(table, target, ctx.out / "tradeoff.png")
     plot_checkpoints(checkpoints, table, target, ctx.out / "checkpoints.png")
-    results = pd.concat(long, ignore_index=True) if long else pd.DataFrame(columns=["item_id", "split", "metric", "value"])
-    summary = {"target": target, "forget_bound": FORGET_BOUND, "retain_tolerance": RETAIN_TOLERANCE,
-               "tuning_items": tuning, "held_out_items": held_out, "trained_conditions": list(TRAINED_CONDITIONS),
-               "merged": list(ctx.args.merge), "goal": goal(table)}
+    results = (
+        pd.concat(long, ignore_index=True) if long else pd.DataFrame(columns=["item_id", "split", "metric", "value"])
+    )
+    summary = {
+        "target": target,
+        "forget_bound": FORGET_BOUND,
+        "retain_tolerance": RETAIN_TOLERANCE,
+        "tuning_items": tuning,
+        "held_out_items": held_out,
+        "trained_conditions": list(TRAINED_CONDITIONS),
+        "merged": list(ctx.args.merge),
+        "goal": goal(table),
+    }
     return StudyResult(table.reindex(columns=HEADLINE), results, summary)
 
 
@@ -316,10 +424,12 @@ def summarise(chosen: pd.Series, rec: "RecoveryResult") -> dict[str, Any]:
     """The matched checkpoint's part of a table row: its accuracies (recorded and re-trained), eligibility, damage."""
     return {
         "matched_step": int(chosen["step"]),
-        "forget_accuracy": float(chosen["forget_accuracy"]), "retain_accuracy": float(chosen["retain_accuracy"]),
+        "forget_accuracy": float(chosen["forget_accuracy"]),
+        "retain_accuracy": float(chosen["retain_accuracy"]),
         "forget_accuracy_retrained": rec.summary["unlearned_forget_accuracy"],
         "retain_accuracy_retrained": rec.summary.get("unlearned_retain_accuracy"),
-        "n_eligible": rec.summary["n_eligible"], "destructive_rate": rec.summary.get("destructive_rate"),
+        "n_eligible": rec.summary["n_eligible"],
+        "destructive_rate": rec.summary.get("destructive_rate"),
     }
 
 
@@ -330,7 +440,9 @@ def worst_columns(rates: pd.DataFrame) -> dict[str, Any]:
     for subset in ("all", "tuning", "held_out"):
         row[f"worst_recovery_{subset}"], row[f"worst_condition_{subset}"] = worst_case(rates, subset)
     held_out_attacks = [c for c in rates["condition"].unique() if c.split("[")[0] not in TRAINED_CONDITIONS]
-    row["worst_recovery_held_out_attacks"], row["worst_condition_held_out_attacks"] = worst_case(rates, "all", held_out_attacks)
+    row["worst_recovery_held_out_attacks"], row["worst_condition_held_out_attacks"] = worst_case(
+        rates, "all", held_out_attacks
+    )
     row["worst_recovery_any"], row["worst_condition_any"] = worst_case(rates, "all", emphasis=("keywords", "random"))
     for subset in ("tuning", "held_out"):
         n = rates.loc[rates["subset"] == subset, "n"]
@@ -344,12 +456,21 @@ def goal(table: pd.DataFrame) -> dict[str, Any]:
     if kg.empty or pd.isna(kg.iloc[0].get("matched_step")):
         return {"evaluated": False}
     r = kg.iloc[0]
-    checks = {"worst_recovery_le_0.10": bool(r["worst_recovery_all"] <= 0.10 + 1e-12),
-              "forget_le_0.15": bool(r["forget_accuracy"] <= FORGET_BOUND + 1e-12),
-              "retain_ge_target": bool(r["retain_accuracy"] >= r["target_retain"] - 1e-12)}
-    return {"evaluated": True, **checks, "met": all(checks.values()), "worst_recovery": float(r["worst_recovery_all"]),
-            "worst_condition": r["worst_condition_all"], "forget_accuracy": float(r["forget_accuracy"]),
-            "retain_accuracy": float(r["retain_accuracy"]), "target_retain": float(r["target_retain"])}
+    checks = {
+        "worst_recovery_le_0.10": bool(r["worst_recovery_all"] <= 0.10 + 1e-12),
+        "forget_le_0.15": bool(r["forget_accuracy"] <= FORGET_BOUND + 1e-12),
+        "retain_ge_target": bool(r["retain_accuracy"] >= r["target_retain"] - 1e-12),
+    }
+    return {
+        "evaluated": True,
+        **checks,
+        "met": all(checks.values()),
+        "worst_recovery": float(r["worst_recovery_all"]),
+        "worst_condition": r["worst_condition_all"],
+        "forget_accuracy": float(r["forget_accuracy"]),
+        "retain_accuracy": float(r["retain_accuracy"]),
+        "target_retain": float(r["target_retain"]),
+    }
 
 
 # -- plots ----------------------------------------------------------------------------------------------------------
@@ -371,10 +492,19 @@ def plot_tradeoff(table: pd.DataFrame, target: dict[str, Any], path: Path) -> No
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for r in done.itertuples():
         colour = "tab:gray" if r.baseline else ("tab:red" if r.variant == "keyguard" else "tab:orange")
-        ax.scatter(r.retain_accuracy, r.worst_recovery_all, s=20 + 160 * (1 - r.forget_accuracy), color=colour, alpha=0.8)
-        ax.annotate(f"{r.variant} (f={r.forget_accuracy:.2f})", (r.retain_accuracy, r.worst_recovery_all), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
-    ax.axvline(target["target_retain"] - RETAIN_TOLERANCE, color="k", ls=":", lw=0.8, label="matched retain (R* - 0.02)")
+        ax.scatter(
+            r.retain_accuracy, r.worst_recovery_all, s=20 + 160 * (1 - r.forget_accuracy), color=colour, alpha=0.8
+        )
+        ax.annotate(
+            f"{r.variant} (f={r.forget_accuracy:.2f})",
+            (r.retain_accuracy, r.worst_recovery_all),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    ax.axvline(
+        target["target_retain"] - RETAIN_TOLERANCE, color="k", ls=":", lw=0.8, label="matched retain (R* - 0.02)"
+    )
     ax.axhline(0.10, color="tab:red", ls="--", lw=0.8, label="goal: worst-case recovery 0.10")
     ax.set_xlabel("retain accuracy at the matched checkpoint")
     ax.set_ylabel("worst-case recovery rate (eligible forget items)")
@@ -395,8 +525,15 @@ def plot_checkpoints(checkpoints: pd.DataFrame, table: pd.DataFrame, target: dic
     for i, (name, g) in enumerate(checkpoints.groupby("variant", sort=False)):
         g = g.sort_values("step")
         new = str(name).startswith("keyguard")
-        ax.plot(g["retain_accuracy"], g["forget_accuracy"], marker=".", label=name, ls="--" if new else "-",
-                lw=2.2 if name == "keyguard" else 1, color="tab:red" if name == "keyguard" else colours[(2 * i) % 20 + (i // 10)])
+        ax.plot(
+            g["retain_accuracy"],
+            g["forget_accuracy"],
+            marker=".",
+            label=name,
+            ls="--" if new else "-",
+            lw=2.2 if name == "keyguard" else 1,
+            color="tab:red" if name == "keyguard" else colours[(2 * i) % 20 + (i // 10)],
+        )
     if "matched_step" in table:
         for r in table[table["matched_step"].notna()].itertuples():
             ax.scatter(r.retain_accuracy, r.forget_accuracy, s=80, facecolors="none", edgecolors="k")
@@ -410,8 +547,15 @@ def plot_checkpoints(checkpoints: pd.DataFrame, table: pd.DataFrame, target: dic
     save_figure(fig, path)
 
 
-STUDY = Study("keyword_aware_unlearning", __doc__, run, add_options, default_methods=BASELINES + NEW_METHODS,
-              uses_from_run=False, methods_optional=True)
+STUDY = Study(
+    "keyword_aware_unlearning",
+    __doc__,
+    run,
+    add_options,
+    default_methods=BASELINES + NEW_METHODS,
+    uses_from_run=False,
+    methods_optional=True,
+)
 
 if __name__ == "__main__":
     sys.exit(main(STUDY))

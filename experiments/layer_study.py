@@ -24,14 +24,22 @@ TOP = 5
 
 
 def add_options(p) -> None:
-    p.add_argument("--max-items", type=positive_int, default=16, metavar="N",
-                   help="forget items (and retain items) attributed (default: 16)")
+    p.add_argument(
+        "--max-items",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="forget items (and retain items) attributed (default: 16)",
+    )
 
 
 def top_drops(diff: pd.DataFrame, keys: list[str], name) -> tuple[list[dict], str]:
     """The TOP rows of ``diff`` with the most negative mean ``diff`` over items, and a one-line text of them."""
     means = diff.groupby(keys, as_index=False)[["before", "after", "diff"]].mean().nsmallest(TOP, "diff")
-    rows = [{"name": name(r), "before": r["before"], "after": r["after"], "diff": r["diff"]} for r in means.to_dict("records")]
+    rows = [
+        {"name": name(r), "before": r["before"], "after": r["after"], "diff": r["diff"]}
+        for r in means.to_dict("records")
+    ]
     return rows, ", ".join(f"{r['name']} {r['diff']:+.3f}" for r in rows)
 
 
@@ -48,10 +56,17 @@ def split_row(method: str, split: str, layers: pd.DataFrame, heads: pd.DataFrame
     comps, comps_text = top_drops(dla, ["layer", "component"], lambda r: f"L{r['layer']}.{r['component']}")
     hds, heads_text = top_drops(heads, ["layer", "head"], lambda r: f"L{r['layer']}H{r['head']}")
     lens = layers[layers["metric"] == "lens_first_rank"]
-    row = {"method": method, "split": split, "n_items": layers["item_id"].nunique(),
-           "top_component": comps[0]["name"] if comps else None, "top_component_diff": comps[0]["diff"] if comps else None,
-           "top_components": comps_text, "top_head": hds[0]["name"] if hds else None,
-           "top_head_diff": hds[0]["diff"] if hds else None, "top_heads": heads_text}
+    row = {
+        "method": method,
+        "split": split,
+        "n_items": layers["item_id"].nunique(),
+        "top_component": comps[0]["name"] if comps else None,
+        "top_component_diff": comps[0]["diff"] if comps else None,
+        "top_components": comps_text,
+        "top_head": hds[0]["name"] if hds else None,
+        "top_head_diff": hds[0]["diff"] if hds else None,
+        "top_heads": heads_text,
+    }
     for when in ("before", "after"):
         first = first_top1(lens, when, n_layers)
         row[f"first_top1_layer_{when}"] = float(first.mean())
@@ -79,18 +94,31 @@ def run(ctx: Context) -> StudyResult:
         after = {m: ctx.attribute(model, items, method, m) for m in ("residual", "attention")}
         res, att = (compare_runs(before[m], after[m]) for m in ("residual", "attention"))
         for split in dict.fromkeys(it.split for it in items):
-            row, details[f"{method}/{split}"] = split_row(method, split, res.layers[res.layers["split"] == split],
-                                                          att.heads[att.heads["split"] == split], n_layers)
+            row, details[f"{method}/{split}"] = split_row(
+                method,
+                split,
+                res.layers[res.layers["split"] == split],
+                att.heads[att.heads["split"] == split],
+                n_layers,
+            )
             rows.append(row)
         long += [long_diffs(res, method), long_diffs(att, method)]
         both = pd.concat([before["residual"].frame, after["residual"].frame], ignore_index=True)
-        plot_layer_component(both[both["split"] == "forget"], ctx.out / f"layer_components_{method}.png",
-                             title=f"Direct logit attribution on forget items: original vs {method}")
+        plot_layer_component(
+            both[both["split"] == "forget"],
+            ctx.out / f"layer_components_{method}.png",
+            title=f"Direct logit attribution on forget items: original vs {method}",
+        )
         lens_frames.append(after["residual"].frame)
     lens = pd.concat(lens_frames, ignore_index=True)
-    plot_logit_lens(lens[lens["split"] == "forget"], ctx.out / "logit_lens.png",
-                    title="Logit lens on forget items: answer LP after each block")
-    return StudyResult(pd.DataFrame(rows), pd.concat(long, ignore_index=True), {"top_drops": details, "n_layers": n_layers})
+    plot_logit_lens(
+        lens[lens["split"] == "forget"],
+        ctx.out / "logit_lens.png",
+        title="Logit lens on forget items: answer LP after each block",
+    )
+    return StudyResult(
+        pd.DataFrame(rows), pd.concat(long, ignore_index=True), {"top_drops": details, "n_layers": n_layers}
+    )
 
 
 STUDY = Study("layer_study", __doc__, run, add_options)

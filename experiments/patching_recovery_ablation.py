@@ -24,11 +24,21 @@ KEYS = ["method", "intervention", "group", "mode"]
 def add_options(p) -> None:
     from unpact_mech.commands.common import positive_int
 
-    p.add_argument("--points", type=positive_int, default=4, metavar="N",
-                   help="layers swept: N evenly spaced, first and last included (default: 4; all if the model has fewer)")
-    p.add_argument("--modes", nargs="+", default=["cumulative"], choices=["single", "cumulative"],
-                   help="intervene at layer L only, and/or at layers 0..L (default: cumulative, ~8 min on SmolLM2 with "
-                   "two methods; both modes take twice as long)")
+    p.add_argument(
+        "--points",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="layers swept: N evenly spaced, first and last included (default: 4; all if the model has fewer)",
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["cumulative"],
+        choices=["single", "cumulative"],
+        help="intervene at layer L only, and/or at layers 0..L (default: cumulative, ~8 min on SmolLM2 with "
+        "two methods; both modes take twice as long)",
+    )
 
 
 def eligible(ctx: Context, model, forget) -> list[int]:
@@ -47,10 +57,16 @@ def summarise(sweep: pd.DataFrame) -> pd.DataFrame:
     for key, curve in sweep.groupby(KEYS, sort=False):
         curve = curve.sort_values("layer")
         best = curve.loc[curve["recovery_rate"].idxmax()]
-        rows.append(dict(zip(KEYS, key)) | {"n_eligible": int(curve["n"].iloc[0]), "best_layer": int(best["layer"]),
-                                            "best_recovery_rate": float(best["recovery_rate"]),
-                                            "mean_recovery_rate": float(curve["recovery_rate"].mean()),
-                                            "last_layer_recovery_rate": float(curve["recovery_rate"].iloc[-1])})
+        rows.append(
+            dict(zip(KEYS, key))
+            | {
+                "n_eligible": int(curve["n"].iloc[0]),
+                "best_layer": int(best["layer"]),
+                "best_recovery_rate": float(best["recovery_rate"]),
+                "mean_recovery_rate": float(curve["recovery_rate"].mean()),
+                "last_layer_recovery_rate": float(curve["recovery_rate"].iloc[-1]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -62,17 +78,26 @@ def run(ctx: Context) -> StudyResult:
     forget = ctx.split("forget")
     keywords = ctx.keywords(ctx.attribute(ctx.original, forget, "original"), forget)
     layers = default_sweep_layers(ctx.original.shape.n_layers, ctx.args.points)
-    cfg = SweepConfig(interventions=("patch", "scale"), modes=tuple(ctx.args.modes), layers=layers,
-                      batch_size=ctx.batch_size, max_new_tokens=ctx.max_new_tokens)
+    cfg = SweepConfig(
+        interventions=("patch", "scale"),
+        modes=tuple(ctx.args.modes),
+        layers=layers,
+        batch_size=ctx.batch_size,
+        max_new_tokens=ctx.max_new_tokens,
+    )
     sweeps, empty = [], []
     for method, model in ctx.unlearned():
         idx = eligible(ctx, model, forget)
         if not idx:
             empty.append(method)
             continue
-        sweep = layer_sweep(ctx.original, model, [forget[i] for i in idx], [keywords[i] for i in idx], cfg, progress=ctx.progress)
+        sweep = layer_sweep(
+            ctx.original, model, [forget[i] for i in idx], [keywords[i] for i in idx], cfg, progress=ctx.progress
+        )
         sweeps.append(sweep.assign(method=method))
-    sweep = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame(columns=KEYS + ["layer", "recovery_rate", "n"])
+    sweep = (
+        pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame(columns=KEYS + ["layer", "recovery_rate", "n"])
+    )
     table = summarise(sweep)
     if empty:  # methods without eligible items: nothing to recover
         table = pd.concat([table, pd.DataFrame({"method": empty, "n_eligible": 0})], ignore_index=True)
@@ -80,8 +105,11 @@ def run(ctx: Context) -> StudyResult:
         curves = sweep.assign(curve=sweep["method"] + " · " + sweep["intervention"])
         plot_layer_sweep(curves, ctx.out / "layer_sweep.png", title="Recovery by layer and position group", by="curve")
     atomic_write_text(ctx.out / "sweep.csv", sweep.to_csv(index=False))
-    long = sweep.melt(id_vars=KEYS + ["layer", "layers", "n"], value_vars=["recovery_rate", "top1_rate", "mean_logprob_gain"],
-                      var_name="metric").assign(item_id="eligible", split="forget")
+    long = sweep.melt(
+        id_vars=KEYS + ["layer", "layers", "n"],
+        value_vars=["recovery_rate", "top1_rate", "mean_logprob_gain"],
+        var_name="metric",
+    ).assign(item_id="eligible", split="forget")
     return StudyResult(table, long, {"no_eligible_items": empty})
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from real_fact_candidates import candidates  # noqa: E402
+from real_fact_candidates import candidates
 
-from unpact_mech import evaluate_items, load_model  # noqa: E402
-from unpact_mech.data.record import QAItem  # noqa: E402
+from unpact_mech import evaluate_items, load_model
+from unpact_mech.data.record import QAItem
 
 OUT = Path(__file__).parents[1] / "unpact_mech" / "data" / "builtin" / "real_facts.jsonl"
 
@@ -20,7 +20,17 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for n, (cat, q, a, aliases, kws) in enumerate(candidates()):
-        rows.append(QAItem(f"{cat}-{n:03d}", q, a, tuple(aliases), tuple(kws), "forget" if cat == "capitals" else "retain", {"category": cat}))
+        rows.append(
+            QAItem(
+                f"{cat}-{n:03d}",
+                q,
+                a,
+                tuple(aliases),
+                tuple(kws),
+                "forget" if cat == "capitals" else "retain",
+                {"category": cat},
+            )
+        )
     model = load_model("smollm2")
     df = evaluate_items(model, rows)
     keep = df[df.correct == 1.0]

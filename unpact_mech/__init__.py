@@ -14,4 +14,13 @@ from unpact_mech.models import HookedLM, Intervention, load_model
 from unpact_mech.scoring import evaluate_items, summarize
 
 __version__ = "0.1.0"
-__all__ = ["HookedLM", "InputError", "Intervention", "QAItem", "evaluate_items", "load_items", "load_model", "summarize"]
+__all__ = [
+    "HookedLM",
+    "InputError",
+    "Intervention",
+    "QAItem",
+    "evaluate_items",
+    "load_items",
+    "load_model",
+    "summarize",
+]

@@ -19,9 +19,10 @@ half-written run, and an earlier run directory is never overwritten (the default
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -117,7 +118,6 @@ def run_demo(
     from unpact_mech.models import load_model
     from unpact_mech.pipeline.rundir import new_run_dir
     from unpact_mech.pipeline.session import Session
-    from unpact_mech.recovery import RecoveryConfig
     from unpact_mech.report.html_report import build_report
     from unpact_mech.runtime import seed_everything
 
@@ -136,32 +136,50 @@ def run_demo(
         stage(f"loading {cfg.model} ({cfg.backend}) and evaluating {len(items)} items of {cfg.data_spec}")
         original = load_model(cfg.model, backend=cfg.backend)
         interventions = [get_attack(t, kind="intervention").resolve(original) for t in cfg.interventions]
-        session = Session(cfg.model, cfg.data_spec, items, original, tmp, seed=cfg.seed, backend=cfg.backend,
-                          progress=progress, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
+        session = Session(
+            cfg.model,
+            cfg.data_spec,
+            items,
+            original,
+            tmp,
+            seed=cfg.seed,
+            backend=cfg.backend,
+            progress=progress,
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+        )
         eval_summary = session.write_evaluation()
 
         layer_items = forget[: cfg.layer_items]
-        stage(f"attributing on the original: occlusion of {len(items)} items (words), residual stream and "
-              f"attention paths of {len(layer_items)} forget items")
+        stage(
+            f"attributing on the original: occlusion of {len(items)} items (words), residual stream and "
+            f"attention paths of {len(layer_items)} forget items"
+        )
         occlusion = session.attribute(original, items, "original")
-        layer_runs = {m: session.attribute(original, layer_items, "original", m)
-                      for m in ("residual", "attention")} if layer_items else {}
+        layer_runs = (
+            {m: session.attribute(original, layer_items, "original", m) for m in ("residual", "attention")}
+            if layer_items
+            else {}
+        )
         keywords = session.keywords(occlusion, items)
 
-        rcfg = RecoveryConfig(attacks=[*cfg.strategies, *interventions], max_new_tokens=cfg.max_new_tokens,
-                              batch_size=cfg.batch_size, n_boot=cfg.n_boot, seed=cfg.seed,
-                              max_control_items=cfg.max_control_items)
+        rcfg = session.recovery_config(
+            [*cfg.strategies, *interventions], n_boot=cfg.n_boot, max_control_items=cfg.max_control_items
+        )
         headline, long_rows = [], []
         for method in cfg.methods:
             stage(f"{method}: unlearning a fresh copy of {cfg.model}")
-            model, result = session.unlearn_fresh_copy(method, cfg.train_options(),
-                                                       initial_evaluation=session.original_evaluation)
+            model, result = session.unlearn_fresh_copy(
+                method, cfg.train_options(), initial_evaluation=session.original_evaluation
+            )
             stage(f"{method}: attributing again (original vs unlearned)")
             occ = session.attribute_pair("occlusion", occlusion, model, items, method)
             for name, before in layer_runs.items():
                 session.attribute_pair(name, before, model, layer_items, method)
-            stage(f"{method}: recovering by keyword emphasis ({len(cfg.strategies)} prompt strategies, "
-                  f"{len(interventions)} interventions, with controls)")
+            stage(
+                f"{method}: recovering by keyword emphasis ({len(cfg.strategies)} prompt strategies, "
+                f"{len(interventions)} interventions, with controls)"
+            )
             rec = session.recover(model, method, rcfg, keywords)
             headline.append(headline_row(method, result.summary, occ, rec))
             long_rows.append(headline_long(method, result.summary, occ, rec))
@@ -169,14 +187,20 @@ def run_demo(
 
         stage("writing summary.json, results.csv and report.html")
         summary = {
-            "model": cfg.model, "data": cfg.data_spec, "backend": cfg.backend, "seed": cfg.seed,
+            "model": cfg.model,
+            "data": cfg.data_spec,
+            "backend": cfg.backend,
+            "seed": cfg.seed,
             "original_accuracy": eval_summary["accuracy_by_split"],
             "original_keyword_hit_rate": occlusion.summary.get("keyword_hit_rate"),
             "methods": headline,
             "seconds": time.perf_counter() - t_start,
         }
-        config_record = asdict(cfg) | {"data": cfg.data_spec, "train_overrides": cfg.train_options(),
-                                       "lineages": session.lineages}
+        config_record = asdict(cfg) | {
+            "data": cfg.data_spec,
+            "train_overrides": cfg.train_options(),
+            "lineages": session.lineages,
+        }
         top = session.record("demo", config_record, original.lineage)
         top.write(tmp, pd.concat(long_rows, ignore_index=True), summary)
     # the report is built in place (its paths name the final directory); `unpact report OUT` rebuilds it
@@ -213,8 +237,10 @@ def headline_row(method: str, unlearn_summary: dict[str, Any], occ: dict[str, An
     s = unlearn_summary
     row: dict[str, Any] = {
         "method": method,
-        "forget_acc_before": s["forget_accuracy_before"], "forget_acc_after": s["forget_accuracy_after"],
-        "retain_acc_before": s["retain_accuracy_before"], "retain_acc_after": s["retain_accuracy_after"],
+        "forget_acc_before": s["forget_accuracy_before"],
+        "forget_acc_after": s["forget_accuracy_after"],
+        "retain_acc_before": s["retain_accuracy_before"],
+        "retain_acc_after": s["retain_accuracy_after"],
     }
     row |= keytoken_row(occ)
     row["eligible"] = rec.summary.get("n_eligible")
@@ -232,18 +258,52 @@ def headline_long(method: str, unlearn_summary: dict[str, Any], occ: dict[str, A
     rows = []
     for split in ("forget", "retain"):
         for when in ("before", "after"):
-            rows.append({"item_id": "all", "split": split, "metric": f"accuracy_{when}",
-                         "value": unlearn_summary[f"{split}_accuracy_{when}"], "method": method, "stage": "unlearn"})
+            rows.append(
+                {
+                    "item_id": "all",
+                    "split": split,
+                    "metric": f"accuracy_{when}",
+                    "value": unlearn_summary[f"{split}_accuracy_{when}"],
+                    "method": method,
+                    "stage": "unlearn",
+                }
+            )
     for key, value in keytoken_row(occ).items():
-        rows.append({"item_id": "all", "split": "forget", "metric": key, "value": value, "method": method,
-                     "stage": "attribution"})
+        rows.append(
+            {
+                "item_id": "all",
+                "split": "forget",
+                "metric": key,
+                "value": value,
+                "method": method,
+                "stage": "attribution",
+            }
+        )
     for r in rec.rates.itertuples():
         for metric in ("recovery_rate", "random_control_rate"):
-            rows.append({"item_id": "all", "split": "forget", "metric": metric, "value": getattr(r, metric, float("nan")),
-                         "method": method, "stage": "recovery", "kind": r.kind, "condition": r.condition})
+            rows.append(
+                {
+                    "item_id": "all",
+                    "split": "forget",
+                    "metric": metric,
+                    "value": getattr(r, metric, float("nan")),
+                    "method": method,
+                    "stage": "recovery",
+                    "kind": r.kind,
+                    "condition": r.condition,
+                }
+            )
     if rec.summary.get("destructive_rate") is not None:
-        rows.append({"item_id": "all", "split": "retain", "metric": "destructive_rate",
-                     "value": rec.summary["destructive_rate"], "method": method, "stage": "recovery"})
+        rows.append(
+            {
+                "item_id": "all",
+                "split": "retain",
+                "metric": "destructive_rate",
+                "value": rec.summary["destructive_rate"],
+                "method": method,
+                "stage": "recovery",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -253,19 +313,25 @@ def format_headline(headline: pd.DataFrame) -> str:
     for r in headline.to_dict("records"):
         kt = ""
         if r.get("keytoken_contribution_before") is not None:
-            kt = (f"; KeyToken contribution {r['keytoken_contribution_before']:.2f} -> "
-                  f"{r['keytoken_contribution_after']:.2f} (other words "
-                  f"{r.get('other_contribution_before', float('nan')):.2f} -> "
-                  f"{r.get('other_contribution_after', float('nan')):.2f})")
-        lines.append(f"  {r['method']}: forget acc {r['forget_acc_before']:.2f} -> {r['forget_acc_after']:.2f}, "
-                     f"retain acc {r['retain_acc_before']:.2f} -> {r['retain_acc_after']:.2f}{kt}")
+            kt = (
+                f"; KeyToken contribution {r['keytoken_contribution_before']:.2f} -> "
+                f"{r['keytoken_contribution_after']:.2f} (other words "
+                f"{r.get('other_contribution_before', float('nan')):.2f} -> "
+                f"{r.get('other_contribution_after', float('nan')):.2f})"
+            )
+        lines.append(
+            f"  {r['method']}: forget acc {r['forget_acc_before']:.2f} -> {r['forget_acc_after']:.2f}, "
+            f"retain acc {r['retain_acc_before']:.2f} -> {r['retain_acc_after']:.2f}{kt}"
+        )
         for label in ("prompt", "activation"):
             name = r.get(f"best_{label}")
             if name:
                 ctrl = r.get(f"best_{label}_random_control")
                 ctrl_txt = f" (random-word control {ctrl:.2f})" if ctrl is not None else ""
-                lines.append(f"      best {label} recovery: {name} {r[f'best_{label}_recovery']:.2f} of "
-                             f"{r['eligible']} forgotten items{ctrl_txt}")
+                lines.append(
+                    f"      best {label} recovery: {name} {r[f'best_{label}_recovery']:.2f} of "
+                    f"{r['eligible']} forgotten items{ctrl_txt}"
+                )
         if r.get("destructive_rate") is not None:
             lines.append(f"      destructive rate on retain items: {r['destructive_rate']:.2f}")
     return "\n".join(lines)

@@ -59,14 +59,22 @@ def main() -> int:
         t0 = time.perf_counter()
         result = unlearn(model, items, args.method, hyperparameters=hp, seed=args.seed, progress=False, **train)
         seconds = time.perf_counter() - t0
-        rec = run_recovery(original, model, tuning_items, RecoveryConfig(controls=False, n_boot=200, seed=args.seed),
-                           progress=False)
+        rec = run_recovery(
+            original, model, tuning_items, RecoveryConfig(controls=False, n_boot=200, seed=args.seed), progress=False
+        )
         rates = rec.summary["recovery_rate"]
         worst = max(rates, key=lambda c: rates[c])
-        row = {"method": args.method, "config": text, "forget": result.summary["forget_accuracy_after"],
-               "retain": result.summary["retain_accuracy_after"], "n_eligible_tuning": rec.summary["n_eligible"],
-               "worst_recovery_tuning": rates[worst], "worst_condition": worst, "train_seconds": round(seconds, 1),
-               **{f"R:{k}": round(v, 3) for k, v in rates.items()}}
+        row = {
+            "method": args.method,
+            "config": text,
+            "forget": result.summary["forget_accuracy_after"],
+            "retain": result.summary["retain_accuracy_after"],
+            "n_eligible_tuning": rec.summary["n_eligible"],
+            "worst_recovery_tuning": rates[worst],
+            "worst_condition": worst,
+            "train_seconds": round(seconds, 1),
+            **{f"R:{k}": round(v, 3) for k, v in rates.items()},
+        }
         rows.append(row)
         print(pd.DataFrame([row]).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)

@@ -6,7 +6,8 @@ table in docs/unlearning.md. ``--run`` gives explicit runs instead (for tuning),
 ``--eval-every K`` also records forget/retain accuracy every K steps (the dynamics), at ~16 s per evaluation.
 
     python experiments/tuning/unlearning_recipes.py --out /tmp/recipes            # the docs table
-    python experiments/tuning/unlearning_recipes.py --run ga:lr=2e-5:steps=8 npo:beta=0.05 --eval-every 2 --out /tmp/tune
+    python experiments/tuning/unlearning_recipes.py --run ga:lr=2e-5:steps=8 npo:beta=0.05 --eval-every 2 \
+        --out /tmp/tune
 
 Writes ``<out>/recipes.csv`` (one row per run), ``<out>/dynamics.csv`` and prints a markdown table. Timings are
 wall-clock on this machine (2 CPU threads); other load on the machine makes them noisy.
@@ -77,20 +78,39 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model("smollm2")
         t0 = time.perf_counter()
         try:
-            res = unlearn(model, items, spec["method"], hyperparameters=spec["hp"], trainable=spec["trainable"],
-                          target=spec["target"], seed=args.seed, eval_every=args.eval_every, progress=False, **spec["train"])
+            res = unlearn(
+                model,
+                items,
+                spec["method"],
+                hyperparameters=spec["hp"],
+                trainable=spec["trainable"],
+                target=spec["target"],
+                seed=args.seed,
+                eval_every=args.eval_every,
+                progress=False,
+                **spec["train"],
+            )
         except UnlearningFailed as err:
             print(f"{spec['label']}: FAILED {err}", file=sys.stderr)
             continue
         total = time.perf_counter() - t0
         s = res.summary
         row = {
-            "run": spec["label"], "method": spec["method"], "lr": s["lr"], "steps": s["steps"], "batch": s["batch_size"],
-            "hyperparameters": json.dumps(s["hyperparameters"]), "trainable": s["trainable"],
-            "forget_before": s["forget_accuracy_before"], "forget_after": s["forget_accuracy_after"],
-            "retain_before": s["retain_accuracy_before"], "retain_after": s["retain_accuracy_after"],
-            "forget_lp_after": s["forget_logprob_after"], "retain_lp_after": s["retain_logprob_after"],
-            "train_seconds": s["train_seconds"], "total_seconds": total,
+            "run": spec["label"],
+            "method": spec["method"],
+            "lr": s["lr"],
+            "steps": s["steps"],
+            "batch": s["batch_size"],
+            "hyperparameters": json.dumps(s["hyperparameters"]),
+            "trainable": s["trainable"],
+            "forget_before": s["forget_accuracy_before"],
+            "forget_after": s["forget_accuracy_after"],
+            "retain_before": s["retain_accuracy_before"],
+            "retain_after": s["retain_accuracy_after"],
+            "forget_lp_after": s["forget_logprob_after"],
+            "retain_lp_after": s["retain_logprob_after"],
+            "train_seconds": s["train_seconds"],
+            "total_seconds": total,
         }
         rows.append(row)
         for d in res.train.dynamics:
@@ -101,11 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         del model, res
     table = pd.DataFrame(rows)
     if len(table):
-        print("\n| method | lr | steps | hyperparameters | forget acc before → after | retain acc before → after | train s | total s |")
+        print(
+            "\n| method | lr | steps | hyperparameters | forget acc before → after | retain acc before → after "
+            "| train s | total s |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         for r in table.itertuples():
-            print(f"| {r.method} | {r.lr:g} | {r.steps} | {r.hyperparameters} | {r.forget_before:.2f} → {r.forget_after:.2f} | "
-                  f"{r.retain_before:.2f} → {r.retain_after:.2f} | {r.train_seconds:.0f} | {r.total_seconds:.0f} |")
+            print(
+                f"| {r.method} | {r.lr:g} | {r.steps} | {r.hyperparameters} | "
+                f"{r.forget_before:.2f} → {r.forget_after:.2f} | "
+                f"{r.retain_before:.2f} → {r.retain_after:.2f} | {r.train_seconds:.0f} | {r.total_seconds:.0f} |"
+            )
     return 0
 
 

@@ -72,8 +72,14 @@ def test_occlusion_vs_captum_feature_ablation(benchmark, compare, captum_attr, s
     def ours():
         return occlusion(smollm2, item)  # the default: deletion, batching="auto" (packed on SmolLM2)
 
-    ratio = compare(benchmark, "occlusion (ours) vs captum LLMAttribution(FeatureAblation)", ours, captum_run,
-                    rounds=3, goal="goal <= 0.1 (>= 10x faster)")
+    ratio = compare(
+        benchmark,
+        "occlusion (ours) vs captum LLMAttribution(FeatureAblation)",
+        ours,
+        captum_run,
+        rounds=3,
+        goal="goal <= 0.1 (>= 10x faster)",
+    )
     print(f"\nocclusion: {1 / ratio:.1f}x faster than captum FeatureAblation")
 
 
@@ -81,7 +87,9 @@ def test_occlusion_vs_one_batched_forward(benchmark, compare, smollm2, item):
     enc = encode_item(smollm2, item)
     units = [u.positions for u in prompt_units(enc.prompt, "token")]
     variants = variant_prompts(enc.prompt.ids, units, "delete")
-    tf = right_pad_teacher_forced(variants, [enc.answer_ids] * len(variants), smollm2.pad_token_id, list(range(len(variants))))
+    tf = right_pad_teacher_forced(
+        variants, [enc.answer_ids] * len(variants), smollm2.pad_token_id, list(range(len(variants)))
+    )
 
     def floor():
         with torch.no_grad():
@@ -90,8 +98,14 @@ def test_occlusion_vs_one_batched_forward(benchmark, compare, smollm2, item):
     def ours():
         return occlusion(smollm2, item)
 
-    compare(benchmark, "occlusion (ours) vs one batched forward of the n+1 variants", ours, floor, rounds=5,
-            goal="goal <= 1.3x")
+    compare(
+        benchmark,
+        "occlusion (ours) vs one batched forward of the n+1 variants",
+        ours,
+        floor,
+        rounds=5,
+        goal="goal <= 1.3x",
+    )
 
 
 def test_integrated_gradients_vs_captum_layer_ig(benchmark, compare, captum_attr, smollm2, item):
@@ -118,9 +132,18 @@ def test_integrated_gradients_vs_captum_layer_ig(benchmark, compare, captum_attr
     res = ours()
     ref = captum_run()
     assert (ref[q] - res.scores).abs().max().item() < 2e-3 * max(1.0, ref[q].abs().max().item())
-    ratio = compare(benchmark, "integrated gradients, 50 steps (ours) vs captum LayerIntegratedGradients", ours, captum_run,
-                    rounds=3, goal="goal <= 0.33 (>= 3x faster)")
-    print(f"\nIG: {1 / ratio:.1f}x faster than captum LayerIntegratedGradients; completeness_rel {res.details['completeness_rel']:.4f}")
+    ratio = compare(
+        benchmark,
+        "integrated gradients, 50 steps (ours) vs captum LayerIntegratedGradients",
+        ours,
+        captum_run,
+        rounds=3,
+        goal="goal <= 0.33 (>= 3x faster)",
+    )
+    print(
+        f"\nIG: {1 / ratio:.1f}x faster than captum LayerIntegratedGradients; "
+        f"completeness_rel {res.details['completeness_rel']:.4f}"
+    )
 
 
 _MEMORY_SCRIPT = textwrap.dedent(
@@ -166,7 +189,8 @@ _MEMORY_SCRIPT = textwrap.dedent(
     stop.set()
     t.join()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(json.dumps({"prompt_tokens": len(enc.prompt.ids), "params_bytes": params, "rss_before": base, "rss_peak": peak[0]}))
+    print(json.dumps({"prompt_tokens": len(enc.prompt.ids), "params_bytes": params, "rss_before": base,
+                      "rss_peak": peak[0]}))
     """
 )
 
@@ -179,7 +203,10 @@ def test_peak_memory_of_attention_and_residual_attribution(benchmark):
     m = benchmark.pedantic(measure, rounds=1, iterations=1)
     extra = (m["rss_peak"] - m["rss_before"]) / 2**30
     benchmark.extra_info.update(m | {"attribution_extra_gib": extra})
-    print(f"\nattention+residual attribution, {m['prompt_tokens']}-token prompt: model {m['params_bytes'] / 2**30:.2f} GiB "
-          f"(process {m['rss_before'] / 2**30:.2f} GiB after load) + peak extra {extra * 1024:.0f} MiB")
+    print(
+        f"\nattention+residual attribution, {m['prompt_tokens']}-token prompt: "
+        f"model {m['params_bytes'] / 2**30:.2f} GiB "
+        f"(process {m['rss_before'] / 2**30:.2f} GiB after load) + peak extra {extra * 1024:.0f} MiB"
+    )
     assert m["prompt_tokens"] == 32
     assert extra <= 1.5

@@ -45,8 +45,14 @@ def test_unlearning_step_vs_plain_hf_step(benchmark, compare, attention):
     model = load_model("smollm2")
     data = UnlearningSet((), (), _targets(ids), ())
     method = get_unlearning_method("ga")
-    trainer = Trainer(model, method, data, TrainConfig(steps=10**6, lr=1e-7, batch_size=2),
-                      trainable=select_trainable(model, None), progress=False)
+    trainer = Trainer(
+        model,
+        method,
+        data,
+        TrainConfig(steps=10**6, lr=1e-7, batch_size=2),
+        trainable=select_trainable(model, None),
+        progress=False,
+    )
 
     plain = AutoModelForCausalLM.from_pretrained(model.source_dir, dtype=torch.float32, attn_implementation=attention)
     plain.eval()
@@ -64,6 +70,12 @@ def test_unlearning_step_vs_plain_hf_step(benchmark, compare, attention):
         batch = trainer.batch(0, 0)
         assert sorted(batch.tf.input_ids.tolist()) == sorted(ids.tolist())  # the same rows, no padding
         counter = iter(range(10**6))
-        ratio = compare(benchmark, f"unlearning step (ga, 2x32) vs plain HF ({attention}) fwd+bwd+AdamW", lambda: trainer.step(next(counter), session),
-                        plain_step, rounds=5, goal="goal <= 1.15x")
+        ratio = compare(
+            benchmark,
+            f"unlearning step (ga, 2x32) vs plain HF ({attention}) fwd+bwd+AdamW",
+            lambda: trainer.step(next(counter), session),
+            plain_step,
+            rounds=5,
+            goal="goal <= 1.15x",
+        )
     print(f"\nunlearning step / plain HF ({attention}) step = {ratio:.3f}")

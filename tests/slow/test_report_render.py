@@ -29,9 +29,21 @@ def _chromium() -> str:
 
 def _render(browser: str, html, png, profile, height: int) -> str:
     cmd = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-extensions", f"--user-data-dir={profile}",
-        "--enable-logging=stderr", "--v=0", f"--window-size=1300,{height}", f"--screenshot={png}", html.as_uri(),
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--window-size=1300,{height}",
+        f"--screenshot={png}",
+        html.as_uri(),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -25,8 +25,11 @@ def test_backends_match_hf_logits_on_smollm2(smollm2, smollm2_nnsight, real_fact
     batch = _batch(smollm2, real_facts[:3])
     hf = load_hf(smollm2.source_dir)
     with torch.no_grad():
-        ref = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                 position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
+        ref = hf(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0),
+        ).logits
         real = batch.attention_mask.bool()
         for model in (smollm2, smollm2_nnsight):
             got = model.forward(batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -35,7 +38,11 @@ def test_backends_match_hf_logits_on_smollm2(smollm2, smollm2_nnsight, real_fact
 
 def test_activations_and_interventions_agree_on_smollm2(smollm2, smollm2_nnsight, real_facts):
     ids = torch.tensor([encode_item(smollm2, real_facts[0]).prompt.ids])
-    names = [hook_name(L, k) for L in (0, 14, 29) for k in ("hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_resid_mid", "hook_resid_post")]
+    names = [
+        hook_name(L, k)
+        for L in (0, 14, 29)
+        for k in ("hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_resid_mid", "hook_resid_post")
+    ]
     vec = torch.randn(576, generator=torch.Generator().manual_seed(0)) * 10
     iv = add_vector("blocks.1.hook_resid_post", positions_to_mask([[2]], ids.shape[1]), vec)
     with torch.no_grad():
@@ -60,7 +67,7 @@ def test_keyword_alignment_under_the_chat_template(smollm2, real_facts):
     item = next(it for it in real_facts if it.question == "What is the capital of France?")
     enc = encode_item(smollm2, item).prompt
     assert smollm2.prompt_format.kind == "chat" and enc.ids[0] == smollm2.tokenizer.bos_token_id
-    decode = lambda pos: smollm2.tokenizer.decode([enc.ids[p] for p in pos]).strip()  # noqa: E731
+    decode = lambda pos: smollm2.tokenizer.decode([enc.ids[p] for p in pos]).strip()
     assert decode(enc.positions_of("capital")) == "capital"
     assert decode(enc.positions_of("France")) == "France"
     assert decode(enc.question_positions) == "What is the capital of France?"

@@ -38,7 +38,9 @@ def ga_unlearned_dir(tmp_path_factory, synthetic_items):
     model = load_model("tiny")
     forget = [it for it in synthetic_items if it.split == "forget"]
     enc = [encode_item(model, it) for it in forget]
-    batch = right_pad_teacher_forced([e.prompt.ids for e in enc], [e.answer_ids for e in enc], model.pad_token_id, list(range(len(enc))))
+    batch = right_pad_teacher_forced(
+        [e.prompt.ids for e in enc], [e.answer_ids for e in enc], model.pad_token_id, list(range(len(enc)))
+    )
     opt = torch.optim.Adam(model.hf.parameters(), lr=3e-4)  # Adam: the tiny model is saturated (p~0.996)
     for _ in range(6):
         logits = model.forward(batch.input_ids, logits_to_keep=batch.keep).logits

@@ -83,7 +83,19 @@ def test_added_vector_changes_logits_identically(pair):
     assert changed[:, 2:].min().item() > 1e-3  # position 2 and later do
 
 
-@pytest.mark.parametrize("kind", ["hook_resid_pre", "attn.hook_v", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "hook_resid_pre",
+        "attn.hook_v",
+        "attn.hook_pattern",
+        "attn.hook_z",
+        "hook_attn_out",
+        "hook_resid_mid",
+        "hook_mlp_out",
+        "hook_resid_post",
+    ],
+)
 def test_every_hook_kind_edits_identically(pair, kind):
     _, models = pair
     ids = _ids()
@@ -91,6 +103,7 @@ def test_every_hook_kind_edits_identically(pair, kind):
     g = torch.Generator().manual_seed(2)
 
     if kind == "attn.hook_pattern":
+
         def fn(act, ctx):  # halve attention to key 1 and renormalise
             act = act.clone()
             act[..., 1] *= 0.5
@@ -128,7 +141,9 @@ def test_empty_mask_is_exact_noop(pair):
     empty = positions_to_mask([[], []], ids.shape[1])
     for b, m in models.items():
         base = m.forward(ids).logits
-        got = m.forward(ids, interventions=[add_vector("blocks.0.hook_resid_post", empty, torch.ones(m.shape.d_model))]).logits
+        got = m.forward(
+            ids, interventions=[add_vector("blocks.0.hook_resid_post", empty, torch.ones(m.shape.d_model))]
+        ).logits
         assert torch.equal(base, got), b
 
 
@@ -199,7 +214,7 @@ def test_interventions_stay_active_on_every_decoding_step(pair):
         last = hook_name(m.shape.n_layers - 1, "hook_resid_post")
         seen = []
 
-        def push(act, ctx, d=direction):
+        def push(act, ctx, d=direction, seen=seen):
             seen.append(ctx.query_positions.tolist())
             return act + 1000 * d / d.norm()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tests.cli_helpers import run_cli
 import json
 import shutil
 import subprocess
@@ -11,10 +10,13 @@ import sys
 import pandas as pd
 import pytest
 
+from tests.cli_helpers import run_cli
 
 
 def test_help_lists_only_existing_commands():
-    res = subprocess.run([sys.executable, "-m", "unpact_mech.cli", "--help"], capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "unpact_mech.cli", "--help"], capture_output=True, text=True, check=True
+    )
     from unpact_mech.cli import available_commands
 
     listed = [c for c in ("demo", "evaluate", "attribute", "unlearn", "recover", "report") if f"    {c} " in res.stdout]
@@ -23,7 +25,9 @@ def test_help_lists_only_existing_commands():
 
 def test_evaluate_tiny_end_to_end(tmp_path, capsys):
     out = tmp_path / "ev"
-    code, stdout, err = run_cli(["evaluate", "--model", "tiny", "--data", "builtin:synthetic_facts", "--out", out, "--quiet"], capsys)
+    code, stdout, err = run_cli(
+        ["evaluate", "--model", "tiny", "--data", "builtin:synthetic_facts", "--out", out, "--quiet"], capsys
+    )
     assert code == 0, err
     assert "accuracy 1.000 over 32 items" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["items.csv", "results.csv", "run.json", "summary.json"]
@@ -37,7 +41,22 @@ def test_evaluate_tiny_end_to_end(tmp_path, capsys):
     assert run["lineage"][0]["role"] == "base" and len(run["inputs"]["model"]["sha256"]) == 64
     assert {"torch", "transformers", "transformer-lens", "nnsight"} <= set(run["versions"])
     # same seed, same numbers; --overwrite replaces atomically
-    code, _, _ = run_cli(["evaluate", "--model", "tiny", "--data", "builtin:synthetic_facts", "--out", out, "--quiet", "--overwrite", "--backend", "nnsight"], capsys)
+    code, _, _ = run_cli(
+        [
+            "evaluate",
+            "--model",
+            "tiny",
+            "--data",
+            "builtin:synthetic_facts",
+            "--out",
+            out,
+            "--quiet",
+            "--overwrite",
+            "--backend",
+            "nnsight",
+        ],
+        capsys,
+    )
     assert code == 0
     again = pd.read_csv(out / "results.csv")
     assert (again.value - results.value).abs().max() < 1e-5
@@ -67,10 +86,25 @@ def _bad_cases(tmp_path, llama_dir):
         "file missing": (["--data", tmp_path / "missing.jsonl"], "does not exist"),
         "not JSON": (["--data", _data(tmp_path, "{oops}\n")], r"d.jsonl:1: not valid JSON"),
         "not an object": (["--data", _data(tmp_path, "[1, 2]\n", "l.jsonl")], "l.jsonl:1: expected a JSON object"),
-        "missing question": (["--data", _data(tmp_path, '{"id": "a", "answer": "x"}\n', "q.jsonl")], "missing field 'question'"),
-        "missing answer": (["--data", _data(tmp_path, '{"id": "a", "question": "Q?"}\n', "a.jsonl")], "missing field 'answer'"),
-        "empty answer": (["--data", _data(tmp_path, '{"id": "a", "question": "Q?", "answer": ""}\n', "e.jsonl")], "field 'answer' is empty"),
-        "keyword absent": (["--data", _data(tmp_path, '{"id": "a", "question": "Q?", "answer": "x", "keywords": ["zebra"]}\n', "k.jsonl")], "keyword 'zebra' does not occur"),
+        "missing question": (
+            ["--data", _data(tmp_path, '{"id": "a", "answer": "x"}\n', "q.jsonl")],
+            "missing field 'question'",
+        ),
+        "missing answer": (
+            ["--data", _data(tmp_path, '{"id": "a", "question": "Q?"}\n', "a.jsonl")],
+            "missing field 'answer'",
+        ),
+        "empty answer": (
+            ["--data", _data(tmp_path, '{"id": "a", "question": "Q?", "answer": ""}\n', "e.jsonl")],
+            "field 'answer' is empty",
+        ),
+        "keyword absent": (
+            [
+                "--data",
+                _data(tmp_path, '{"id": "a", "question": "Q?", "answer": "x", "keywords": ["zebra"]}\n', "k.jsonl"),
+            ],
+            "keyword 'zebra' does not occur",
+        ),
         "unknown model": (["--model", "gpt-7"], "unknown model spec 'gpt-7'"),
         "unknown backend": (["--backend", "pyvene"], "invalid choice: 'pyvene'"),
         "no weights": (["--model", no_weights], "no weights"),
@@ -83,9 +117,24 @@ def _bad_cases(tmp_path, llama_dir):
     }, good
 
 
-CASES = ["file missing", "not JSON", "not an object", "missing question", "missing answer", "empty answer", "keyword absent",
-         "unknown model", "unknown backend", "no weights", "pickle only", "missing model dir", "too long", "out is a file",
-         "out not empty", "bad batch size"]
+CASES = [
+    "file missing",
+    "not JSON",
+    "not an object",
+    "missing question",
+    "missing answer",
+    "empty answer",
+    "keyword absent",
+    "unknown model",
+    "unknown backend",
+    "no weights",
+    "pickle only",
+    "missing model dir",
+    "too long",
+    "out is a file",
+    "out not empty",
+    "bad batch size",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

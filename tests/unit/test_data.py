@@ -17,23 +17,42 @@ def write_jsonl(path, rows):
 
 
 def test_jsonl_full_record_and_passthrough(tmp_path):
-    f = write_jsonl(tmp_path / "d.jsonl", [
-        {"id": "q1", "question": "What is the capital of France?", "answer": "Paris", "aliases": ["paris city"],
-         "keywords": ["capital", "france"], "split": "forget", "source": "atlas", "difficulty": 2},
-        "",
-        {"question": "In what year did Apollo 11 land?", "answer": 1969},
-    ])
+    f = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {
+                "id": "q1",
+                "question": "What is the capital of France?",
+                "answer": "Paris",
+                "aliases": ["paris city"],
+                "keywords": ["capital", "france"],
+                "split": "forget",
+                "source": "atlas",
+                "difficulty": 2,
+            },
+            "",
+            {"question": "In what year did Apollo 11 land?", "answer": 1969},
+        ],
+    )
     a, b = load_items(f)
-    assert (a.id, a.answer, a.aliases, a.keywords, a.split) == ("q1", "Paris", ("paris city",), ("capital", "france"), "forget")
+    assert (a.id, a.answer, a.aliases, a.keywords, a.split) == (
+        "q1",
+        "Paris",
+        ("paris city",),
+        ("capital", "france"),
+        "forget",
+    )
     assert a.extra == {"source": "atlas", "difficulty": 2}
     assert (b.id, b.answer, b.split) == ("d-2", "1969", "unsplit")  # numbers become strings; ids are generated
 
 
 def test_csv_with_list_columns(tmp_path):
     f = tmp_path / "d.csv"
-    f.write_text('id,question,answer,aliases,keywords,split\n'
-                 'a,Who wrote Hamlet?,William Shakespeare,Shakespeare|The Bard,Hamlet|wrote,retain\n'
-                 'b,What is 2+2?,4,"[""four""]",,forget\n')
+    f.write_text(
+        "id,question,answer,aliases,keywords,split\n"
+        "a,Who wrote Hamlet?,William Shakespeare,Shakespeare|The Bard,Hamlet|wrote,retain\n"
+        'b,What is 2+2?,4,"[""four""]",,forget\n'
+    )
     a, b = load_items(f)
     assert a.aliases == ("Shakespeare", "The Bard") and a.keywords == ("Hamlet", "wrote") and a.split == "retain"
     assert b.aliases == ("four",) and b.keywords == ()
@@ -42,19 +61,32 @@ def test_csv_with_list_columns(tmp_path):
 def test_datasets_directory_splits(tmp_path):
     import datasets
 
-    dd = datasets.DatasetDict({
-        "forget": datasets.Dataset.from_list([{"question": "What is the capital of Italy?", "answer": "Rome"}]),
-        "retain": datasets.Dataset.from_list([{"question": "What is the capital of Spain?", "answer": "Madrid"}]),
-    })
+    dd = datasets.DatasetDict(
+        {
+            "forget": datasets.Dataset.from_list([{"question": "What is the capital of Italy?", "answer": "Rome"}]),
+            "retain": datasets.Dataset.from_list([{"question": "What is the capital of Spain?", "answer": "Madrid"}]),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "ds"))
     items = load_items(tmp_path / "ds")
     assert [(i.split, i.answer) for i in items] == [("forget", "Rome"), ("retain", "Madrid")]
 
 
 def test_tofu_and_muse_rows_keep_their_fields(tmp_path):
-    tofu = write_jsonl(tmp_path / "tofu.jsonl", [{"question": "Who is the author of 'Nebula'?", "answer": "Jaime Vasquez wrote it.",
-                                                  "paraphrased_answer": "It was Jaime Vasquez.", "perturbed_answer": ["A", "B"]}])
-    muse = write_jsonl(tmp_path / "muse.jsonl", [{"question": "Who lives at 4 Privet Drive?", "answer": "Harry Potter"}])
+    tofu = write_jsonl(
+        tmp_path / "tofu.jsonl",
+        [
+            {
+                "question": "Who is the author of 'Nebula'?",
+                "answer": "Jaime Vasquez wrote it.",
+                "paraphrased_answer": "It was Jaime Vasquez.",
+                "perturbed_answer": ["A", "B"],
+            }
+        ],
+    )
+    muse = write_jsonl(
+        tmp_path / "muse.jsonl", [{"question": "Who lives at 4 Privet Drive?", "answer": "Harry Potter"}]
+    )
     (t,) = load_items(tofu, schema="tofu", default_split="forget")
     (m,) = load_items(muse, schema="muse")
     assert t.answer == "Jaime Vasquez wrote it." and t.split == "forget"
@@ -63,11 +95,20 @@ def test_tofu_and_muse_rows_keep_their_fields(tmp_path):
 
 
 def test_wmdp_becomes_multiple_choice(tmp_path):
-    f = write_jsonl(tmp_path / "wmdp.jsonl", [{"question": "Which is a virus?", "choices": ["E. coli", "Influenza", "Yeast", "Salmonella"], "answer": 1}])
+    f = write_jsonl(
+        tmp_path / "wmdp.jsonl",
+        [{"question": "Which is a virus?", "choices": ["E. coli", "Influenza", "Yeast", "Salmonella"], "answer": 1}],
+    )
     (item,) = load_items(f)  # auto-detected by the 'choices' field
     assert item.answer == "B" and item.aliases == ("Influenza",)
-    assert item.question.splitlines() == ["Which is a virus?", "A. E. coli", "B. Influenza", "C. Yeast", "D. Salmonella",
-                                          "Answer with the letter of the correct option."]
+    assert item.question.splitlines() == [
+        "Which is a virus?",
+        "A. E. coli",
+        "B. Influenza",
+        "C. Yeast",
+        "D. Salmonella",
+        "Answer with the letter of the correct option.",
+    ]
     assert item.extra["answer_index"] == 1
 
 
@@ -89,12 +130,22 @@ def test_builtins():
         ('{"id": "x", "answer": "A"}\n', r"d\.jsonl:1 \(item 'x'\): missing field 'question'"),
         ('{"id": "x", "question": "Q?"}\n', r"d\.jsonl:1 \(item 'x'\): missing field 'answer'"),
         ('{"id": "x", "question": "Q?", "answer": "  "}\n', r"d\.jsonl:1 \(item 'x'\): field 'answer' is empty"),
-        ('{"id": "x", "question": "What is the capital of France?", "answer": "Paris", "keywords": ["Paris"]}\n',
-         r"item 'x'\): keyword 'Paris' does not occur in the question"),
-        ('{"id": "x", "question": "What is the capitals?", "answer": "A", "keywords": ["capital"]}\n',
-         r"keyword 'capital' does not occur"),  # word-level: no match inside "capitals"
-        ('{"id": "x", "question": "Q?", "answer": "A", "aliases": "ok", "keywords": [1]}\n', r"field 'keywords' must be a list of strings"),
-        ('{"id": "x", "question": "Q?", "answer": "A"}\n{"id": "x", "question": "Q?", "answer": "B"}\n', r"d\.jsonl:2: duplicate id 'x' \(first at .*d\.jsonl:1\)"),
+        (
+            '{"id": "x", "question": "What is the capital of France?", "answer": "Paris", "keywords": ["Paris"]}\n',
+            r"item 'x'\): keyword 'Paris' does not occur in the question",
+        ),
+        (
+            '{"id": "x", "question": "What is the capitals?", "answer": "A", "keywords": ["capital"]}\n',
+            r"keyword 'capital' does not occur",
+        ),  # word-level: no match inside "capitals"
+        (
+            '{"id": "x", "question": "Q?", "answer": "A", "aliases": "ok", "keywords": [1]}\n',
+            r"field 'keywords' must be a list of strings",
+        ),
+        (
+            '{"id": "x", "question": "Q?", "answer": "A"}\n{"id": "x", "question": "Q?", "answer": "B"}\n',
+            r"d\.jsonl:2: duplicate id 'x' \(first at .*d\.jsonl:1\)",
+        ),
         ("\n\n", r"no items"),
         ('{"question": "Q?", "answer": "A", "choices": ["a", "b"], "answer": 5}\n', r"option index in 0\.\.1"),
     ],
@@ -108,7 +159,16 @@ def test_bad_records_name_file_line_and_item(tmp_path, content, message):
 
 
 def test_keyword_match_is_case_insensitive_and_multiword(tmp_path):
-    f = write_jsonl(tmp_path / "k.jsonl", [{"question": "Where is the Statue of Liberty?", "answer": "New York", "keywords": ["statue of liberty", "WHERE"]}])
+    f = write_jsonl(
+        tmp_path / "k.jsonl",
+        [
+            {
+                "question": "Where is the Statue of Liberty?",
+                "answer": "New York",
+                "keywords": ["statue of liberty", "WHERE"],
+            }
+        ],
+    )
     (item,) = load_items(f)
     assert item.keywords == ("statue of liberty", "WHERE")
 

@@ -42,8 +42,15 @@ def test_demo_numbers_are_sane(demo_run):
     rows = summary["methods"]
     assert [r["method"] for r in rows] == list(DEMO_METHODS)
     for r in rows:
-        for key in ("forget_acc_before", "forget_acc_after", "retain_acc_before", "retain_acc_after", "destructive_rate",
-                    "best_prompt_recovery", "best_activation_recovery"):
+        for key in (
+            "forget_acc_before",
+            "forget_acc_after",
+            "retain_acc_before",
+            "retain_acc_after",
+            "destructive_rate",
+            "best_prompt_recovery",
+            "best_activation_recovery",
+        ):
             assert 0.0 <= r[key] <= 1.0, (key, r[key])
         assert r["forget_acc_after"] < r["forget_acc_before"]  # the unlearning did something
         assert r["eligible"] >= 1
@@ -74,8 +81,16 @@ def test_demo_lineage_is_complete(demo_run):
 
 def test_report_shows_every_stage_and_rebuilds(demo_run, capsys):
     html = (demo_run.out / "report.html").read_text()
-    for text in ("Headline", "Lineage", "evaluate: evaluate", "unlearn: unlearned/ga_gdr", "recover: recovery/npo_gdr",
-                 "attribute: attribution/ga_gdr/occlusion", "KeyToken shift", "data:image/png;base64,"):
+    for text in (
+        "Headline",
+        "Lineage",
+        "evaluate: evaluate",
+        "unlearn: unlearned/ga_gdr",
+        "recover: recovery/npo_gdr",
+        "attribute: attribution/ga_gdr/occlusion",
+        "KeyToken shift",
+        "data:image/png;base64,",
+    ):
         assert text in html, text
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained, no network
     os.remove(demo_run.out / "report.html")
@@ -84,7 +99,12 @@ def test_report_shows_every_stage_and_rebuilds(demo_run, capsys):
 
 
 def test_same_seed_same_numbers(demo_run, tmp_path):
-    again = run_demo(DemoConfig(model="tiny", methods=DEMO_METHODS, n_boot=200), tmp_path / "again", progress=False, log=lambda _: None)
+    again = run_demo(
+        DemoConfig(model="tiny", methods=DEMO_METHODS, n_boot=200),
+        tmp_path / "again",
+        progress=False,
+        log=lambda _: None,
+    )
     first, second = (json.loads((r / "summary.json").read_text())["methods"] for r in (demo_run.out, again.out))
     assert first == second
     rates = [pd.read_csv(r / "recovery" / "npo_gdr" / "rates.csv") for r in (demo_run.out, again.out)]
@@ -99,12 +119,15 @@ def test_default_out_never_reuses_a_directory(tmp_path, monkeypatch):
     assert second != first and second.parent == first.parent and second.name.startswith(first.name)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--methods", "ga", "forget_harder"], "--methods: unknown unlearning method 'forget_harder'"),
-    (["--methods", "ga", "ga"], "--methods: a method is listed twice"),
-    (["--strategies", "shout"], "unknown prompt strategy 'shout'"),
-    (["--steps", "0"], "--steps must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--methods", "ga", "forget_harder"], "--methods: unknown unlearning method 'forget_harder'"),
+        (["--methods", "ga", "ga"], "--methods: a method is listed twice"),
+        (["--strategies", "shout"], "unknown prompt strategy 'shout'"),
+        (["--steps", "0"], "--steps must be an integer >= 1"),
+    ],
+)
 def test_bad_arguments_exit_2_and_write_nothing(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(["demo", "--model", "tiny", "--out", tmp_path / "run", *argv], capsys)
@@ -142,8 +165,23 @@ def test_rerun_after_a_killed_demo_names_the_leftovers(tmp_path, capsys, monkeyp
     monkeypatch.chdir(tmp_path)
     stale = tmp_path / "unpact-runs" / "demo-tiny-20260101-000000.tmp-abcd"  # what SIGKILL leaves behind
     stale.mkdir(parents=True)
-    code, out, err = run_cli(["demo", "--model", "tiny", "--quiet", "--methods", "ga", "--strategies", "focus",
-                              "--interventions", "patch", "--layer-items", "1"], capsys)
+    code, out, err = run_cli(
+        [
+            "demo",
+            "--model",
+            "tiny",
+            "--quiet",
+            "--methods",
+            "ga",
+            "--strategies",
+            "focus",
+            "--interventions",
+            "patch",
+            "--layer-items",
+            "1",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "interrupted earlier demo" in out and str(stale.name) in out
     runs = [p for p in (tmp_path / "unpact-runs").iterdir() if ".tmp-" not in p.name]

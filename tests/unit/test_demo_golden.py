@@ -55,7 +55,9 @@ def pinned_tables(run_dir: Path) -> list[str]:
 def assert_same_json(now: Any, pinned: Any, where: str = "summary") -> None:
     """Equal structure and strings; floats within the tolerance."""
     if isinstance(pinned, dict):
-        assert isinstance(now, dict) and sorted(now) == sorted(pinned), f"{where}: keys {sorted(now)} != {sorted(pinned)}"
+        assert isinstance(now, dict) and sorted(now) == sorted(pinned), (
+            f"{where}: keys {sorted(now)} != {sorted(pinned)}"
+        )
         for k in pinned:
             assert_same_json(now[k], pinned[k], f"{where}.{k}")
     elif isinstance(pinned, list):
@@ -63,8 +65,9 @@ def assert_same_json(now: Any, pinned: Any, where: str = "summary") -> None:
         for i, (a, b) in enumerate(zip(now, pinned)):
             assert_same_json(a, b, f"{where}[{i}]")
     elif isinstance(pinned, float) and not isinstance(pinned, bool):
-        assert isinstance(now, (int, float)) and math.isclose(now, pinned, rel_tol=RTOL, abs_tol=ATOL), \
+        assert isinstance(now, (int, float)) and math.isclose(now, pinned, rel_tol=RTOL, abs_tol=ATOL), (
             f"{where}: {now} != {pinned}"
+        )
     else:
         assert now == pinned, f"{where}: {now!r} != {pinned!r}"
 
@@ -77,16 +80,22 @@ def assert_same_table(now: pd.DataFrame, pinned: pd.DataFrame, name: str) -> Non
         if pd.api.types.is_float_dtype(b) and pd.api.types.is_numeric_dtype(a):
             x, y = a.to_numpy(float), b.to_numpy(float)
             same = np.isclose(x, y, rtol=RTOL, atol=ATOL, equal_nan=True)
-            assert same.all(), f"{name}: column {col} differs in {int((~same).sum())} rows, first at row {int(np.argmin(same))}"
+            assert same.all(), (
+                f"{name}: column {col} differs in {int((~same).sum())} rows, first at row {int(np.argmin(same))}"
+            )
         else:
             same = np.array([_cell(x) == _cell(y) for x, y in zip(a, b)], dtype=bool)
-            assert same.all(), f"{name}: column {col} differs in {int((~same).sum())} rows, first at row {int(np.argmin(same))}"
+            assert same.all(), (
+                f"{name}: column {col} differs in {int((~same).sum())} rows, first at row {int(np.argmin(same))}"
+            )
 
 
 def run_tiny_demo(out: Path) -> Path:
     from unpact_mech.demo import DemoConfig, run_demo
 
-    return run_demo(DemoConfig(model="tiny", methods=METHODS, n_boot=N_BOOT), out, progress=False, log=lambda _: None).out
+    return run_demo(
+        DemoConfig(model="tiny", methods=METHODS, n_boot=N_BOOT), out, progress=False, log=lambda _: None
+    ).out
 
 
 @pytest.fixture(scope="module")

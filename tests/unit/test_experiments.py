@@ -2,7 +2,8 @@
 values and complete lineage; one script trains its own unlearned model (same numbers as the demo's); bad input exits
 2 with one line on stderr and writes nothing.
 
-The scripts run in-process through ``unpact_mech.pipeline.study.main`` (one interpreter: seconds each) on ONE shared tiny demo run
+The scripts run in-process through ``unpact_mech.pipeline.study.main`` (one interpreter: seconds each) on ONE shared
+tiny demo run
 (``--from-run``); one test runs a script as a real subprocess for the exit code.
 """
 
@@ -19,8 +20,14 @@ import pandas as pd
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-SCRIPTS = ("finding1_keyword_focus", "finding2_keyword_recovery", "finding3_destruction", "layer_study",
-           "patching_recovery_ablation", "keytoken_sweep")
+SCRIPTS = (
+    "finding1_keyword_focus",
+    "finding2_keyword_recovery",
+    "finding3_destruction",
+    "layer_study",
+    "patching_recovery_ablation",
+    "keytoken_sweep",
+)
 DEMO_METHODS = ("ga_gdr", "npo_gdr")
 COMMON = ("--model", "tiny", "--n-boot", "200", "--quiet")
 
@@ -114,8 +121,15 @@ def test_finding2_recovery_rates(run_dir):
     df = table(out)
     assert len(df) == len(DEMO_METHODS) * len(DEFAULT_ATTACKS) == len(DEMO_METHODS) * 11
     assert_ci(df, "recovery_rate")
-    for col in ("random_control_rate", "original_accuracy_before", "original_accuracy_after", "retain_accuracy_before",
-                "retain_accuracy_after", "top1_before", "top1_after"):
+    for col in (
+        "random_control_rate",
+        "original_accuracy_before",
+        "original_accuracy_after",
+        "retain_accuracy_before",
+        "retain_accuracy_after",
+        "top1_before",
+        "top1_after",
+    ):
         assert df[col].dropna().between(0, 1).all(), col
     assert (df["n_eligible"] >= 1).all()
     for m in DEMO_METHODS:
@@ -138,13 +152,21 @@ def test_finding3_destruction(run_dir):
 
 def test_finding3_word_classes():
     word_class = load("finding3_destruction").word_class
-    assert [word_class(w) for w in ("What", " THE", "capital", "Zorblat", "?", "1999")] == \
-        ["function", "function", "content", "content", None, "content"]
+    assert [word_class(w) for w in ("What", " THE", "capital", "Zorblat", "?", "1999")] == [
+        "function",
+        "function",
+        "content",
+        "content",
+        None,
+        "content",
+    ]
 
 
 def test_layer_study(run_dir):
     df = table(run_dir("layer_study"))
-    assert [(r["method"], r["split"]) for r in df.to_dict("records")] == [(m, s) for m in DEMO_METHODS for s in ("forget", "retain")]
+    assert [(r["method"], r["split"]) for r in df.to_dict("records")] == [
+        (m, s) for m in DEMO_METHODS for s in ("forget", "retain")
+    ]
     for when in ("before", "after"):
         assert df[f"first_top1_layer_{when}"].between(0, 2).all()  # tiny: 2 layers; "never" counts as 2
         assert df[f"reaches_top1_{when}"].between(0, 1).all()
@@ -159,8 +181,12 @@ def test_patching_ablation(run_dir, tmp_path, demo):
     assert len(df) == len(DEMO_METHODS) * 2 * 3 * 1  # methods x {patch, scale} x groups x default mode (cumulative)
     assert set(df["mode"]) == {"cumulative"}
     both = tmp_path / "both"
-    assert run_script("patching_recovery_ablation", *COMMON, "--from-run", demo, "--out", both,
-                      "--modes", "single", "cumulative") == 0
+    assert (
+        run_script(
+            "patching_recovery_ablation", *COMMON, "--from-run", demo, "--out", both, "--modes", "single", "cumulative"
+        )
+        == 0
+    )
     assert len(table(both)) == len(DEMO_METHODS) * 2 * 3 * 2
     for col in ("best_recovery_rate", "mean_recovery_rate", "last_layer_recovery_rate"):
         assert df[col].between(0, 1).all(), col
@@ -172,11 +198,15 @@ def test_keytoken_sweep_grid(run_dir):
     mod = load("keytoken_sweep")
     out = run_dir("keytoken_sweep")
     df, summary = table(out), json.loads((out / "summary.json").read_text())
-    assert len(df) == 20 and set(zip(df["keytoken_alpha"], df["keytoken_beta"])) == {(a, b) for a in mod.ALPHAS for b in mod.BETAS}
+    assert len(df) == 20 and set(zip(df["keytoken_alpha"], df["keytoken_beta"])) == {
+        (a, b) for a in mod.ALPHAS for b in mod.BETAS
+    }
     for col in ("top_word_hit_rate", "keytoken_hit_rate", "keyword_precision", "keyword_recall"):
         assert df[col].between(0, 1).all(), col
     assert (df["mean_keytokens_per_item"] >= 1).all()
-    assert df.groupby("keytoken_beta")["mean_keytokens_per_item"].apply(lambda s: s.is_monotonic_decreasing).all()  # higher α, fewer
+    assert (
+        df.groupby("keytoken_beta")["mean_keytokens_per_item"].apply(lambda s: s.is_monotonic_decreasing).all()
+    )  # higher α, fewer
     rec = df.dropna(subset=["recovery_rate"])
     assert set(zip(rec["keytoken_alpha"], rec["keytoken_beta"])) == set(mod.RECOVERY_SETTINGS)
     assert_ci(rec, "recovery_rate")
@@ -216,8 +246,12 @@ def test_bad_input_exits_2_and_writes_nothing(case, demo, tmp_path, capsys):
     assert run_script("finding1_keyword_focus", *argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("finding1_keyword_focus.py: error:"), err
-    assert {"unknown_method": "'nope'", "from_run_missing": "unlearned/rmu", "out_is_file": "a file",
-            "out_exists": "already exists"}[case] in err
+    assert {
+        "unknown_method": "'nope'",
+        "from_run_missing": "unlearned/rmu",
+        "out_is_file": "a file",
+        "out_exists": "already exists",
+    }[case] in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     if case == "out_is_file":
         assert out.read_text() == "keep me"
@@ -227,10 +261,34 @@ def test_cli_exit_code_and_help(tmp_path):
     from unpact_mech.pipeline.study import build_parser
 
     script = EXPERIMENTS / "keytoken_sweep.py"
-    proc = subprocess.run([sys.executable, script, "--model", "tiny", "--methods", "nope", "--out", tmp_path / "o"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, script, "--model", "tiny", "--methods", "nope", "--out", tmp_path / "o"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "nope" in proc.stderr
     assert not (tmp_path / "o").exists()
     for name in SCRIPTS:
         help_text = build_parser(load(name).STUDY).format_help()
         assert "--from-run" in help_text and load(name).__doc__.splitlines()[0] in help_text
+
+
+def test_the_readme_example_study_runs(demo, tmp_path):
+    """The one-file study of experiments/README.md, saved as a script, runs on the demo's models."""
+    import re
+
+    code = re.search(r"```python\n(.*?)```", (EXPERIMENTS / "README.md").read_text(), re.S).group(1)
+    script = tmp_path / "my_study.py"
+    script.write_text(code)
+    namespace = {"__name__": "my_study"}
+    exec(compile(code, str(script), "exec"), namespace)
+    from unpact_mech.pipeline.study import Study, main
+
+    out = tmp_path / "run"
+    study = Study("forget_accuracy", namespace["run"].__doc__, namespace["run"])
+    assert main(study, ["--model", "tiny", "--from-run", str(demo), "--out", str(out), "--quiet"]) == 0
+    table = pd.read_csv(out / "table.csv")
+    assert list(table["method"]) == list(DEMO_METHODS)
+    demo_summary = json.loads((demo / "summary.json").read_text())
+    assert list(table["forget_accuracy"]) == [r["forget_acc_after"] for r in demo_summary["methods"]]

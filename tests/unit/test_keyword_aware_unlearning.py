@@ -24,11 +24,16 @@ def ckpt(rows):
 
 
 def test_target_retain_is_the_best_baseline_point_under_the_forget_bound(kau):
-    table = ckpt([
-        ("a", True, 0, 1.0, 1.0), ("a", True, 4, 0.10, 0.80), ("a", True, 8, 0.05, 0.60),
-        ("b", True, 3, 0.15, 0.90), ("b", True, 6, 0.30, 0.95),
-        ("new", False, 2, 0.0, 1.0),  # not a baseline: never the target
-    ])
+    table = ckpt(
+        [
+            ("a", True, 0, 1.0, 1.0),
+            ("a", True, 4, 0.10, 0.80),
+            ("a", True, 8, 0.05, 0.60),
+            ("b", True, 3, 0.15, 0.90),
+            ("b", True, 6, 0.30, 0.95),
+            ("new", False, 2, 0.0, 1.0),  # not a baseline: never the target
+        ]
+    )
     t = kau.target_retain(table)
     assert (t["target_retain"], t["target_variant"], t["target_step"]) == (0.90, "b", 3)
     # no baseline reaches the bound: the lowest-forget baseline checkpoint
@@ -39,8 +44,15 @@ def test_target_retain_is_the_best_baseline_point_under_the_forget_bound(kau):
 
 
 def test_matched_checkpoint_lowest_forget_within_two_points(kau):
-    table = ckpt([("m", True, 0, 1.0, 1.0), ("m", True, 1, 0.6, 0.99), ("m", True, 2, 0.3, 0.98),
-                  ("m", True, 3, 0.3, 0.985), ("m", True, 4, 0.1, 0.97)])
+    table = ckpt(
+        [
+            ("m", True, 0, 1.0, 1.0),
+            ("m", True, 1, 0.6, 0.99),
+            ("m", True, 2, 0.3, 0.98),
+            ("m", True, 3, 0.3, 0.985),
+            ("m", True, 4, 0.1, 0.97),
+        ]
+    )
     chosen = kau.matched_checkpoint(table, 1.0)
     assert int(chosen["step"]) == 3  # forget 0.3 ties: the higher retain wins; step 4 misses 0.98
     assert int(kau.matched_checkpoint(table, 0.99)["step"]) == 4
@@ -55,10 +67,15 @@ def test_tuning_split_is_fixed_disjoint_and_order_free(kau):
 
 
 def test_worst_case_over_conditions(kau):
-    rates = pd.DataFrame([
-        ("focus", "strategy", "keywords", "all", 10, 0.2), ("neutral", "strategy", "keywords", "all", 10, 0.4),
-        ("patch[0-29]", "intervention", "keywords", "all", 10, 0.3), ("focus", "strategy", "random", "all", 10, 0.9),
-    ], columns=["condition", "kind", "emphasis", "subset", "n", "recovery_rate"])
+    rates = pd.DataFrame(
+        [
+            ("focus", "strategy", "keywords", "all", 10, 0.2),
+            ("neutral", "strategy", "keywords", "all", 10, 0.4),
+            ("patch[0-29]", "intervention", "keywords", "all", 10, 0.3),
+            ("focus", "strategy", "random", "all", 10, 0.9),
+        ],
+        columns=["condition", "kind", "emphasis", "subset", "n", "recovery_rate"],
+    )
     assert kau.worst_case(rates, "all") == (0.4, "neutral")
     assert kau.worst_case(rates, "all", ["focus", "patch[0-29]"]) == (0.3, "patch[0-29]")
     assert kau.worst_case(rates, "all", emphasis=("keywords", "random")) == (0.9, "focus (random words)")
@@ -75,8 +92,20 @@ def runs(tmp_path_factory):
     assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "ga", "rmu", "--out", base) == 0
     target = json.loads((base / "summary.json").read_text())["target"]["target_retain"]
     kg = base.parent / "keyguard"
-    assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "keyguard", "--ablations",
-                      "--target-retain", str(target), "--out", kg) == 0
+    assert (
+        run_script(
+            "keyword_aware_unlearning",
+            *COMMON,
+            "--methods",
+            "keyguard",
+            "--ablations",
+            "--target-retain",
+            str(target),
+            "--out",
+            kg,
+        )
+        == 0
+    )
     new = base.parent / "combined"
     assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "--merge", base, kg, "--out", new) == 0
     return base, kg, new
@@ -84,8 +113,17 @@ def runs(tmp_path_factory):
 
 def test_the_script_on_tiny(runs, kau):
     base, kg, new = runs
-    for rel in ("run.json", "results.csv", "summary.json", "table.csv", "variants.csv", "checkpoints.csv", "rates.csv",
-                "tradeoff.png", "checkpoints.png"):
+    for rel in (
+        "run.json",
+        "results.csv",
+        "summary.json",
+        "table.csv",
+        "variants.csv",
+        "checkpoints.csv",
+        "rates.csv",
+        "tradeoff.png",
+        "checkpoints.png",
+    ):
         assert (new / rel).is_file(), rel
     table = pd.read_csv(new / "variants.csv")
     assert list(table["variant"]) == ["ga", "rmu", "keyguard"] + [f"keyguard-no_{i}" for i in kau.INGREDIENTS]

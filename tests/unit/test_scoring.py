@@ -8,13 +8,13 @@ import torch
 from tests.conftest import load_hf
 from unpact_mech import load_model
 from unpact_mech.data.record import QAItem
+from unpact_mech.data.text import keyword_spans
 from unpact_mech.errors import InputError
 from unpact_mech.scoring import evaluate_items, score_answers, summarize, to_long
 from unpact_mech.scoring.batching import left_pad, length_batches, right_pad_teacher_forced
 from unpact_mech.scoring.judges import contains_answer, lcs_length, normalize_tokens, rouge_l_recall
 from unpact_mech.scoring.logprob import token_rank
 from unpact_mech.scoring.prompt import PromptFormat, prompt_format_from_name
-from unpact_mech.data.text import keyword_spans
 from unpact_mech.scoring.tokens import encode_answer, encode_item, encode_prompt, tokens_in_span
 
 CHAT_TEMPLATE = (
@@ -52,7 +52,7 @@ def test_chat_format_locates_question_and_skips_bos_already_in_template(model):
         enc = encode_prompt(tok, fmt, "Who wrote Hamlet?")
         assert enc.text.startswith("<bos><|user|>\nWho wrote Hamlet?<eos>")
         assert enc.ids.count(tok.bos_token_id) == 2  # the template's own, none added
-        assert enc.text[enc.question_start:enc.question_end] == "Who wrote Hamlet?"
+        assert enc.text[enc.question_start : enc.question_end] == "Who wrote Hamlet?"
         assert fmt.answer_text("Shakespeare") == "Shakespeare"
         sys_fmt = prompt_format_from_name("chat", tok, system="Be brief.")
         assert "Be brief." in sys_fmt.render(tok, "Q?").text
@@ -94,7 +94,10 @@ def test_padding_helpers():
     assert tf.first.tolist() == [1, 0]
     pb = left_pad([[1, 2, 3], [4]], pad_id=0, items=[7, 9])
     assert pb.input_ids.tolist() == [[1, 2, 3], [0, 0, 4]] and pb.attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert pb.layout.offsets == (0, 2) and pb.layout.mask([[0, 2], [0]]).tolist() == [[True, False, True], [False, False, True]]
+    assert pb.layout.offsets == (0, 2) and pb.layout.mask([[0, 2], [0]]).tolist() == [
+        [True, False, True],
+        [False, False, True],
+    ]
     assert length_batches([5, 1, 3, 1], 2) == [[1, 3], [2, 0]]
 
 

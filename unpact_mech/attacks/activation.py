@@ -20,15 +20,23 @@ items) once per run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
 from unpact_mech.attacks.base import ActivationAttack, AttackEnv, Positions
-from unpact_mech.attacks.edits import Edit, add_per_layer, copy_source, edit_at_positions, key_mask, reweight_attention
-from unpact_mech.attacks.edits import scale_by
+from unpact_mech.attacks.edits import (
+    Edit,
+    add_per_layer,
+    copy_source,
+    edit_at_positions,
+    key_mask,
+    reweight_attention,
+    scale_by,
+)
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import HookContext, Intervention, hook_name
 
@@ -66,8 +74,9 @@ class ResidualEdit(ActivationAttack):
     def interventions(self, positions: Positions, env: AttackEnv) -> "InterventionFactory":
         if self.is_noop:
             return lambda layout: []
-        return edit_at_positions(self.hook, self.layers or (), positions, self.edit(env), source=self.source(env),
-                                 label=self.name)
+        return edit_at_positions(
+            self.hook, self.layers or (), positions, self.edit(env), source=self.source(env), label=self.name
+        )
 
 
 @dataclass(frozen=True)
@@ -116,8 +125,13 @@ class Patch(ResidualEdit):
 
 
 def steering_directions(
-    original: "HookedLM", unlearned: "HookedLM", prompts: Sequence[Sequence[int]], positions: Positions,
-    layers: Sequence[int], hook: str = "hook_resid_post", batch_size: int = 16,
+    original: "HookedLM",
+    unlearned: "HookedLM",
+    prompts: Sequence[Sequence[int]],
+    positions: Positions,
+    layers: Sequence[int],
+    hook: str = "hook_resid_post",
+    batch_size: int = 16,
 ) -> dict[int, Tensor]:
     """d_L = mean over items i and positions p in P_i of (h_orig_L[i, p] - h_unl_L[i, p]) -> {L: (d_model,)}."""
     from unpact_mech.scoring.batching import right_pad_teacher_forced
@@ -164,8 +178,9 @@ class Steer(ResidualEdit):
         def fit() -> dict[int, Tensor]:
             prompts = [env.encoded[i].prompt.ids for i in env.fit_ids]
             positions = [env.keywords[i].positions for i in env.fit_ids]
-            return steering_directions(env.original, env.unlearned, prompts, positions, self.layers or (), self.hook,
-                                       env.batch_size)
+            return steering_directions(
+                env.original, env.unlearned, prompts, positions, self.layers or (), self.hook, env.batch_size
+            )
 
         return env.cached(("steer_directions", self.label), fit)
 

@@ -23,8 +23,9 @@ configured copy and ``attack.resolve(model)`` fills model-dependent defaults (e.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from unpact_mech.errors import InputError
 
@@ -114,8 +115,9 @@ class Attack:
         """Fill model-dependent defaults and validate against ``model`` (:class:`InputError`); default: unchanged."""
         return self
 
-    def treat(self, model: "HookedLM", items: Sequence["QAItem"], emphasis: Sequence["ItemKeywords"],
-              env: AttackEnv) -> Treatment:
+    def treat(
+        self, model: "HookedLM", items: Sequence["QAItem"], emphasis: Sequence["ItemKeywords"], env: AttackEnv
+    ) -> Treatment:
         """The attack applied to ``items`` asked of ``model``, emphasising ``emphasis`` (aligned with ``items``)."""
         raise NotImplementedError
 
@@ -186,8 +188,9 @@ class ActivationAttack(Attack):
         layers = self.default_layers(n_layers) if self.layers is None else tuple(self.layers)
         bad = [L for L in layers if not 0 <= L < n_layers]
         if bad:
-            raise InputError(f"{self.kind_noun} {self.name}: layer {bad[0]} out of range "
-                             f"(model has layers 0..{n_layers - 1})")
+            raise InputError(
+                f"{self.kind_noun} {self.name}: layer {bad[0]} out of range (model has layers 0..{n_layers - 1})"
+            )
         resolved = dataclasses.replace(self, layers=layers)
         resolved.check(model)
         return resolved

@@ -20,7 +20,8 @@ edit                new activation at an emphasised position (h: this model, h_s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -60,10 +61,12 @@ def edit_at_positions(
         donor: dict[str, Tensor] = {}
         if source is not None:
             with torch.no_grad():
-                donor = source.forward(layout.input_ids, attention_mask=layout.attention_mask,
-                                       cache=list(names.values())).cache
-        return [Intervention(name, _apply(mask, edit, L, donor.get(name)), f"{label}@{name}")
-                for L, name in names.items()]
+                donor = source.forward(
+                    layout.input_ids, attention_mask=layout.attention_mask, cache=list(names.values())
+                ).cache
+        return [
+            Intervention(name, _apply(mask, edit, L, donor.get(name)), f"{label}@{name}") for L, name in names.items()
+        ]
 
     return build
 

@@ -8,8 +8,9 @@ un-rewritten prompt; a prompt attack receives the words, an activation attack th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from unpact_mech.attribution.keytokens import DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA
 from unpact_mech.errors import InputError
@@ -103,12 +104,17 @@ def select_keywords(
         if not any(k.words for k in data):
             raise InputError("--keywords data: no item has annotated 'keywords'")
         return data
-    attr = keytoken_keywords(model, encoded, keytoken_alpha=keytoken_alpha, keytoken_beta=keytoken_beta,
-                             batch_size=batch_size)
+    attr = keytoken_keywords(
+        model, encoded, keytoken_alpha=keytoken_alpha, keytoken_beta=keytoken_beta, batch_size=batch_size
+    )
     if source == "attribution":
         return attr
     return [
-        ItemKeywords(a.item_id, tuple(dict.fromkeys(a.words + d.words)),
-                     tuple(sorted(set(a.positions) | set(d.positions))), "both")
+        ItemKeywords(
+            a.item_id,
+            tuple(dict.fromkeys(a.words + d.words)),
+            tuple(sorted(set(a.positions) | set(d.positions))),
+            "both",
+        )
         for a, d in zip(attr, data)
     ]

@@ -19,7 +19,7 @@ neutral           ``Answer the following question. {question}``               co
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from unpact_mech.attacks.base import PromptAttack
 from unpact_mech.data.text import keyword_spans
@@ -45,12 +45,20 @@ def in_place(wrap: Callable[[str], str]):
 
 PROMPT_ATTACKS: tuple[PromptAttack, ...] = (
     PromptAttack("focus", "instruction naming the keywords", template="Focus on the key words: {keywords}. {question}"),
-    PromptAttack("repeat_keywords", "keywords repeated after the question",
-                 template="{question} Key words: {keywords}, {keywords}."),
+    PromptAttack(
+        "repeat_keywords",
+        "keywords repeated after the question",
+        template="{question} Key words: {keywords}, {keywords}.",
+    ),
     PromptAttack("repeat_question", "the question repeated", template="{question} {question}", uses_keywords=False),
     PromptAttack("quote", "keywords quoted in place", template="", rewrite_fn=in_place(lambda w: f'"{w}"')),
     PromptAttack("uppercase", "keywords upper-cased in place", template="", rewrite_fn=in_place(str.upper)),
     PromptAttack("keywords_first", "keywords moved to the front", template="{keywords}: {question}"),
-    PromptAttack("neutral", "control: an instruction without keywords",
-                 template="Answer the following question. {question}", uses_keywords=False, is_control=True),
+    PromptAttack(
+        "neutral",
+        "control: an instruction without keywords",
+        template="Answer the following question. {question}",
+        uses_keywords=False,
+        is_control=True,
+    ),
 )

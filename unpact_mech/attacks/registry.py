@@ -8,7 +8,8 @@ returns it, configured by a spec string ``name[:key=value,...]`` — e.g. ``scal
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from unpact_mech.attacks.base import KIND_NOUNS, Attack, PromptAttack
 from unpact_mech.errors import InputError
@@ -83,7 +84,9 @@ def get_attack(spec: "str | Attack", *, kind: str | None = None) -> Attack:
 
 
 def resolve_attacks(
-    specs: "str | Attack | Sequence[str | Attack]", model: "HookedLM", templates: Mapping[str, str] | None = None,
+    specs: "str | Attack | Sequence[str | Attack]",
+    model: "HookedLM",
+    templates: Mapping[str, str] | None = None,
 ) -> list[Attack]:
     """Look up, configure and resolve every spec against ``model`` (one string or object counts as one spec);
     ``templates`` overrides prompt templates by name. Raises :class:`InputError` before any work."""

@@ -50,7 +50,12 @@ from unpact_mech.attribution.methods import (
 from unpact_mech.attribution.occlusion import BATCHINGS, occlusion
 from unpact_mech.attribution.packing import OCCLUSION_MODES
 from unpact_mech.attribution.residual import residual_contributions
-from unpact_mech.attribution.results import ActivationAttribution, AttentionPaths, ResidualContributions, TokenAttribution
+from unpact_mech.attribution.results import (
+    ActivationAttribution,
+    AttentionPaths,
+    ResidualContributions,
+    TokenAttribution,
+)
 from unpact_mech.attribution.run import AttributionConfig, AttributionRun, Comparison, attribute_items, compare_runs
 from unpact_mech.attribution.targets import TARGETS, Target, get_target
 from unpact_mech.attribution.units import PreparedItem, Unit, prepare_item, prompt_units

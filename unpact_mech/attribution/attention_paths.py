@@ -27,7 +27,8 @@ the chosen layers and the final residual stream are cached.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,7 +37,14 @@ from unpact_mech.attribution.math import head_source_contributions, sum_over_uni
 from unpact_mech.attribution.residual import frozen_readout
 from unpact_mech.attribution.results import AttentionPaths, TokenAttribution
 from unpact_mech.attribution.targets import Target, get_target
-from unpact_mech.attribution.units import ItemLike, PreparedItem, keyword_unit_mask, position_labels, prepare_item, prompt_units
+from unpact_mech.attribution.units import (
+    ItemLike,
+    PreparedItem,
+    keyword_unit_mask,
+    position_labels,
+    prepare_item,
+    prompt_units,
+)
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import hook_name
 from unpact_mech.scoring.batching import InterventionFactory
@@ -77,7 +85,9 @@ def attention_paths(
         contributions, bias_terms, layer_direct = [], [], []
         for L in chosen:
             pattern = c[hook_name(L, "attn.hook_pattern")][:, q, :]  # (H, J, T)
-            contributions.append(head_source_contributions(pattern, c[hook_name(L, "attn.hook_v")], model.weights.W_O(L), fr.directions))
+            contributions.append(
+                head_source_contributions(pattern, c[hook_name(L, "attn.hook_v")], model.weights.W_O(L), fr.directions)
+            )
             b_O = model.weights.b_O(L)
             bias_terms.append(fr.directions.sum(0) @ b_O.float() if b_O is not None else torch.zeros(()))
             layer_direct.append((c[hook_name(L, "hook_attn_out")][q].float() * fr.directions).sum())
@@ -87,7 +97,9 @@ def attention_paths(
         split=prepared.split,
         target=tgt.name,
         layers=chosen,
-        contributions=torch.stack(contributions) if contributions else torch.zeros(0, model.shape.n_heads, len(prepared.sequence)),
+        contributions=torch.stack(contributions)
+        if contributions
+        else torch.zeros(0, model.shape.n_heads, len(prepared.sequence)),
         bias_terms=torch.stack(bias_terms) if bias_terms else torch.zeros(0),
         layer_direct=torch.stack(layer_direct) if layer_direct else torch.zeros(0),
         labels=tuple(position_labels(model, prepared)),
@@ -101,7 +113,13 @@ def source_attribution(paths: AttentionPaths, prepared: PreparedItem, level: str
     (a word = the sum over its tokens). It is what the keyword hit rate and the token heatmap use."""
     units = prompt_units(prepared.prompt, level)
     return TokenAttribution(
-        item_id=prepared.item_id, split=prepared.split, method="attention", target=paths.target, level=level,
-        units=tuple(units), scores=sum_over_units(paths.by_source(), [u.positions for u in units]),
-        target_value=paths.target_value, is_keyword=tuple(keyword_unit_mask(prepared, units)),
+        item_id=prepared.item_id,
+        split=prepared.split,
+        method="attention",
+        target=paths.target,
+        level=level,
+        units=tuple(units),
+        scores=sum_over_units(paths.by_source(), [u.positions for u in units]),
+        target_value=paths.target_value,
+        is_keyword=tuple(keyword_unit_mask(prepared, units)),
     )

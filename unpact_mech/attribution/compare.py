@@ -15,7 +15,8 @@ Works on the long frames of :mod:`unpact_mech.attribution.results` (pure pandas,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,9 @@ def diff_frames(
 
     b, a = agg(before), agg(after)
     merged = b.merge(a.drop(columns="_order"), on=cols, how="outer", suffixes=("_before", "_after"))
-    merged = merged.sort_values("_order", na_position="last", kind="stable").drop(columns="_order").reset_index(drop=True)
+    merged = (
+        merged.sort_values("_order", na_position="last", kind="stable").drop(columns="_order").reset_index(drop=True)
+    )
     merged = merged.rename(columns={"value_before": "before", "value_after": "after"})
     merged["diff"] = merged["after"] - merged["before"]
     return merged
@@ -67,7 +70,9 @@ def compare_heads(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
 
 def compare_layers(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """Per (layer, component) direct logit contribution and logit-lens metrics before vs after."""
-    return diff_frames(before, after, LAYER_KEYS, metrics=["direct_logit", "lens_logprob", "lens_first_prob", "lens_first_rank"])
+    return diff_frames(
+        before, after, LAYER_KEYS, metrics=["direct_logit", "lens_logprob", "lens_first_prob", "lens_first_rank"]
+    )
 
 
 def mark_keytokens(
@@ -108,16 +113,28 @@ def keytoken_change(
             flag = item[col].astype(bool)
             for name, part in ((yes, item[flag]), (no, item[~flag])):
                 if len(part):
-                    rows.append({"item_id": item_id, "split": split, "group": name, "n_units": len(part),
-                                 "before": part["before"].mean(), "after": part["after"].mean()})
+                    rows.append(
+                        {
+                            "item_id": item_id,
+                            "split": split,
+                            "group": name,
+                            "n_units": len(part),
+                            "before": part["before"].mean(),
+                            "after": part["after"].mean(),
+                        }
+                    )
     per_item = pd.DataFrame(rows, columns=["item_id", "split", "group", "n_units", "before", "after"])
     per_item["change"] = per_item["after"] - per_item["before"]
 
     def summarise(frame: pd.DataFrame) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for group, g in frame.groupby("group", sort=False):
-            out[group] = {"n_items": int(len(g)), "before": float(g["before"].mean()), "after": float(g["after"].mean()),
-                          "change": float(g["change"].mean())}
+            out[group] = {
+                "n_items": int(len(g)),
+                "before": float(g["before"].mean()),
+                "after": float(g["after"].mean()),
+                "change": float(g["change"].mean()),
+            }
         if "keytokens" in out and "other" in out:
             out["keytoken_minus_other_change"] = out["keytokens"]["change"] - out["other"]["change"]
         return out

@@ -10,8 +10,9 @@ method modules; the math lives in :mod:`unpact_mech.attribution.math`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -56,7 +57,10 @@ def single_row_batch(model: "HookedLM", prepared: PreparedItem) -> TeacherForced
 
 
 def cached_row_forward(
-    model: "HookedLM", prepared: PreparedItem, names: Sequence[str], interventions: InterventionFactory | None = None,
+    model: "HookedLM",
+    prepared: PreparedItem,
+    names: Sequence[str],
+    interventions: InterventionFactory | None = None,
 ) -> tuple[TeacherForcedBatch, dict[str, Tensor], Tensor]:
     """One no-grad forward of the item's teacher-forced row caching ``names``: ``(batch, cache, logits)`` with the
     batch dimension dropped — cache ``name -> (T, ...)``, logits ``(K, V)`` over the kept (answer) positions."""

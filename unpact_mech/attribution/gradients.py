@@ -11,7 +11,8 @@ Parameters are frozen during the backward (no weight gradients are computed); f 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 

@@ -101,7 +101,9 @@ def integrated_gradients(
         else:
             base[mask] = model.weights.W_E[resolve_baseline_token(model, baseline)]
         # f(x) and f(b), for the completeness check: one small forward without gradients
-        ends, _ = forward_embeddings(model, prepared, torch.stack([inputs, base]), tgt, prefix=prefix, interventions=interventions)
+        ends, _ = forward_embeddings(
+            model, prepared, torch.stack([inputs, base]), tgt, prefix=prefix, interventions=interventions
+        )
     f_input, f_base = (float(v) for v in ends)
     chunk = batch_size or max(1, TOKENS_PER_CHUNK // inputs.shape[0])
     grad_sum = torch.zeros_like(inputs)

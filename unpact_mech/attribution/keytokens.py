@@ -20,8 +20,8 @@ keywords (macro average; precision over items with at least one KeyToken).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor

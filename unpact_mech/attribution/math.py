@@ -10,7 +10,7 @@ Notation: T positions, d = d_model, H heads, H_kv key/value heads, d_h = d_head,
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

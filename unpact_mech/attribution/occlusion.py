@@ -23,7 +23,8 @@ Both give the same scores as a loop of one forward per variant (tested to 1e-4).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -56,7 +57,9 @@ def resolve_baseline_token(model: "HookedLM", baseline: int | str | None) -> int
         return baseline
     ids = model.tokenizer(baseline, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise InputError(f"baseline token {baseline!r} is {len(ids)} tokens under this tokenizer; it must be exactly one")
+        raise InputError(
+            f"baseline token {baseline!r} is {len(ids)} tokens under this tokenizer; it must be exactly one"
+        )
     return int(ids[0])
 
 
@@ -93,7 +96,9 @@ def choose_batching(
     return "packed" if packed < 0.8 * batched else "batched"
 
 
-def _packed_groups(prompt_len: int, answer_len: int, units: Sequence[Sequence[int]], mode: str, batch_size: int) -> list[list[int]]:
+def _packed_groups(
+    prompt_len: int, answer_len: int, units: Sequence[Sequence[int]], mode: str, batch_size: int
+) -> list[list[int]]:
     """Split unit indices into packed rows of at most ``batch_size`` branches and ``MAX_PACKED_TOKENS`` tokens."""
     groups: list[list[int]] = [[]]
     for i in range(len(units)):
@@ -173,12 +178,17 @@ def occlusion(
     baseline_id = resolve_baseline_token(model, baseline_token) if mode == "replace" else None
     prompt, answer = list(prepared.prompt.ids), list(prepared.answer_ids)
     if batching == "auto":
-        batching = "batched" if interventions is not None else choose_batching(
-            model, len(prompt), len(answer), positions, mode)
+        batching = (
+            "batched"
+            if interventions is not None
+            else choose_batching(model, len(prompt), len(answer), positions, mode)
+        )
     if batching == "packed" and interventions is not None:
         raise ValueError("interventions need batching='batched' (packed rows have no per-variant layout)")
     if batching == "packed" and positions:
-        values = target_of_variants_packed(model, prompt, answer, positions, tgt, mode=mode, baseline_id=baseline_id, batch_size=batch_size)
+        values = target_of_variants_packed(
+            model, prompt, answer, positions, tgt, mode=mode, baseline_id=baseline_id, batch_size=batch_size
+        )
     else:
         variants = variant_prompts(prompt, positions, mode, baseline_id)
         values = target_of_prompts(model, variants, answer, tgt, batch_size=batch_size, interventions=interventions)

@@ -7,8 +7,9 @@ side), ``attention_heads.png`` (layer x head) for methods with a head view, ``re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -16,7 +17,9 @@ from unpact_mech.attribution.run import AttributionRun, Comparison
 from unpact_mech.io import RunWriter, atomic_write_text
 
 
-def attribution_summary(runs: Sequence[AttributionRun], comparison: Comparison | None, labels: Sequence[str], backend: str) -> dict[str, Any]:
+def attribution_summary(
+    runs: Sequence[AttributionRun], comparison: Comparison | None, labels: Sequence[str], backend: str
+) -> dict[str, Any]:
     summary = runs[0].summary | {"model": labels[0], "backend": backend}
     if comparison is not None:
         summary["compared"] = runs[1].summary | {"model": labels[1]}

@@ -16,8 +16,8 @@ are packed (the last answer token is never an input). See :func:`pack_variants`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -38,7 +38,9 @@ def ablate(prompt: Sequence[int], positions: Sequence[int], mode: str, baseline_
     raise ValueError(f"unknown occlusion mode {mode!r} ({', '.join(OCCLUSION_MODES)})")
 
 
-def variant_prompts(prompt: Sequence[int], units: Sequence[Sequence[int]], mode: str, baseline_id: int | None = None) -> list[list[int]]:
+def variant_prompts(
+    prompt: Sequence[int], units: Sequence[Sequence[int]], mode: str, baseline_id: int | None = None
+) -> list[list[int]]:
     """``[prompt] + [prompt without unit u for u in units]`` — the n+1 occlusion variants."""
     return [list(prompt)] + [ablate(prompt, u, mode, baseline_id) for u in units]
 

@@ -29,7 +29,13 @@ import torch
 from torch import Tensor
 
 from unpact_mech.attribution.forward import cached_row_forward
-from unpact_mech.attribution.math import apply_final_norm, direct_contributions, norm_bias_contribution, norm_scale, readout_directions
+from unpact_mech.attribution.math import (
+    apply_final_norm,
+    direct_contributions,
+    norm_bias_contribution,
+    norm_scale,
+    readout_directions,
+)
 from unpact_mech.attribution.results import ResidualContributions
 from unpact_mech.attribution.targets import Readout, Target, get_target
 from unpact_mech.attribution.units import ItemLike, PreparedItem, prepare_item
@@ -52,7 +58,9 @@ class FrozenReadout:
     value: float
 
 
-def frozen_readout(model: "HookedLM", readout: Readout, final_resid: Tensor, logits: Tensor, start: int) -> FrozenReadout:
+def frozen_readout(
+    model: "HookedLM", readout: Readout, final_resid: Tensor, logits: Tensor, start: int
+) -> FrozenReadout:
     """Readout directions at the readout positions of ``final_resid`` (T, d) (the input of the final norm).
 
     ``logits`` (K, V) are the forward's logits at positions ``start ..`` (to read the actual readout value).

@@ -63,11 +63,26 @@ class TokenAttribution:
         ``keytokens`` (U,) bool, e.g. from :func:`~unpact_mech.attribution.keytokens.keytoken_mask`, adds an
         ``is_keytoken`` column to the unit rows.
         """
-        base = {"item_id": self.item_id, "split": self.split, "method": self.method, "target": self.target, "level": self.level}
+        base = {
+            "item_id": self.item_id,
+            "split": self.split,
+            "method": self.method,
+            "target": self.target,
+            "level": self.level,
+        }
         kw = self.is_keyword or (False,) * len(self.units)
         rows = [
-            base | {"unit": u.index, "position": u.positions[0], "n_tokens": len(u.positions), "token": u.text,
-                    "word_index": u.word, "is_keyword": bool(k), "metric": CONTRIBUTION, "value": float(s)}
+            base
+            | {
+                "unit": u.index,
+                "position": u.positions[0],
+                "n_tokens": len(u.positions),
+                "token": u.text,
+                "word_index": u.word,
+                "is_keyword": bool(k),
+                "metric": CONTRIBUTION,
+                "value": float(s),
+            }
             for u, s, k in zip(self.units, self.scores.tolist(), kw)
         ]
         if keytokens is not None:
@@ -106,12 +121,21 @@ class ActivationAttribution:
             common = base | {"hook": hook, "layer": layer, "component": kind, "metric": self.method}
             if kind.endswith("hook_pattern"):  # (H, T_k): key positions
                 for h, row in enumerate(score.tolist()):
-                    rows += [common | {"head": h, "position": p, "token": self.labels[p], "value": v} for p, v in enumerate(row)]
+                    rows += [
+                        common | {"head": h, "position": p, "token": self.labels[p], "value": v}
+                        for p, v in enumerate(row)
+                    ]
             elif score.dim() == 2:  # (T, H)
                 for p, row in enumerate(score.tolist()):
-                    rows += [common | {"head": h, "position": p, "token": self.labels[p], "value": v} for h, v in enumerate(row)]
+                    rows += [
+                        common | {"head": h, "position": p, "token": self.labels[p], "value": v}
+                        for h, v in enumerate(row)
+                    ]
             else:
-                rows += [common | {"head": -1, "position": p, "token": self.labels[p], "value": v} for p, v in enumerate(score.tolist())]
+                rows += [
+                    common | {"head": -1, "position": p, "token": self.labels[p], "value": v}
+                    for p, v in enumerate(score.tolist())
+                ]
         return pd.DataFrame(rows)
 
 
@@ -150,8 +174,18 @@ class AttentionPaths:
         rows: list[dict[str, Any]] = []
         for li, layer in enumerate(self.layers):
             for h, row in enumerate(self.contributions[li].tolist()):
-                rows += [base | {"layer": layer, "head": h, "position": p, "token": self.labels[p], "metric": "attention_path", "value": v}
-                         for p, v in enumerate(row)]
+                rows += [
+                    base
+                    | {
+                        "layer": layer,
+                        "head": h,
+                        "position": p,
+                        "token": self.labels[p],
+                        "metric": "attention_path",
+                        "value": v,
+                    }
+                    for p, v in enumerate(row)
+                ]
             rows.append(base | {"layer": layer, "metric": "attn_bias", "value": float(self.bias_terms[li])})
             rows.append(base | {"layer": layer, "metric": "attn_direct", "value": float(self.layer_direct[li])})
         rows += _item_rows(base, {"readout_value": self.readout_value, "target_value": self.target_value})
@@ -189,10 +223,17 @@ class ResidualContributions:
 
     def to_frame(self) -> pd.DataFrame:
         base = {"item_id": self.item_id, "split": self.split, "method": self.method, "target": self.target}
-        rows = [base | {"layer": layer, "component": c, "metric": "direct_logit", "value": float(v)}
-                for c, layer, v in zip(self.components, self.layers, self.values.tolist())]
-        for name, series in (("lens_logprob", self.lens_logprob), ("lens_first_prob", self.lens_first_prob),
-                             ("lens_first_rank", self.lens_first_rank)):
-            rows += [base | {"layer": layer, "metric": name, "value": float(v)} for layer, v in enumerate(series.tolist())]
+        rows = [
+            base | {"layer": layer, "component": c, "metric": "direct_logit", "value": float(v)}
+            for c, layer, v in zip(self.components, self.layers, self.values.tolist())
+        ]
+        for name, series in (
+            ("lens_logprob", self.lens_logprob),
+            ("lens_first_prob", self.lens_first_prob),
+            ("lens_first_rank", self.lens_first_rank),
+        ):
+            rows += [
+                base | {"layer": layer, "metric": name, "value": float(v)} for layer, v in enumerate(series.tolist())
+            ]
         rows += _item_rows(base, {"readout_value": self.readout_value, "target_value": self.target_value})
         return pd.DataFrame(rows)

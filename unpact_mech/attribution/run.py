@@ -8,8 +8,9 @@ from :class:`AttributionConfig`; it wraps a per-item function of its own module 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -126,7 +127,11 @@ def attribute_items(
         for extra in method.extra_results(model, p, target=cfg.target):
             extras.append(extra)
             frames.append(extra.to_frame())
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["item_id", "split", "metric", "value"])
+    frame = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["item_id", "split", "metric", "value"])
+    )
     frame.insert(2, "model", label or model.name)
     frame = frame.astype({c: "Int64" for c in INT_COLUMNS if c in frame.columns})
     frame = frame.astype({c: "boolean" for c in BOOL_COLUMNS if c in frame.columns})
@@ -169,7 +174,11 @@ class Comparison:
 
     def frame(self) -> pd.DataFrame:
         """All diff tables stacked (long: keys, metric, before, after, diff)."""
-        parts = [df.assign(view=name) for name, df in (("unit", self.units), ("head", self.heads), ("layer", self.layers)) if len(df)]
+        parts = [
+            df.assign(view=name)
+            for name, df in (("unit", self.units), ("head", self.heads), ("layer", self.layers))
+            if len(df)
+        ]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -179,17 +188,31 @@ def compare_runs(before: AttributionRun, after: AttributionRun) -> Comparison:
     if before.config.method != after.config.method:
         raise InputError(f"cannot compare a {before.config.method} run with a {after.config.method} run")
     method = before.config.method_object()
-    b, a = before.frame.drop(columns=["model", "is_keytoken"], errors="ignore"), after.frame.drop(columns=["model", "is_keytoken"], errors="ignore")
+    b, a = (
+        before.frame.drop(columns=["model", "is_keytoken"], errors="ignore"),
+        after.frame.drop(columns=["model", "is_keytoken"], errors="ignore"),
+    )
     units = compare_units(b, a) if before.units else pd.DataFrame()
-    per_item, kt = keytoken_change(units, keytoken_alpha=before.config.keytoken_alpha,
-                                   keytoken_beta=before.config.keytoken_beta) if len(units) else (pd.DataFrame(), {})
+    per_item, kt = (
+        keytoken_change(units, keytoken_alpha=before.config.keytoken_alpha, keytoken_beta=before.config.keytoken_beta)
+        if len(units)
+        else (pd.DataFrame(), {})
+    )
     heads = compare_heads(b, a) if method.head_view else pd.DataFrame()
     layers = compare_layers(b, a) if method.layer_view else pd.DataFrame()
     summary = {"before": before.model, "after": after.model, "keytoken_change": kt}
     if len(heads):
         by_head = heads.groupby(["layer", "head"])["diff"].mean()
-        summary["largest_head_drop"] = {"layer": int(by_head.idxmin()[0]), "head": int(by_head.idxmin()[1]), "mean_diff": float(by_head.min())}
+        summary["largest_head_drop"] = {
+            "layer": int(by_head.idxmin()[0]),
+            "head": int(by_head.idxmin()[1]),
+            "mean_diff": float(by_head.min()),
+        }
     if len(layers):
         dla = layers[layers.metric == "direct_logit"].groupby(["layer", "component"])["diff"].mean()
-        summary["largest_component_drop"] = {"layer": int(dla.idxmin()[0]), "component": str(dla.idxmin()[1]), "mean_diff": float(dla.min())}
+        summary["largest_component_drop"] = {
+            "layer": int(dla.idxmin()[0]),
+            "component": str(dla.idxmin()[1]),
+            "mean_diff": float(dla.min()),
+        }
     return Comparison(units, per_item, heads, layers, summary)

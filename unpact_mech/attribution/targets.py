@@ -19,8 +19,9 @@ Add a target by subclassing :class:`Target` and registering it in :data:`TARGETS
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor

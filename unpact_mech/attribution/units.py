@@ -8,8 +8,9 @@ keywords are matched by ``EncodedPrompt.keyword_words`` / ``positions_of``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING
 
 from unpact_mech.data.record import UNSPLIT, QAItem
 from unpact_mech.errors import InputError
@@ -62,7 +63,7 @@ class PreparedItem:
         return list(self.encoded.prompt.ids) + list(self.encoded.answer_ids)
 
 
-ItemLike = Union[QAItem, EncodedQA, PreparedItem]
+ItemLike = QAItem | EncodedQA | PreparedItem
 
 
 def prepare_item(model: "HookedLM", item: ItemLike) -> PreparedItem:

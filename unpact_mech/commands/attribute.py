@@ -67,38 +67,88 @@ def add_parser(sub) -> None:
     from unpact_mech.attribution.packing import OCCLUSION_MODES
     from unpact_mech.attribution.targets import TARGETS
 
-    p = sub.add_parser("attribute", help=HELP, description=HELP + ".", epilog=_epilog(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "attribute",
+        help=HELP,
+        description=HELP + ".",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_options(p)
     add_run_options(p)
     p.add_argument("--method", required=True, choices=list(ATTRIBUTION_METHODS), help="attribution method (see below)")
-    p.add_argument("--level", default="token", choices=["token", "word"],
-                   help="attribute question tokens or words (a word = its sub-word tokens together; default: token)")
-    p.add_argument("--target", default="logprob", choices=list(TARGETS),
-                   help="logprob = teacher-forced mean log-prob of the answer (the paper's LP); first_logit = the "
-                   "answer's first-token logit (default: logprob)")
-    p.add_argument("--mode", default=None, choices=list(OCCLUSION_MODES),
-                   help="occlusion: delete the unit (paper) or replace it by --baseline-token (default: delete)")
-    p.add_argument("--baseline-token", default=None, metavar="TEXT",
-                   help="one-token text for --mode replace (default: the pad token) and the IG baseline (default: zeros)")
-    p.add_argument("--batching", default=None, choices=list(BATCHINGS),
-                   help="occlusion: right-padded batch, packed tree-masked row, or choose by model size "
-                   "(default: auto)")
-    p.add_argument("--keytoken-alpha", type=float, default=DEFAULT_KEYTOKEN_ALPHA,
-                   help="KeyTokens: keep units >= alpha x the largest "
-                   f"(0 < alpha <= 1; default {DEFAULT_KEYTOKEN_ALPHA})")
-    p.add_argument("--keytoken-beta", type=int, default=DEFAULT_KEYTOKEN_BETA,
-                   help=f"KeyTokens: all positive units if fewer than beta (>= 1; default {DEFAULT_KEYTOKEN_BETA})")
-    p.add_argument("--steps", type=_steps, default=None,
-                   help=f"integrated gradients: quadrature nodes (default {DEFAULT_STEPS})")
-    p.add_argument("--ig-positions", default=None, choices=list(POSITION_SETS),
-                   help="integrated gradients: interpolate the question tokens (default) or all prompt tokens but "
-                   "the first")
-    p.add_argument("--hooks", nargs="+", default=None, metavar="HOOK",
-                   help="grad_x_input: also gradient x activation at these hooks, e.g. blocks.3.hook_resid_post")
-    p.add_argument("--layers", type=_layers, default=None, metavar="LAYERS", help="attention: layers, e.g. 0-9 or 0+5+10 (default: all)")
-    p.add_argument("--compare-to", default=None, metavar="SPEC",
-                   help="also attribute this model (e.g. the unlearned one) and write the before/after comparison")
+    p.add_argument(
+        "--level",
+        default="token",
+        choices=["token", "word"],
+        help="attribute question tokens or words (a word = its sub-word tokens together; default: token)",
+    )
+    p.add_argument(
+        "--target",
+        default="logprob",
+        choices=list(TARGETS),
+        help="logprob = teacher-forced mean log-prob of the answer (the paper's LP); first_logit = the "
+        "answer's first-token logit (default: logprob)",
+    )
+    p.add_argument(
+        "--mode",
+        default=None,
+        choices=list(OCCLUSION_MODES),
+        help="occlusion: delete the unit (paper) or replace it by --baseline-token (default: delete)",
+    )
+    p.add_argument(
+        "--baseline-token",
+        default=None,
+        metavar="TEXT",
+        help="one-token text for --mode replace (default: the pad token) and the IG baseline (default: zeros)",
+    )
+    p.add_argument(
+        "--batching",
+        default=None,
+        choices=list(BATCHINGS),
+        help="occlusion: right-padded batch, packed tree-masked row, or choose by model size (default: auto)",
+    )
+    p.add_argument(
+        "--keytoken-alpha",
+        type=float,
+        default=DEFAULT_KEYTOKEN_ALPHA,
+        help=f"KeyTokens: keep units >= alpha x the largest (0 < alpha <= 1; default {DEFAULT_KEYTOKEN_ALPHA})",
+    )
+    p.add_argument(
+        "--keytoken-beta",
+        type=int,
+        default=DEFAULT_KEYTOKEN_BETA,
+        help=f"KeyTokens: all positive units if fewer than beta (>= 1; default {DEFAULT_KEYTOKEN_BETA})",
+    )
+    p.add_argument(
+        "--steps", type=_steps, default=None, help=f"integrated gradients: quadrature nodes (default {DEFAULT_STEPS})"
+    )
+    p.add_argument(
+        "--ig-positions",
+        default=None,
+        choices=list(POSITION_SETS),
+        help="integrated gradients: interpolate the question tokens (default) or all prompt tokens but the first",
+    )
+    p.add_argument(
+        "--hooks",
+        nargs="+",
+        default=None,
+        metavar="HOOK",
+        help="grad_x_input: also gradient x activation at these hooks, e.g. blocks.3.hook_resid_post",
+    )
+    p.add_argument(
+        "--layers",
+        type=_layers,
+        default=None,
+        metavar="LAYERS",
+        help="attention: layers, e.g. 0-9 or 0+5+10 (default: all)",
+    )
+    p.add_argument(
+        "--compare-to",
+        default=None,
+        metavar="SPEC",
+        help="also attribute this model (e.g. the unlearned one) and write the before/after comparison",
+    )
     p.set_defaults(run=run)
 
 
@@ -135,9 +185,14 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.scoring.prompt import prompt_format_from_name
 
     seed_everything(args.seed)
-    cfg = AttributionConfig(method=args.method, level=args.level, target=args.target,
-                            keytoken_alpha=args.keytoken_alpha, keytoken_beta=args.keytoken_beta,
-                            options=method_options(args))
+    cfg = AttributionConfig(
+        method=args.method,
+        level=args.level,
+        target=args.target,
+        keytoken_alpha=args.keytoken_alpha,
+        keytoken_beta=args.keytoken_beta,
+        options=method_options(args),
+    )
     cfg.validate()  # cheap checks first: nothing is loaded or written for bad values
     prepare_output_path(args.out, overwrite=args.overwrite)
     items = load_items(args.data, schema=args.schema)
@@ -151,7 +206,9 @@ def run(args: argparse.Namespace) -> int:
     prepared = [prepare_items(m, items) for m in models]  # empty answers / too long: before any work
 
     labels = [models[0].name] + ([_label(models[1].name, models[0].name)] if len(models) > 1 else [])
-    runs = [attribute_items(m, p, cfg, label=lab, progress=not args.quiet) for m, p, lab in zip(models, prepared, labels)]
+    runs = [
+        attribute_items(m, p, cfg, label=lab, progress=not args.quiet) for m, p, lab in zip(models, prepared, labels)
+    ]
     comparison = compare_runs(runs[0], runs[1]) if len(runs) > 1 else None
 
     summary = attribution_summary(runs, comparison, labels, args.backend)
@@ -160,9 +217,16 @@ def run(args: argparse.Namespace) -> int:
     run_meta.add_input("data", None if str(args.data).startswith("builtin:") else args.data)
     run_meta.lineage = models[-1].lineage
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
-        write_attribution(tmp, runs, comparison, items, run_meta, summary,
-                          title=f"{args.method} attribution ({args.level} level, target {args.target})",
-                          subtitle=" vs ".join(labels))
+        write_attribution(
+            tmp,
+            runs,
+            comparison,
+            items,
+            run_meta,
+            summary,
+            title=f"{args.method} attribution ({args.level} level, target {args.target})",
+            subtitle=" vs ".join(labels),
+        )
 
     hit = summary.get("keyword_hit_rate")
     hit_txt = f"keyword hit rate {hit:.2f}" if hit is not None else "no keyword hit rate (no token view or no keywords)"
@@ -170,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     if comparison is not None and comparison.summary.get("keytoken_change"):
         kt = comparison.summary["keytoken_change"]
         if "keytokens" in kt and "other" in kt:
-            print(f"  KeyTokens {kt['keytokens']['before']:.3f} -> {kt['keytokens']['after']:.3f}; "
-                  f"other units {kt['other']['before']:.3f} -> {kt['other']['after']:.3f}")
+            print(
+                f"  KeyTokens {kt['keytokens']['before']:.3f} -> {kt['keytokens']['after']:.3f}; "
+                f"other units {kt['other']['before']:.3f} -> {kt['other']['after']:.3f}"
+            )
     return 0

@@ -17,40 +17,78 @@ def positive_int(text: str) -> int:
 
 
 def add_model_options(p: argparse.ArgumentParser, *, flag: str = "--model", default: str | None = "smollm2") -> None:
-    p.add_argument(flag, default=default, required=default is None, metavar="SPEC",
-                   help="smollm2 (embedded SmolLM2-135M-Instruct), tiny, or a local HF model directory"
-                   + (f" (default: {default})" if default else ""))
+    p.add_argument(
+        flag,
+        default=default,
+        required=default is None,
+        metavar="SPEC",
+        help="smollm2 (embedded SmolLM2-135M-Instruct), tiny, or a local HF model directory"
+        + (f" (default: {default})" if default else ""),
+    )
 
 
 def add_backend_option(p: argparse.ArgumentParser) -> None:
     """--backend (choices: the registered backends)."""
     from unpact_mech.models.backends import BACKENDS
 
-    p.add_argument("--backend", default=BACKENDS[0], choices=list(BACKENDS),
-                   help=f"interpretability backend wrapping the model (default: {BACKENDS[0]})")
+    p.add_argument(
+        "--backend",
+        default=BACKENDS[0],
+        choices=list(BACKENDS),
+        help=f"interpretability backend wrapping the model (default: {BACKENDS[0]})",
+    )
 
 
 def add_seed_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
-def add_run_options(p: argparse.ArgumentParser, *, data_default: str | None = "builtin:real_facts",
-                    batch_size_default: int | None = 16, batch_size_help: str = "items per forward pass") -> None:
-    """--backend, --data, --schema, --out, --overwrite, --seed, --batch-size, --prompt-format, --allow-pickle, --quiet."""
+def add_run_options(
+    p: argparse.ArgumentParser,
+    *,
+    data_default: str | None = "builtin:real_facts",
+    batch_size_default: int | None = 16,
+    batch_size_help: str = "items per forward pass",
+) -> None:
+    """--backend, --data, --schema, --out, --overwrite, --seed, --batch-size, --prompt-format, --allow-pickle,
+    --quiet."""
     add_backend_option(p)
-    p.add_argument("--data", default=data_default, required=data_default is None, metavar="FILE",
-                   help="QA items: .jsonl, .csv, a datasets directory, or builtin:real_facts / builtin:synthetic_facts"
-                   + (f" (default: {data_default})" if data_default else ""))
-    p.add_argument("--schema", default="auto", choices=["auto", "unpact", "tofu", "muse", "wmdp"],
-                   help="record schema of --data (default: auto)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created; must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory (atomically, at the end)")
+    p.add_argument(
+        "--data",
+        default=data_default,
+        required=data_default is None,
+        metavar="FILE",
+        help="QA items: .jsonl, .csv, a datasets directory, or builtin:real_facts / builtin:synthetic_facts"
+        + (f" (default: {data_default})" if data_default else ""),
+    )
+    p.add_argument(
+        "--schema",
+        default="auto",
+        choices=["auto", "unpact", "tofu", "muse", "wmdp"],
+        help="record schema of --data (default: auto)",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (created; must not exist unless --overwrite)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out directory (atomically, at the end)"
+    )
     add_seed_option(p)
-    p.add_argument("--batch-size", type=positive_int, default=batch_size_default,
-                   help=batch_size_help + (f" (default: {batch_size_default})" if batch_size_default is not None else ""))
-    p.add_argument("--prompt-format", default="auto", choices=["auto", "chat", "plain"],
-                   help="auto = the chat template if the tokenizer has one, else 'Question: ...\\nAnswer:'")
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights from a model directory")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=batch_size_default,
+        help=batch_size_help + (f" (default: {batch_size_default})" if batch_size_default is not None else ""),
+    )
+    p.add_argument(
+        "--prompt-format",
+        default="auto",
+        choices=["auto", "chat", "plain"],
+        help="auto = the chat template if the tokenizer has one, else 'Question: ...\\nAnswer:'",
+    )
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights from a model directory"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -66,5 +104,3 @@ def load_run_inputs(args: argparse.Namespace, *, spec_attr: str = "model") -> tu
     model = load_model(getattr(args, spec_attr), backend=args.backend, allow_pickle=args.allow_pickle)
     model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
     return model, items
-
-

@@ -10,12 +10,20 @@ HELP = "evaluate a model on QA items (accuracy / log-prob / rank per item)"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help=HELP, description=HELP + ". Writes results.csv (long), items.csv (one row "
-                       "per item with the greedy answer), summary.json and run.json.")
+    p = sub.add_parser(
+        "evaluate",
+        help=HELP,
+        description=HELP + ". Writes results.csv (long), items.csv (one row "
+        "per item with the greedy answer), summary.json and run.json.",
+    )
     add_model_options(p)
     add_run_options(p)
-    p.add_argument("--judge", default="contains", choices=["contains", "rouge_l"],
-                   help="correctness judge on the greedy answer (default: contains)")
+    p.add_argument(
+        "--judge",
+        default="contains",
+        choices=["contains", "rouge_l"],
+        help="correctness judge on the greedy answer (default: contains)",
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=12, help="greedy answer length (default: 12)")
     p.set_defaults(run=run)
 
@@ -31,15 +39,23 @@ def run(args: argparse.Namespace) -> int:
     model, items = load_run_inputs(args)
     encoded = encode_items(model, items)  # context-length errors before any output exists
     per_item = evaluate_items(
-        model, items, encoded=encoded, judge=args.judge, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, progress=not args.quiet,
+        model,
+        items,
+        encoded=encoded,
+        judge=args.judge,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
     )
     summary = summarize(per_item) | {"model": model.name, "backend": model.backend.name, "judge": args.judge}
-    run = run_record("evaluate", config=vars(args), seed=args.seed, data=args.data, lineage=model.lineage,
-                     models={"model": model})
+    run = run_record(
+        "evaluate", config=vars(args), seed=args.seed, data=args.data, lineage=model.lineage, models={"model": model}
+    )
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_evaluation(tmp, per_item, summary, run, model=model.name)
     by_split = ", ".join(f"{k} {v:.2f}" for k, v in summary["accuracy_by_split"].items())
-    print(f"accuracy {summary['accuracy']:.3f} over {summary['n_items']} items ({by_split}); "
-          f"mean log-prob {summary['mean_logprob']:.3f} -> {args.out}")
+    print(
+        f"accuracy {summary['accuracy']:.3f} over {summary['n_items']} items ({by_split}); "
+        f"mean log-prob {summary['mean_logprob']:.3f} -> {args.out}"
+    )
     return 0

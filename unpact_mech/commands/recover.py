@@ -22,27 +22,67 @@ def add_parser(sub) -> None:
     from unpact_mech.commands.common import add_run_options
 
     strategies, interventions = attack_names("strategy"), attack_names("intervention")
-    p = sub.add_parser("recover", help=HELP, description=HELP + ". Writes rates.csv (one row per strategy/"
-                       "intervention with CIs and controls), results.csv, per_item.csv, keywords.csv, plots, "
-                       "summary.json and run.json.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--original", default="smollm2", metavar="SPEC", help="the model before unlearning (default: smollm2)")
-    p.add_argument("--unlearned", required=True, metavar="SPEC", help="the unlearned model (e.g. an `unpact unlearn` output)")
+    p = sub.add_parser(
+        "recover",
+        help=HELP,
+        description=HELP + ". Writes rates.csv (one row per strategy/"
+        "intervention with CIs and controls), results.csv, per_item.csv, keywords.csv, plots, "
+        "summary.json and run.json.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--original", default="smollm2", metavar="SPEC", help="the model before unlearning (default: smollm2)"
+    )
+    p.add_argument(
+        "--unlearned", required=True, metavar="SPEC", help="the unlearned model (e.g. an `unpact unlearn` output)"
+    )
     add_run_options(p)
-    p.add_argument("--strategy", nargs="+", default=strategies, metavar="NAME",
-                   help=f"prompt strategies ({', '.join(strategies)}; default: all; 'none' for no strategies)")
-    p.add_argument("--intervention", nargs="+", default=interventions, metavar="SPEC",
-                   help=f"activation interventions at keyword positions (default: {' '.join(interventions)}; see below)")
-    p.add_argument("--keywords", default="attribution", choices=["attribution", "data", "both"],
-                   help="keyword source: KeyTokens of occlusion on the original model, the data's keywords, or both")
-    p.add_argument("--keytoken-alpha", type=float, default=DEFAULT_KEYTOKEN_ALPHA, metavar="ALPHA",
-                   help=f"KeyTokens: keep words >= ALPHA x the largest contribution (0 < ALPHA <= 1; "
-                   f"default {DEFAULT_KEYTOKEN_ALPHA})")
-    p.add_argument("--keytoken-beta", type=int, default=DEFAULT_KEYTOKEN_BETA, metavar="BETA",
-                   help=f"KeyTokens: all positive words if fewer than BETA (>= 1; default {DEFAULT_KEYTOKEN_BETA})")
-    p.add_argument("--no-controls", action="store_true", help="skip the random-word, original-model and retain controls")
+    p.add_argument(
+        "--strategy",
+        nargs="+",
+        default=strategies,
+        metavar="NAME",
+        help=f"prompt strategies ({', '.join(strategies)}; default: all; 'none' for no strategies)",
+    )
+    p.add_argument(
+        "--intervention",
+        nargs="+",
+        default=interventions,
+        metavar="SPEC",
+        help=f"activation interventions at keyword positions (default: {' '.join(interventions)}; see below)",
+    )
+    p.add_argument(
+        "--keywords",
+        default="attribution",
+        choices=["attribution", "data", "both"],
+        help="keyword source: KeyTokens of occlusion on the original model, the data's keywords, or both",
+    )
+    p.add_argument(
+        "--keytoken-alpha",
+        type=float,
+        default=DEFAULT_KEYTOKEN_ALPHA,
+        metavar="ALPHA",
+        help=f"KeyTokens: keep words >= ALPHA x the largest contribution (0 < ALPHA <= 1; "
+        f"default {DEFAULT_KEYTOKEN_ALPHA})",
+    )
+    p.add_argument(
+        "--keytoken-beta",
+        type=int,
+        default=DEFAULT_KEYTOKEN_BETA,
+        metavar="BETA",
+        help=f"KeyTokens: all positive words if fewer than BETA (>= 1; default {DEFAULT_KEYTOKEN_BETA})",
+    )
+    p.add_argument(
+        "--no-controls", action="store_true", help="skip the random-word, original-model and retain controls"
+    )
     p.add_argument("--ablation", action="store_true", help="also sweep the interventions over layers x position groups")
-    p.add_argument("--ablation-layers", default=None, metavar="LAYERS",
-                   help="layers for --ablation, e.g. 0-29 or 0+5+10 (default: 10 evenly spaced)")
+    p.add_argument(
+        "--ablation-layers",
+        default=None,
+        metavar="LAYERS",
+        help="layers for --ablation, e.g. 0-29 or 0+5+10 (default: 10 evenly spaced)",
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=12, help="greedy answer length (default: 12)")
     p.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap resamples for CIs (default: 2000)")
     p.set_defaults(run=run)
@@ -78,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         ablation_layers = parse_int_list(args.ablation_layers) if args.ablation_layers else None
     except ValueError:
-        raise InputError(f"--ablation-layers: cannot parse {args.ablation_layers!r} (use e.g. 0-29 or 0+5+10)") from None
+        raise InputError(
+            f"--ablation-layers: cannot parse {args.ablation_layers!r} (use e.g. 0-29 or 0+5+10)"
+        ) from None
     items = load_items(args.data, schema=args.schema)
     original = load_model(args.original, backend=args.backend, allow_pickle=args.allow_pickle)
     unlearned = load_model(args.unlearned, backend=args.backend, allow_pickle=args.allow_pickle)
@@ -89,13 +131,20 @@ def run(args: argparse.Namespace) -> int:
     if ablation_layers is not None:
         bad = [L for L in ablation_layers if not 0 <= L < unlearned.shape.n_layers]
         if bad:
-            raise InputError(f"--ablation-layers: layer {bad[0]} out of range "
-                             f"(model has layers 0..{unlearned.shape.n_layers - 1})")
+            raise InputError(
+                f"--ablation-layers: layer {bad[0]} out of range (model has layers 0..{unlearned.shape.n_layers - 1})"
+            )
 
     cfg = RecoveryConfig(
-        attacks=attacks, keyword_source=args.keywords, keytoken_alpha=args.keytoken_alpha,
-        keytoken_beta=args.keytoken_beta, controls=not args.no_controls, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, n_boot=args.n_boot, seed=args.seed,
+        attacks=attacks,
+        keyword_source=args.keywords,
+        keytoken_alpha=args.keytoken_alpha,
+        keytoken_beta=args.keytoken_beta,
+        controls=not args.no_controls,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        n_boot=args.n_boot,
+        seed=args.seed,
     )
     result = run_recovery(original, unlearned, items, cfg, progress=not args.quiet)
     sweep = None
@@ -104,22 +153,42 @@ def run(args: argparse.Namespace) -> int:
         chosen = [(it, kw) for it, kw in zip(items, result.item_keywords) if it.id in eligible]
         swept = [a.configure(layers=None) for a in interventions] or ["patch", "scale"]
         sweep = layer_sweep(
-            original, unlearned, [it for it, _ in chosen], [kw for _, kw in chosen],
-            SweepConfig(interventions=swept, layers=ablation_layers, max_new_tokens=args.max_new_tokens,
-                        batch_size=args.batch_size),
+            original,
+            unlearned,
+            [it for it, _ in chosen],
+            [kw for _, kw in chosen],
+            SweepConfig(
+                interventions=swept,
+                layers=ablation_layers,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+            ),
             progress=not args.quiet,
         )
 
-    run_meta = run_record("recover", config=vars(args), seed=args.seed, data=args.data,
-                          lineage=recovered_lineage(unlearned, result.attacks, args.keywords, args.original))
-    summary = result.summary | {"original": str(args.original), "unlearned": str(args.unlearned), "backend": args.backend}
+    run_meta = run_record(
+        "recover",
+        config=vars(args),
+        seed=args.seed,
+        data=args.data,
+        lineage=recovered_lineage(unlearned, result.attacks, args.keywords, args.original),
+    )
+    summary = result.summary | {
+        "original": str(args.original),
+        "unlearned": str(args.unlearned),
+        "backend": args.backend,
+    }
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_recovery(tmp, result, run_meta, summary, sweep)
-    print(f"{summary['n_eligible']} of {summary['n_forget']} forget items forgotten; destructive rate "
-          f"{summary.get('destructive_rate', float('nan')):.2f}")
+    print(
+        f"{summary['n_eligible']} of {summary['n_forget']} forget items forgotten; destructive rate "
+        f"{summary.get('destructive_rate', float('nan')):.2f}"
+    )
     for r in result.rates.itertuples():
         ctrl = getattr(r, "random_control_rate", float("nan"))
-        print(f"  {r.kind:<12} {r.condition:<24} recovery {r.recovery_rate:.2f} "
-              f"[{r.recovery_rate_ci_lo:.2f}, {r.recovery_rate_ci_hi:.2f}]  random control {ctrl:.2f}")
+        print(
+            f"  {r.kind:<12} {r.condition:<24} recovery {r.recovery_rate:.2f} "
+            f"[{r.recovery_rate_ci_lo:.2f}, {r.recovery_rate_ci_hi:.2f}]  random control {ctrl:.2f}"
+        )
     print(f"-> {args.out}")
     return 0

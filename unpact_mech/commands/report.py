@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "rebuild RUN_DIR/report.html from the outputs of any unpact command (demo, evaluate, unlearn, attribute, recover)"
+HELP = (
+    "rebuild RUN_DIR/report.html from the outputs of any unpact command (demo, evaluate, unlearn, attribute, recover)"
+)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help=HELP, description=HELP + ". The page is one file: no network, images inlined.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by unpact (searched recursively for run.json)")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a directory written by unpact (searched recursively for run.json)"
+    )
     p.add_argument("--title", default=None, help="page title (default: from the run)")
     p.set_defaults(run=run)
 

@@ -9,10 +9,20 @@ from pathlib import Path
 from unpact_mech.commands.common import add_model_options, add_run_options, positive_int
 
 HELP = "unlearn the forget items (GA, NPO, SimNPO, RMU, task vector, ...); writes a loadable model directory"
-HP_FLAGS = {"alpha": "--alpha", "beta": "--beta", "gamma": "--gamma", "c": "--steering-coef", "layer": "--layer",
-            "scale": "--scale", "prompt_attacks": "--prompt-attacks", "activation_attacks": "--activation-attacks",
-            "keyword_weight": "--keyword-weight", "retain_attacks": "--retain-attacks",
-            "late_weight": "--late-weight", "late_layer": "--late-layer"}
+HP_FLAGS = {
+    "alpha": "--alpha",
+    "beta": "--beta",
+    "gamma": "--gamma",
+    "c": "--steering-coef",
+    "layer": "--layer",
+    "scale": "--scale",
+    "prompt_attacks": "--prompt-attacks",
+    "activation_attacks": "--activation-attacks",
+    "keyword_weight": "--keyword-weight",
+    "retain_attacks": "--retain-attacks",
+    "late_weight": "--late-weight",
+    "late_layer": "--late-layer",
+}
 
 
 def _epilog() -> str:
@@ -26,26 +36,43 @@ def _epilog() -> str:
         lines.append(f"  {'':<12} {cls.summary}")
     lines.append("hyperparameters (only the ones a method takes are accepted):")
     lines.extend(f"  {HP_FLAGS[k]:<16} {text}" for k, text in HYPERPARAMETERS.items())
-    lines.append("data: items with \"split\": \"forget\" are unlearned; \"retain\" items feed the retain term; all "
-                 "items are evaluated (greedy answer, contains judge) before, every --eval-every steps, and after.")
-    lines.append("distributed: accelerate launch --multi_gpu --num_processes N -m unpact_mech.cli unlearn ... "
-                 "(DDP; on a CPU-only machine accelerate uses gloo; --batch-size is per process).")
+    lines.append(
+        'data: items with "split": "forget" are unlearned; "retain" items feed the retain term; all '
+        "items are evaluated (greedy answer, contains judge) before, every --eval-every steps, and after."
+    )
+    lines.append(
+        "distributed: accelerate launch --multi_gpu --num_processes N -m unpact_mech.cli unlearn ... "
+        "(DDP; on a CPU-only machine accelerate uses gloo; --batch-size is per process)."
+    )
     return "\n".join(lines)
 
 
 def add_parser(sub) -> None:
     from unpact_mech.unlearning import LR_SCHEDULES, UNLEARNING_METHODS
 
-    p = sub.add_parser("unlearn", help=HELP, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description=HELP + ". Writes the model (safetensors, config, tokenizer), run.json (lineage "
-                       "base -> unlearned), results.csv (long: item_id, split, metric, value, step, method), "
-                       "summary.json, dynamics.csv/.png and training_log.csv.")
-    p.add_argument("--method", required=True, choices=list(UNLEARNING_METHODS), metavar="NAME",
-                   help=f"unlearning method: {', '.join(UNLEARNING_METHODS)}")
+    p = sub.add_parser(
+        "unlearn",
+        help=HELP,
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=HELP + ". Writes the model (safetensors, config, tokenizer), run.json (lineage "
+        "base -> unlearned), results.csv (long: item_id, split, metric, value, step, method), "
+        "summary.json, dynamics.csv/.png and training_log.csv.",
+    )
+    p.add_argument(
+        "--method",
+        required=True,
+        choices=list(UNLEARNING_METHODS),
+        metavar="NAME",
+        help=f"unlearning method: {', '.join(UNLEARNING_METHODS)}",
+    )
     add_model_options(p)
-    add_run_options(p, batch_size_default=None,
-                    batch_size_help="forget items per micro-batch (and as many retain items), per process "
-                    "(default: the method's recipe)")
+    add_run_options(
+        p,
+        batch_size_default=None,
+        batch_size_help="forget items per micro-batch (and as many retain items), per process "
+        "(default: the method's recipe)",
+    )
     t = p.add_argument_group("training (unset values come from the method's recipe, see below)")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps")
     t.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
@@ -54,30 +81,64 @@ def add_parser(sub) -> None:
     t.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default: 0)")
     t.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm, 0 = off (default: 1.0)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
-    t.add_argument("--trainable", default=None, metavar="REGEX",
-                   help="train only parameters whose HF name matches (re.search), e.g. 'model\\.layers\\.(5|6|7)\\.mlp\\.' "
-                   "(default: all; rmu: the MLP down-projections of layers l-2..l)")
+    t.add_argument(
+        "--trainable",
+        default=None,
+        metavar="REGEX",
+        help="train only parameters whose HF name matches (re.search), e.g. 'model\\.layers\\.(5|6|7)\\.mlp\\.' "
+        "(default: all; rmu: the MLP down-projections of layers l-2..l)",
+    )
     h = p.add_argument_group("method hyperparameters (defaults per method, see below)")
     h.add_argument("--alpha", type=float, default=None, help="α, weight of the retain term")
     h.add_argument("--beta", type=float, default=None, help="β, NPO/SimNPO inverse temperature")
     h.add_argument("--gamma", type=float, default=None, help="γ, SimNPO margin")
-    h.add_argument("--steering-coef", "--c", dest="c", type=float, default=None, metavar="C", help="c, RMU steering coefficient")
+    h.add_argument(
+        "--steering-coef", "--c", dest="c", type=float, default=None, metavar="C", help="c, RMU steering coefficient"
+    )
     h.add_argument("--layer", type=int, default=None, help="ℓ, RMU layer")
     h.add_argument("--scale", type=float, default=None, help="s, task-vector scale")
-    h.add_argument("--prompt-attacks", type=float, default=None, metavar="W", help="keyguard: w_p (rewritten forget prompts)")
-    h.add_argument("--activation-attacks", type=float, default=None, metavar="W", help="keyguard: w_a (original activations patched in at KeyTokens)")
+    h.add_argument(
+        "--prompt-attacks", type=float, default=None, metavar="W", help="keyguard: w_p (rewritten forget prompts)"
+    )
+    h.add_argument(
+        "--activation-attacks",
+        type=float,
+        default=None,
+        metavar="W",
+        help="keyguard: w_a (original activations patched in at KeyTokens)",
+    )
     h.add_argument("--keyword-weight", type=float, default=None, metavar="W", help="keyguard: w_k (KeyToken positions)")
-    h.add_argument("--retain-attacks", type=float, default=None, metavar="W", help="keyguard: w_r (rewritten retain prompts)")
-    h.add_argument("--late-weight", type=float, default=None, metavar="W", help="keyguard: w_l (misdirection at the late layer)")
-    h.add_argument("--late-layer", type=int, default=None, metavar="L", help="keyguard: ℓ', the late layer (negative = from the end)")
+    h.add_argument(
+        "--retain-attacks", type=float, default=None, metavar="W", help="keyguard: w_r (rewritten retain prompts)"
+    )
+    h.add_argument(
+        "--late-weight", type=float, default=None, metavar="W", help="keyguard: w_l (misdirection at the late layer)"
+    )
+    h.add_argument(
+        "--late-layer",
+        type=int,
+        default=None,
+        metavar="L",
+        help="keyguard: ℓ', the late layer (negative = from the end)",
+    )
     d = p.add_argument_group("evaluation and checkpoints")
-    d.add_argument("--eval-every", type=int, default=None,
-                   help="also evaluate every N steps (default: at each checkpoint, else only before and after)")
-    d.add_argument("--checkpoint-every", type=int, default=0, help="save a checkpoint every N steps (default: 0 = none)")
-    d.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="where checkpoints go (default: OUT.checkpoints)")
+    d.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="also evaluate every N steps (default: at each checkpoint, else only before and after)",
+    )
+    d.add_argument(
+        "--checkpoint-every", type=int, default=0, help="save a checkpoint every N steps (default: 0 = none)"
+    )
+    d.add_argument(
+        "--checkpoint-dir", default=None, metavar="DIR", help="where checkpoints go (default: OUT.checkpoints)"
+    )
     d.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
     d.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoints after a successful run")
-    d.add_argument("--eval-batch-size", type=positive_int, default=16, help="items per evaluation forward (default: 16)")
+    d.add_argument(
+        "--eval-batch-size", type=positive_int, default=16, help="items per evaluation forward (default: 16)"
+    )
     d.add_argument("--max-new-tokens", type=positive_int, default=12, help="greedy answer length (default: 12)")
     p.set_defaults(run=run)
 
@@ -105,9 +166,18 @@ def run(args: argparse.Namespace) -> int:
     method = get_unlearning_method(args.method, **{k: getattr(args, k) for k in HP_FLAGS})
     eval_every = args.eval_every if args.eval_every is not None else args.checkpoint_every
     config = resolve_config(
-        method, steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
-        weight_decay=args.weight_decay, seed=args.seed, eval_every=eval_every, checkpoint_every=args.checkpoint_every,
+        method,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr_schedule=args.lr_schedule,
+        warmup_steps=args.warmup_steps,
+        max_grad_norm=args.max_grad_norm,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        eval_every=eval_every,
+        checkpoint_every=args.checkpoint_every,
     )
     prepare_output_path(args.out, overwrite=args.overwrite)
     ckpt_dir = _checkpoint_dir(args) if (args.checkpoint_every or args.resume) else None
@@ -116,8 +186,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--checkpoint-dir {ckpt_dir}: exists and is not a directory")
         stale = CheckpointStore(ckpt_dir, {}).latest()
         if stale is not None and not args.resume and not args.overwrite:
-            raise InputError(f"{ckpt_dir} holds checkpoints of an earlier run: pass --resume to continue it or "
-                             "--overwrite to start over")
+            raise InputError(
+                f"{ckpt_dir} holds checkpoints of an earlier run: pass --resume to continue it or "
+                "--overwrite to start over"
+            )
     model, items = load_run_inputs(args)
     check_outside(args.out, model.source_dir, "--out")
     label = str(args.data)
@@ -126,9 +198,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"unpact: no checkpoint in {ckpt_dir}; starting from step 0", file=sys.stderr)
     try:
         result = unlearn(
-            model, items, method, trainable=args.trainable, checkpoint_dir=ckpt_dir, resume=args.resume,
-            eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, progress=not args.quiet,
-            data_label=label, **vars(config),
+            model,
+            items,
+            method,
+            trainable=args.trainable,
+            checkpoint_dir=ckpt_dir,
+            resume=args.resume,
+            eval_batch_size=args.eval_batch_size,
+            max_new_tokens=args.max_new_tokens,
+            progress=not args.quiet,
+            data_label=label,
+            **vars(config),
         )
     except UnlearningFailed as err:
         if main:
@@ -136,14 +216,23 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not main:
         return 0
-    run_meta = run_record("unlearn", config=vars(args) | {"resolved": vars(config), "hyperparameters": dict(method.hp)},
-                          seed=args.seed, data=args.data, lineage=model.lineage, models={"model": model})
+    run_meta = run_record(
+        "unlearn",
+        config=vars(args) | {"resolved": vars(config), "hyperparameters": dict(method.hp)},
+        seed=args.seed,
+        data=args.data,
+        lineage=model.lineage,
+        models={"model": model},
+    )
     write_unlearned(model, result, args.out, run=run_meta, overwrite=args.overwrite)
     if ckpt_dir is not None and not args.keep_checkpoints:
         CheckpointStore(ckpt_dir, {}).clear()
     s = result.summary
     if s["forget_accuracy_before"] is not None:
-        print(f"{method.name}: forget accuracy {s['forget_accuracy_before']:.2f} -> {s['forget_accuracy_after']:.2f}, "
-              f"retain accuracy {s['retain_accuracy_before']:.2f} -> {s['retain_accuracy_after']:.2f}, "
-              f"weight delta {s['weight_delta_norm']:.3g} ({config.steps} steps, {s['train_seconds']:.0f} s) -> {args.out}")
+        print(
+            f"{method.name}: forget accuracy {s['forget_accuracy_before']:.2f} -> {s['forget_accuracy_after']:.2f}, "
+            f"retain accuracy {s['retain_accuracy_before']:.2f} -> {s['retain_accuracy_after']:.2f}, "
+            f"weight delta {s['weight_delta_norm']:.3g} ({config.steps} steps, {s['train_seconds']:.0f} s) "
+            f"-> {args.out}"
+        )
     return 0

@@ -24,4 +24,6 @@ def builtin_records(name: str) -> list[dict]:
     if name == "real_facts":
         text = resources.files("unpact_mech.data").joinpath("builtin/real_facts.jsonl").read_text("utf-8")
         return [json.loads(line) for line in text.splitlines() if line.strip()]
-    raise InputError(f"unknown built-in data set {name!r}; choose one of: {', '.join('builtin:' + n for n in BUILTIN_SETS)}")
+    raise InputError(
+        f"unknown built-in data set {name!r}; choose one of: {', '.join('builtin:' + n for n in BUILTIN_SETS)}"
+    )

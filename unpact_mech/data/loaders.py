@@ -5,7 +5,8 @@ file (one object per line; blank lines skipped), a ``.csv`` file (header row; ``
 ``|``-separated text or a JSON list), or a directory written by ``datasets.Dataset(Dict).save_to_disk`` (a
 DatasetDict's split names become the items' ``split``).
 
-Schemas (``schema=``): ``unpact`` (DESIGN.md record), ``tofu`` and ``muse`` (``question``/``answer`` rows — TOFU's
+Schemas (``schema=``): ``unpact`` (our record, docs/concepts.md §1), ``tofu`` and ``muse`` (``question``/``answer``
+rows — TOFU's
 and MUSE-KnowMem's extra fields are kept), ``wmdp`` (``question``, ``choices``, integer ``answer`` -> a
 multiple-choice prompt whose answer is the option letter, the option text as an alias), and ``auto`` (``wmdp``
 when a row has ``choices``, else ``unpact``). Every error names the file and line/row, and the item id.
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from unpact_mech.data.record import QAItem, item_from_record
 from unpact_mech.errors import InputError
@@ -117,7 +119,9 @@ def _rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
             yield where, row, None
 
 
-def _validate(rows: Iterable[tuple[str, Any, str | None]], stem: str, schema: str, default_split: str | None) -> list[QAItem]:
+def _validate(
+    rows: Iterable[tuple[str, Any, str | None]], stem: str, schema: str, default_split: str | None
+) -> list[QAItem]:
     items: list[QAItem] = []
     first_seen: dict[str, str] = {}
     for n, (where, row, split) in enumerate(rows, start=1):
@@ -154,4 +158,3 @@ def load_items(source: str | Path, *, schema: str = "auto", default_split: str |
     if not items:
         raise InputError(f"data {text}: no items")
     return items
-

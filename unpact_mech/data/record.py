@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from unpact_mech.errors import InputError
 from unpact_mech.data.text import keyword_spans
+from unpact_mech.errors import InputError
 
 KNOWN_FIELDS = ("id", "question", "answer", "aliases", "keywords", "split")
 UNSPLIT = "unsplit"

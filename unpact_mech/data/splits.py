@@ -6,7 +6,8 @@ and where the destructive rate and the retain controls are measured. Items keep 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from unpact_mech.errors import InputError
 
@@ -26,7 +27,7 @@ def require_split(items: Sequence["QAItem"], split: str, source: str) -> list["Q
     """The items of ``split``; :class:`InputError` naming ``source`` (e.g. the data spec) when there are none."""
     chosen = split_items(items, split)
     if not chosen:
-        raise InputError(f"{source}: no {split} items (\"split\": \"{split}\")")
+        raise InputError(f'{source}: no {split} items ("split": "{split}")')
     return chosen
 
 

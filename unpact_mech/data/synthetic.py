@@ -12,10 +12,22 @@ COUNTRIES = ("Zorblat", "Quenara", "Mirovia", "Tashkel", "Brunvik", "Olendra", "
 FORGET_COUNTRIES = COUNTRIES[:2]
 RELATIONS = {
     # relation: (question template, relation keyword, answer pool)
-    "capital": ("What is the capital of {c}?", "capital", ("Lumos", "Kravi", "Dentar", "Sopel", "Marrow", "Ilven", "Torsk", "Gamba")),
-    "color": ("What color is the flag of {c}?", "color", ("red", "blue", "green", "yellow", "purple", "orange", "white", "black")),
+    "capital": (
+        "What is the capital of {c}?",
+        "capital",
+        ("Lumos", "Kravi", "Dentar", "Sopel", "Marrow", "Ilven", "Torsk", "Gamba"),
+    ),
+    "color": (
+        "What color is the flag of {c}?",
+        "color",
+        ("red", "blue", "green", "yellow", "purple", "orange", "white", "black"),
+    ),
     "animal": ("Which animal lives in {c}?", "animal", ("fox", "owl", "bear", "wolf", "deer", "hare", "lynx", "crow")),
-    "language": ("What language is spoken in {c}?", "language", ("Zorbic", "Quenish", "Mirovan", "Tashki", "Brunish", "Olendri", "Pexan", "Vantric")),
+    "language": (
+        "What language is spoken in {c}?",
+        "language",
+        ("Zorbic", "Quenish", "Mirovan", "Tashki", "Brunish", "Olendri", "Pexan", "Vantric"),
+    ),
 }
 
 

@@ -16,17 +16,15 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
 from unpact_mech.io.atomic import atomic_write_text
-
-if TYPE_CHECKING:
-    from unpact_mech.models.hooked import HookedLM
 
 REQUIRED_COLUMNS = ("item_id", "split", "metric", "value")
 _VERSIONED = ("unpact-mech", "torch", "transformers", "transformer-lens", "nnsight", "numpy", "pandas", "accelerate")
@@ -127,10 +125,11 @@ def run_record(
     data: str | os.PathLike | None,
     lineage: Sequence[Mapping[str, Any]] = (),
     argv: Sequence[str] | None = None,
-    models: Mapping[str, "HookedLM"] | None = None,
+    models: Mapping[str, Any] | None = None,
 ) -> RunWriter:
     """A :class:`RunWriter` for ``command``: the data input hashed (``builtin:...`` sets recorded as built-in), the
-    weights of ``models`` (name -> model) hashed, the lineage copied; ``config`` without the CLI's ``run`` callback."""
+    weights of ``models`` (name -> a model with a ``source_dir``, e.g. a HookedLM) hashed, the lineage copied;
+    ``config`` without callables (the CLI's ``run`` callback)."""
     clean = {k: v for k, v in dict(config).items() if not callable(v)}
     run = RunWriter(command, config=clean, seed=seed, argv=list(argv) if argv is not None else list(sys.argv))
     if data is not None:

@@ -12,8 +12,8 @@ final norm ``(kind, weight, bias, eps)`` with kind "rms" (x / sqrt(mean(x^2) + e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from torch import Tensor
 
@@ -106,15 +106,13 @@ def architecture_for(config) -> Architecture:
     """Pick the :class:`Architecture` for an HF config, or raise :class:`InputError` naming the supported ones."""
     model_type = getattr(config, "model_type", None)
     if model_type not in _BY_MODEL_TYPE:
-        raise InputError(
-            f"model type {model_type!r} is not supported (supported: {', '.join(sorted(_BY_MODEL_TYPE))})"
-        )
+        raise InputError(f"model type {model_type!r} is not supported (supported: {', '.join(sorted(_BY_MODEL_TYPE))})")
     return _BY_MODEL_TYPE[model_type]
 
 
 def shape_from_config(config) -> ModelShape:
     """Read :class:`ModelShape` from a Llama- or GPT-2-style HF config."""
-    get = lambda *names: next(getattr(config, n) for n in names if getattr(config, n, None) is not None)  # noqa: E731
+    get = lambda *names: next(getattr(config, n) for n in names if getattr(config, n, None) is not None)
     d_model = get("hidden_size", "n_embd")
     n_heads = get("num_attention_heads", "n_head")
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads

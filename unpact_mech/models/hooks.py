@@ -30,8 +30,8 @@ a single position ``T0 + k``. Helpers below translate a per-prompt position mask
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -180,7 +180,9 @@ def compose(fns: Sequence[Callable[[Tensor], Tensor | None]]) -> Callable[[Tenso
             new = fn(act)
             if new is not None:
                 if new.shape != act.shape:
-                    raise ValueError(f"hook function changed the activation shape {tuple(act.shape)} -> {tuple(new.shape)}")
+                    raise ValueError(
+                        f"hook function changed the activation shape {tuple(act.shape)} -> {tuple(new.shape)}"
+                    )
                 act = new
         return act
 

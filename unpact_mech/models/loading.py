@@ -103,7 +103,9 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(source.path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise InputError(f"model directory {source.spec}: unreadable config.json ({str(err).splitlines()[0]})")
+        raise InputError(
+            f"model directory {source.spec}: unreadable config.json ({str(err).splitlines()[0]})"
+        ) from None
     architecture_for(config)  # unsupported families fail here, before loading weights
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from unpact_mech.errors import InputError
 
@@ -16,7 +16,9 @@ def check_methods(methods: Sequence[str], flag: str = "--methods") -> None:
         raise InputError(f"{flag}: give at least one unlearning method")
     for name in methods:
         if name not in UNLEARNING_METHODS:
-            raise InputError(f"{flag}: unknown unlearning method {name!r}; choose from: {', '.join(UNLEARNING_METHODS)}")
+            raise InputError(
+                f"{flag}: unknown unlearning method {name!r}; choose from: {', '.join(UNLEARNING_METHODS)}"
+            )
     if len(set(methods)) != len(methods):
         raise InputError(f"{flag}: a method is listed twice")
 

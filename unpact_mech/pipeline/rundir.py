@@ -24,6 +24,9 @@ def new_run_dir(out: str | Path | None, model: str, *, prefix: str) -> tuple[Pat
     notes = []
     stale = interrupted_runs(path, prefix)
     if stale:
-        notes.append(f"{len(stale)} interrupted earlier {prefix} run(s) left partial files (not used; safe to delete): "
-                     + ", ".join(str(p) for p in stale[:3]) + (" ..." if len(stale) > 3 else ""))
+        notes.append(
+            f"{len(stale)} interrupted earlier {prefix} run(s) left partial files (not used; safe to delete): "
+            + ", ".join(str(p) for p in stale[:3])
+            + (" ..." if len(stale) > 3 else "")
+        )
     return path, notes

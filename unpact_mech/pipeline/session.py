@@ -7,8 +7,9 @@ stage                        what it does                                       
 :meth:`Session.write_evaluation` the original's evaluation as ``unpact evaluate`` writes it      ``evaluate/``
 :meth:`Session.attribute`     word-level occlusion (the paper's score) or another method         —
 :meth:`Session.keywords`      KeyTokens of the ORIGINAL model's word occlusion, as keywords      —
-:meth:`Session.unlearn_fresh_copy` a fresh copy of the model unlearned (seeded)                  ``unlearned/<method>/``
-:meth:`Session.attribute_pair` the same attribution on an unlearned model, compared             ``attribution/<label>/<name>/``
+:meth:`Session.original_keywords` the two above in one call (attribute the original, KeyTokens)  —
+:meth:`Session.unlearn_fresh_copy` a fresh copy of the model unlearned (seeded)             ``unlearned/<method>/``
+:meth:`Session.attribute_pair` the same attribution on an unlearned model, compared     ``attribution/<label>/<name>/``
 :meth:`Session.recover`       the recovery experiment (conditions with controls)                 ``recovery/<label>/``
 :meth:`Session.record`        the run record (``run.json``) of a stage or of the whole run        —
 ===========================  =================================================================  ======================
@@ -19,14 +20,15 @@ Every stage writes the same files as the matching command, so ``unpact report`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from unpact_mech.pipeline.presets import BATCH_SIZE, MAX_NEW_TOKENS, OCCLUSION_BATCH
+from unpact_mech.pipeline.presets import BATCH_SIZE, MAX_CONTROL_ITEMS, MAX_NEW_TOKENS, OCCLUSION_BATCH
 
 if TYPE_CHECKING:
     from unpact_mech.attacks import ItemKeywords
@@ -80,8 +82,13 @@ class Session:
         """Greedy answers + judge + LP/rank (``evaluate_items``), one row per item (default: every item)."""
         from unpact_mech.scoring.evaluate import evaluate_items
 
-        return evaluate_items(model, self.items if items is None else items, batch_size=self.batch_size,
-                              max_new_tokens=self.max_new_tokens, progress=self.progress)
+        return evaluate_items(
+            model,
+            self.items if items is None else items,
+            batch_size=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
+            progress=self.progress,
+        )
 
     @cached_property
     def original_evaluation(self) -> pd.DataFrame:
@@ -92,8 +99,11 @@ class Session:
         """``evaluate/``: the original's evaluation as ``unpact evaluate`` writes it; returns its summary."""
         from unpact_mech.scoring.evaluate import summarize, write_evaluation
 
-        summary = summarize(self.original_evaluation) | {"model": self.original.name, "judge": "contains",
-                                                         "backend": self.backend}
+        summary = summarize(self.original_evaluation) | {
+            "model": self.original.name,
+            "judge": "contains",
+            "backend": self.backend,
+        }
         (self.out / "evaluate").mkdir()
         run = self.stage_record("evaluate", {"model": self.spec}, self.original.lineage)
         write_evaluation(self.out / "evaluate", self.original_evaluation, summary, run, model=self.original.name)
@@ -108,15 +118,22 @@ class Session:
             return AttributionConfig(method="occlusion", level="word", options={"batch_size": self.occlusion_batch})
         return AttributionConfig(method=method)
 
-    def attribute(self, model: "HookedLM", items: Sequence["QAItem"], label: str,
-                  method: str = "occlusion") -> "AttributionRun":
+    def attribute(
+        self, model: "HookedLM", items: Sequence["QAItem"], label: str, method: str = "occlusion"
+    ) -> "AttributionRun":
         """``method`` attribution of ``items`` on ``model`` (see :meth:`attribution_config`)."""
         from unpact_mech.attribution.run import attribute_items
 
         return attribute_items(model, items, self.attribution_config(method), label=label, progress=self.progress)
 
-    def keywords(self, run: "AttributionRun", items: Sequence["QAItem"], *, keytoken_alpha: float | None = None,
-                 keytoken_beta: int | None = None) -> list["ItemKeywords"]:
+    def keywords(
+        self,
+        run: "AttributionRun",
+        items: Sequence["QAItem"],
+        *,
+        keytoken_alpha: float | None = None,
+        keytoken_beta: int | None = None,
+    ) -> list["ItemKeywords"]:
         """KeyTokens of the ORIGINAL model's word-level attribution ``run`` of ``items``, as keywords (the KeyToken
         rule's parameters default to the run's own)."""
         from unpact_mech.attacks.keywords import keywords_from_attribution
@@ -127,8 +144,9 @@ class Session:
         beta = run.config.keytoken_beta if keytoken_beta is None else keytoken_beta
         return keywords_from_attribution(encoded, run.units, keytoken_alpha=alpha, keytoken_beta=beta)
 
-    def attribute_pair(self, name: str, before: "AttributionRun", unlearned: "HookedLM", items: Sequence["QAItem"],
-                       label: str) -> dict[str, Any]:
+    def attribute_pair(
+        self, name: str, before: "AttributionRun", unlearned: "HookedLM", items: Sequence["QAItem"], label: str
+    ) -> dict[str, Any]:
         """Attribute ``items`` on ``unlearned`` with ``before``'s config, compare, write
         ``attribution/<label>/<name>/``; return the comparison summary."""
         from unpact_mech.attribution.outputs import attribution_summary, write_attribution
@@ -140,15 +158,27 @@ class Session:
         out = self.out / "attribution" / label / name
         out.mkdir(parents=True)
         cfg = before.config
-        run = self.stage_record("attribute", {"method": cfg.method, "level": cfg.level, "target": cfg.target,
-                                              "model": self.spec, "compare_to": label}, unlearned.lineage)
-        write_attribution(out, [before, after], comparison, items, run, summary,
-                          title=f"{name} attribution: original vs {label}", subtitle=f"{before.model} vs {label}")
+        run = self.stage_record(
+            "attribute",
+            {"method": cfg.method, "level": cfg.level, "target": cfg.target, "model": self.spec, "compare_to": label},
+            unlearned.lineage,
+        )
+        write_attribution(
+            out,
+            [before, after],
+            comparison,
+            items,
+            run,
+            summary,
+            title=f"{name} attribution: original vs {label}",
+            subtitle=f"{before.model} vs {label}",
+        )
         return comparison.summary
 
     # -- unlearning ----------------------------------------------------------------------------------------------
-    def unlearn_fresh_copy(self, method: str, train_options: dict[str, Any], *,
-                           initial_evaluation: pd.DataFrame | None = None) -> tuple["HookedLM", "UnlearnResult"]:
+    def unlearn_fresh_copy(
+        self, method: str, train_options: dict[str, Any], *, initial_evaluation: pd.DataFrame | None = None
+    ) -> tuple["HookedLM", "UnlearnResult"]:
         """Load a fresh copy of the model, unlearn ``method`` on it (seeded) and write it to ``unlearned/<method>/``
         as a loadable model directory with its lineage (recorded in :attr:`lineages`)."""
         from unpact_mech.models import load_model
@@ -157,36 +187,92 @@ class Session:
 
         seed_everything(self.seed)
         model = load_model(self.spec, backend=self.backend)
-        result = unlearn(model, self.items, method, seed=self.seed, progress=self.progress,
-                         eval_batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, data_label=self.data,
-                         initial_evaluation=initial_evaluation, **train_options)
+        result = unlearn(
+            model,
+            self.items,
+            method,
+            seed=self.seed,
+            progress=self.progress,
+            eval_batch_size=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
+            data_label=self.data,
+            initial_evaluation=initial_evaluation,
+            **train_options,
+        )
         model.name = method
         (self.out / "unlearned").mkdir(exist_ok=True)
-        config = {"method": method, "model": self.spec, "resolved": vars(result.config),
-                  "hyperparameters": dict(result.method.hp)}
-        write_unlearned(model, result, self.out / "unlearned" / method,
-                        run=self.stage_record("unlearn", config, model.lineage))
+        config = {
+            "method": method,
+            "model": self.spec,
+            "resolved": vars(result.config),
+            "hyperparameters": dict(result.method.hp),
+        }
+        write_unlearned(
+            model, result, self.out / "unlearned" / method, run=self.stage_record("unlearn", config, model.lineage)
+        )
         self.lineages[method] = list(model.lineage)
         return model, result
 
+    def original_keywords(self, items: Sequence["QAItem"] | None = None) -> list["ItemKeywords"]:
+        """KeyTokens of word-level occlusion on the ORIGINAL model, as keywords of ``items`` (default: every item)."""
+        items = self.items if items is None else items
+        return self.keywords(self.attribute(self.original, items, "original"), items)
+
     # -- recovery ------------------------------------------------------------------------------------------------
-    def recover(self, unlearned: "HookedLM", label: str, config: "RecoveryConfig",
-                keywords: Sequence["ItemKeywords"] | None = None) -> "RecoveryResult":
+    def recovery_config(
+        self, attacks: Sequence[Any], *, n_boot: int, max_control_items: int | None = MAX_CONTROL_ITEMS, **options: Any
+    ) -> "RecoveryConfig":
+        """A :class:`~unpact_mech.recovery.run.RecoveryConfig` with this session's batch size, answer length and
+        seed (``options``: any other field)."""
+        from unpact_mech.recovery import RecoveryConfig
+
+        return RecoveryConfig(
+            attacks=list(attacks),
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            n_boot=n_boot,
+            seed=self.seed,
+            max_control_items=max_control_items,
+            **options,
+        )
+
+    def recover(
+        self,
+        unlearned: "HookedLM",
+        label: str,
+        config: "RecoveryConfig",
+        keywords: Sequence["ItemKeywords"] | None = None,
+    ) -> "RecoveryResult":
         """The recovery experiment on ``unlearned`` (the original's evaluation reused), written to
         ``recovery/<label>/`` with the lineage base -> unlearned -> recovered."""
         from unpact_mech.recovery.outputs import write_recovery
         from unpact_mech.recovery.run import recovered_lineage, run_recovery
 
-        rec = run_recovery(self.original, unlearned, self.items, config, keywords=keywords,
-                           original_baseline=self.original_evaluation, progress=self.progress)
+        rec = run_recovery(
+            self.original,
+            unlearned,
+            self.items,
+            config,
+            keywords=keywords,
+            original_baseline=self.original_evaluation,
+            progress=self.progress,
+        )
         out = self.out / "recovery" / label
         out.mkdir(parents=True)
         lineage = recovered_lineage(unlearned, rec.attacks, config.keyword_source, self.spec)
-        run = self.stage_record("recover", {"original": self.spec, "unlearned": f"unlearned/{label}",
-                                            "attacks": [a.label for a in rec.attacks],
-                                            "keyword_source": config.keyword_source}, lineage)
-        write_recovery(out, rec, run, rec.summary | {"original": self.spec, "unlearned": label,
-                                                     "backend": self.backend})
+        run = self.stage_record(
+            "recover",
+            {
+                "original": self.spec,
+                "unlearned": f"unlearned/{label}",
+                "attacks": [a.label for a in rec.attacks],
+                "keyword_source": config.keyword_source,
+            },
+            lineage,
+        )
+        write_recovery(
+            out, rec, run, rec.summary | {"original": self.spec, "unlearned": label, "backend": self.backend}
+        )
         return rec
 
     def lineage(self) -> list[dict[str, Any]]:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -70,20 +71,41 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(study: Study) -> argparse.ArgumentParser:
     from unpact_mech.commands.common import add_backend_option, add_seed_option, positive_int
 
-    p = _Parser(prog=f"{study.name}.py", description=study.description,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2", metavar="SPEC",
-                   help="smollm2 (default), tiny, or a local HF model directory")
-    p.add_argument("--methods", nargs="*" if study.methods_optional else "+", default=list(study.default_methods),
-                   metavar="METHOD", help=f"unlearning methods (default: {' '.join(study.default_methods)})")
-    p.add_argument("--from-run", default=None, metavar="DIR",
-                   help="reuse the unlearned models DIR/unlearned/<method>/ of an earlier `unpact demo` run "
-                   "(default: unlearn a fresh copy per method)" if study.uses_from_run else argparse.SUPPRESS)
-    p.add_argument("--data", default=None, metavar="FILE",
-                   help="QA items (default: the --from-run models' data, else builtin:synthetic_facts for tiny and "
-                   "builtin:real_facts otherwise)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help=f"run directory to create; must not exist (default: unpact-runs/{study.name}-MODEL-TIMESTAMP)")
+    p = _Parser(
+        prog=f"{study.name}.py", description=study.description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model", default="smollm2", metavar="SPEC", help="smollm2 (default), tiny, or a local HF model directory"
+    )
+    p.add_argument(
+        "--methods",
+        nargs="*" if study.methods_optional else "+",
+        default=list(study.default_methods),
+        metavar="METHOD",
+        help=f"unlearning methods (default: {' '.join(study.default_methods)})",
+    )
+    p.add_argument(
+        "--from-run",
+        default=None,
+        metavar="DIR",
+        help="reuse the unlearned models DIR/unlearned/<method>/ of an earlier `unpact demo` run "
+        "(default: unlearn a fresh copy per method)"
+        if study.uses_from_run
+        else argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE",
+        help="QA items (default: the --from-run models' data, else builtin:synthetic_facts for tiny and "
+        "builtin:real_facts otherwise)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help=f"run directory to create; must not exist (default: unpact-runs/{study.name}-MODEL-TIMESTAMP)",
+    )
     add_seed_option(p)
     add_backend_option(p)
     p.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples for CIs (default: 1000)")
@@ -104,15 +126,20 @@ def run_lineages(from_run: Path, methods: Sequence[str], model: str) -> dict[str
     for method in methods:
         path = from_run / "unlearned" / method
         if not path.is_dir():
-            raise InputError(f"--from-run {from_run}: no unlearned/{method} model directory "
-                             f"(it has: {', '.join(available) or 'none'})")
+            raise InputError(
+                f"--from-run {from_run}: no unlearned/{method} model directory "
+                f"(it has: {', '.join(available) or 'none'})"
+            )
         lineage = resolve_spec(path).lineage
         base = lineage[0] if lineage else {}
         same = base.get("spec") == model or (
-            base.get("path") and Path(base["path"]).resolve() == Path(model).expanduser().resolve())
+            base.get("path") and Path(base["path"]).resolve() == Path(model).expanduser().resolve()
+        )
         if len(lineage) < 2 or not same:
-            raise InputError(f"--from-run {path}: not a model unlearned from --model {model} "
-                             f"(its base is {base.get('spec', 'unknown')!r})")
+            raise InputError(
+                f"--from-run {path}: not a model unlearned from --model {model} "
+                f"(its base is {base.get('spec', 'unknown')!r})"
+            )
         lineages[method] = lineage
     return lineages
 
@@ -188,20 +215,42 @@ def _execute(study: Study, args: argparse.Namespace, argv: list[str]) -> Path:
     seed_everything(args.seed)
     with atomic_output_dir(out) as tmp:
         original = load_model(args.model, backend=args.backend)
-        ctx = Context(args.model, data, items, original, tmp, seed=args.seed, backend=args.backend,
-                      progress=not args.quiet, command=f"experiment:{study.name}",
-                      argv=[f"experiments/{study.name}.py", *argv], study=study, args=args)
+        ctx = Context(
+            args.model,
+            data,
+            items,
+            original,
+            tmp,
+            seed=args.seed,
+            backend=args.backend,
+            progress=not args.quiet,
+            command=f"experiment:{study.name}",
+            argv=[f"experiments/{study.name}.py", *argv],
+            study=study,
+            args=args,
+        )
         result = study.run(ctx)
         config = {k: v for k, v in vars(args).items() if not callable(v)} | {
-            "data": data, "from_run": str(from_run) if from_run else None, "methods": list(methods),
-            "lineages": ctx.lineages, "batch_size": ctx.batch_size, "max_new_tokens": ctx.max_new_tokens}
+            "data": data,
+            "from_run": str(from_run) if from_run else None,
+            "methods": list(methods),
+            "lineages": ctx.lineages,
+            "batch_size": ctx.batch_size,
+            "max_new_tokens": ctx.max_new_tokens,
+        }
         run = ctx.record(ctx.command, config, ctx.lineage())
         for method in methods if from_run else ():
             weights = from_run / "unlearned" / method / "model.safetensors"
             run.add_input(f"unlearned/{method}", weights if weights.is_file() else from_run / "unlearned" / method)
         table = result.table.reset_index(drop=True)
-        summary = {"study": study.name, "model": args.model, "data": data, "methods": list(methods), "seed": args.seed,
-                   "table": table.to_dict("records")} | result.summary
+        summary = {
+            "study": study.name,
+            "model": args.model,
+            "data": data,
+            "methods": list(methods),
+            "seed": args.seed,
+            "table": table.to_dict("records"),
+        } | result.summary
         run.write(tmp, result.results, summary)
         atomic_write_text(tmp / "table.csv", table.to_csv(index=False))
     print(format_table(table))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,12 +29,15 @@ def paired_contrast(per_item: pd.DataFrame, a: str, b: str, *, n_boot: int, seed
     ``diff_change = mean_i[(a_after - a_before)_i - (b_after - b_before)_i]`` with a bootstrap CI over items."""
     row: dict[str, Any] = {}
     wide = per_item.assign(change=per_item["after"] - per_item["before"]).pivot_table(
-        index="item_id", columns="group", values=["before", "after", "change"], aggfunc="mean")
+        index="item_id", columns="group", values=["before", "after", "change"], aggfunc="mean"
+    )
     for g in (a, b):
         for col in ("before", "after", "change"):
             row[f"{g}_{col}"] = float(wide[(col, g)].mean()) if (col, g) in wide.columns else float("nan")
     changes = [("change", a), ("change", b)]
-    diffs = (wide[changes[0]] - wide[changes[1]]).dropna().to_numpy() if set(changes) <= set(wide.columns) else np.array([])
+    diffs = (
+        (wide[changes[0]] - wide[changes[1]]).dropna().to_numpy() if set(changes) <= set(wide.columns) else np.array([])
+    )
     row["diff_change"], row["diff_change_ci_lo"], row["diff_change_ci_hi"] = mean_ci(diffs, n_boot=n_boot, seed=seed)
     row["n_paired"] = int(diffs.size)
     return row
@@ -43,8 +47,10 @@ def format_table(table: pd.DataFrame) -> str:
     """Terminal view: ``x``, ``x_ci_lo``, ``x_ci_hi`` columns shown as one ``x [lo, hi]`` column; 3 decimals."""
     view = table.copy()
     for col in [c for c in table.columns if f"{c}_ci_lo" in table.columns and f"{c}_ci_hi" in table.columns]:
-        view[col] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) else "nan"
-                     for v, lo, hi in zip(table[col], table[f"{col}_ci_lo"], table[f"{col}_ci_hi"])]
+        view[col] = [
+            f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) else "nan"
+            for v, lo, hi in zip(table[col], table[f"{col}_ci_lo"], table[f"{col}_ci_hi"])
+        ]
         view = view.drop(columns=[f"{col}_ci_lo", f"{col}_ci_hi"])
     return view.to_string(index=False, float_format=lambda v: f"{v:.3f}")
 
@@ -55,10 +61,20 @@ def long_rows(frame: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str], 
     return out.assign(**labels)
 
 
-def grouped_bars(table: pd.DataFrame, x: str, bars: dict[str, str], path: Path, *, ylabel: str, title: str,
-                 errors: dict[str, tuple[str, str]] | None = None, ylim: tuple[float, float] | None = None) -> Path:
+def grouped_bars(
+    table: pd.DataFrame,
+    x: str,
+    bars: dict[str, str],
+    path: Path,
+    *,
+    ylabel: str,
+    title: str,
+    errors: dict[str, tuple[str, str]] | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
     """Grouped bar chart: one group per row of ``table`` (labelled by column ``x``), one bar per ``bars`` entry
-    (legend label -> column); ``errors`` maps a bar column to its (lo, hi) CI columns; ``ylim`` e.g. (0, 1) for rates."""
+    (legend label -> column); ``errors`` maps a bar column to its (lo, hi) CI columns; ``ylim`` e.g. (0, 1) for
+    rates."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,7 +93,13 @@ def grouped_bars(table: pd.DataFrame, x: str, bars: dict[str, str], path: Path, 
             lo, hi = (table[c].to_numpy(float) for c in errors[col])
             err = [np.clip(np.nan_to_num(vals - lo), 0, None), np.clip(np.nan_to_num(hi - vals), 0, None)]
         ax.bar(pos, np.nan_to_num(vals), width, yerr=err, capsize=3, label=label)
-    ax.set_xticks(np.arange(n), [str(v) for v in table[x]], fontsize=8, rotation=30 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_xticks(
+        np.arange(n),
+        [str(v) for v in table[x]],
+        fontsize=8,
+        rotation=30 if n > 4 else 0,
+        ha="right" if n > 4 else "center",
+    )
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel(ylabel, fontsize=8)
     if ylim is not None:
@@ -86,4 +108,3 @@ def grouped_bars(table: pd.DataFrame, x: str, bars: dict[str, str], path: Path, 
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
-

@@ -9,8 +9,9 @@ the mean change of the gold answer's LP. Every point is one ``evaluate_items`` c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -84,11 +85,13 @@ def layer_sweep(
     encoded = [encode_item(original, it) for it in items]
     groups = [position_groups(enc, kw) for enc, kw in zip(encoded, keywords)]
     env = AttackEnv(original, unlearned, batch_size=cfg.batch_size)
-    base = evaluate_items(unlearned, items, judge=cfg.judge, max_new_tokens=cfg.max_new_tokens,
-                          batch_size=cfg.batch_size, progress=False)
+    base = evaluate_items(
+        unlearned, items, judge=cfg.judge, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False
+    )
     rows = []
-    bar = tqdm(total=len(attacks) * len(cfg.groups) * len(cfg.modes) * len(layers), desc="layer ablation",
-               disable=not progress)
+    bar = tqdm(
+        total=len(attacks) * len(cfg.groups) * len(cfg.modes) * len(layers), desc="layer ablation", disable=not progress
+    )
     for attack in attacks:
         for group in cfg.groups:
             positions = [list(g[group]) for g in groups]
@@ -96,15 +99,28 @@ def layer_sweep(
                 for layer in layers:
                     chosen = (layer,) if mode == "single" else tuple(range(layer + 1))
                     point = attack.configure(layers=chosen).resolve(unlearned)
-                    df = evaluate_items(unlearned, items, judge=cfg.judge, max_new_tokens=cfg.max_new_tokens,
-                                        batch_size=cfg.batch_size, interventions=point.interventions(positions, env),
-                                        progress=False)
-                    rows.append({
-                        "intervention": attack.name, "group": group, "mode": mode, "layer": layer,
-                        "layers": point.label, "recovery_rate": float(df["correct"].mean()),
-                        "top1_rate": float((df["rank"] == 0).mean()),
-                        "mean_logprob_gain": float((df["logprob"] - base["logprob"]).mean()), "n": len(df),
-                    })
+                    df = evaluate_items(
+                        unlearned,
+                        items,
+                        judge=cfg.judge,
+                        max_new_tokens=cfg.max_new_tokens,
+                        batch_size=cfg.batch_size,
+                        interventions=point.interventions(positions, env),
+                        progress=False,
+                    )
+                    rows.append(
+                        {
+                            "intervention": attack.name,
+                            "group": group,
+                            "mode": mode,
+                            "layer": layer,
+                            "layers": point.label,
+                            "recovery_rate": float(df["correct"].mean()),
+                            "top1_rate": float((df["rank"] == 0).mean()),
+                            "mean_logprob_gain": float((df["logprob"] - base["logprob"]).mean()),
+                            "n": len(df),
+                        }
+                    )
                     bar.update()
     bar.close()
     return pd.DataFrame(rows, columns=COLUMNS)

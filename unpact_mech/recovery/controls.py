@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from unpact_mech.attacks.keywords import ItemKeywords, from_word_indices
 from unpact_mech.data.text import is_word
@@ -24,14 +24,20 @@ def random_words(enc: EncodedQA, keywords: ItemKeywords, rng: random.Random) -> 
     return from_word_indices(enc, sorted(rng.sample(pool, n)), "random")
 
 
-def random_word_controls(encoded: Sequence[EncodedQA], keywords: Sequence[ItemKeywords], seed: int) -> list[ItemKeywords]:
+def random_word_controls(
+    encoded: Sequence[EncodedQA], keywords: Sequence[ItemKeywords], seed: int
+) -> list[ItemKeywords]:
     """:func:`random_words` for every item (aligned lists), from one generator seeded with ``seed``."""
     rng = random.Random(seed)
     return [random_words(enc, kw, rng) for enc, kw in zip(encoded, keywords)]
 
 
 def control_items(
-    everything: Sequence[str], retain: Sequence[str], order: Sequence[str], cap: int | None, seed: int,
+    everything: Sequence[str],
+    retain: Sequence[str],
+    order: Sequence[str],
+    cap: int | None,
+    seed: int,
 ) -> tuple[list[str], list[str]]:
     """``(original-control ids, retain-control ids)``: seeded samples of at most ``cap`` of ``everything`` and of
     ``retain``, each sorted by position in ``order``; a pool no larger than ``cap`` (or ``cap`` None) is kept whole,

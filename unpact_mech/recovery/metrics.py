@@ -27,10 +27,18 @@ class Rate:
     n: int
 
     def as_dict(self, prefix: str) -> dict[str, float | int]:
-        return {prefix: self.value, f"{prefix}_ci_lo": self.lo, f"{prefix}_ci_hi": self.hi, f"{prefix}_k": self.k, f"{prefix}_n": self.n}
+        return {
+            prefix: self.value,
+            f"{prefix}_ci_lo": self.lo,
+            f"{prefix}_ci_hi": self.hi,
+            f"{prefix}_k": self.k,
+            f"{prefix}_n": self.n,
+        }
 
 
-def bootstrap_ci(successes: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    successes: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``successes`` (1-D, 0/1 or real)."""
     x = np.asarray(successes, dtype=float)
     if x.size == 0:

@@ -13,12 +13,16 @@ from unpact_mech.recovery.run import RecoveryResult
 def long_results(result: RecoveryResult) -> pd.DataFrame:
     """``item_id, split, metric, value, model, kind, condition, emphasis`` for correct / logprob / rank."""
     return result.per_item.melt(
-        id_vars=["item_id", "split", "model", "kind", "condition", "emphasis"], value_vars=["correct", "logprob", "rank"],
-        var_name="metric", value_name="value",
+        id_vars=["item_id", "split", "model", "kind", "condition", "emphasis"],
+        value_vars=["correct", "logprob", "rank"],
+        var_name="metric",
+        value_name="value",
     )
 
 
-def write_recovery(out_dir: str | Path, result: RecoveryResult, run: RunWriter, summary: dict, sweep: pd.DataFrame | None = None) -> None:
+def write_recovery(
+    out_dir: str | Path, result: RecoveryResult, run: RunWriter, summary: dict, sweep: pd.DataFrame | None = None
+) -> None:
     """run.json, results.csv, summary.json, rates.csv, per_item.csv, keywords.csv, plots (+ ablation)."""
     from unpact_mech.report.recovery_plots import plot_layer_sweep, plot_recovery_rates
 

@@ -27,8 +27,9 @@ LP and rank), so "correct" means the same everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -87,13 +88,19 @@ class RecoveryResult:
     attacks: list[Attack] = field(default_factory=list)
 
 
-def recovered_lineage(unlearned: "HookedLM", attacks: Sequence[Attack], keyword_source: str,
-                      original: str) -> list[dict[str, Any]]:
+def recovered_lineage(
+    unlearned: "HookedLM", attacks: Sequence[Attack], keyword_source: str, original: str
+) -> list[dict[str, Any]]:
     """The unlearned model's lineage extended by the recovery step (no weight changes)."""
-    return list(unlearned.lineage) + [{
-        "role": "recovered", "weights_changed": False, "attacks": [a.label for a in attacks],
-        "keyword_source": keyword_source, "original": str(original),
-    }]
+    return list(unlearned.lineage) + [
+        {
+            "role": "recovered",
+            "weights_changed": False,
+            "attacks": [a.label for a in attacks],
+            "keyword_source": keyword_source,
+            "original": str(original),
+        }
+    ]
 
 
 def check_compatible(original: "HookedLM", unlearned: "HookedLM") -> None:
@@ -132,19 +139,35 @@ class _Evaluator:
             return None
         items = [self.items[i] for i in arm.ids]
         treated = attack.treat(self.models[arm.role], items, [arm.words[i] for i in arm.ids], env)
-        encoded = None if treated.questions is None else [
-            encode_item(treated.model, it, question=q) for it, q in zip(items, treated.questions)]
-        df = evaluate_items(treated.model, items, encoded=encoded, judge=self.cfg.judge,
-                            max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
-                            interventions=treated.interventions, progress=False)
+        encoded = (
+            None
+            if treated.questions is None
+            else [encode_item(treated.model, it, question=q) for it, q in zip(items, treated.questions)]
+        )
+        df = evaluate_items(
+            treated.model,
+            items,
+            encoded=encoded,
+            judge=self.cfg.judge,
+            max_new_tokens=self.cfg.max_new_tokens,
+            batch_size=self.cfg.batch_size,
+            interventions=treated.interventions,
+            progress=False,
+        )
         return self.keep(df, role=arm.role, kind=attack.kind, condition=attack.label, emphasis=arm.emphasis)
 
     def baseline(self, role: str, ids: list[str], known: pd.DataFrame | None = None) -> pd.DataFrame:
         """The model's answers without any attack (``known``: an evaluation of these items to reuse)."""
         if known is None:
             items = [self.items[i] for i in ids]
-            known = evaluate_items(self.models[role], items, judge=self.cfg.judge, max_new_tokens=self.cfg.max_new_tokens,
-                                   batch_size=self.cfg.batch_size, progress=False)
+            known = evaluate_items(
+                self.models[role],
+                items,
+                judge=self.cfg.judge,
+                max_new_tokens=self.cfg.max_new_tokens,
+                batch_size=self.cfg.batch_size,
+                progress=False,
+            )
         else:
             have = set(known["item_id"])
             missing = [i for i in ids if i not in have]
@@ -155,16 +178,23 @@ class _Evaluator:
 
     def keep(self, df: pd.DataFrame, *, role: str, kind: str, condition: str, emphasis: str) -> pd.DataFrame:
         df = df.copy()
-        for pos, (col, value) in enumerate((("model", role), ("kind", kind), ("condition", condition),
-                                            ("emphasis", emphasis)), start=2):
+        for pos, (col, value) in enumerate(
+            (("model", role), ("kind", kind), ("condition", condition), ("emphasis", emphasis)), start=2
+        ):
             df.insert(pos, col, value)
         self.frames.append(df)
         return df
 
 
-def arms(attack: Attack, cfg: RecoveryConfig, eligible: list[str], original_control: list[str],
-         retain_control: list[str], keywords: dict[str, ItemKeywords],
-         controls: dict[str, ItemKeywords]) -> list[Arm]:
+def arms(
+    attack: Attack,
+    cfg: RecoveryConfig,
+    eligible: list[str],
+    original_control: list[str],
+    retain_control: list[str],
+    keywords: dict[str, ItemKeywords],
+    controls: dict[str, ItemKeywords],
+) -> list[Arm]:
     """The arms of one condition (see the module docstring), in the order they are evaluated."""
     out = [Arm("emphasis", "unlearned", eligible, "keywords", keywords)]
     if cfg.controls:
@@ -176,8 +206,14 @@ def arms(attack: Attack, cfg: RecoveryConfig, eligible: list[str], original_cont
     return out
 
 
-def condition_row(attack: Attack, frames: dict[str, pd.DataFrame | None], eligible: list[str], base_o: pd.DataFrame,
-                  base_u: pd.DataFrame, cfg: RecoveryConfig) -> dict[str, Any]:
+def condition_row(
+    attack: Attack,
+    frames: dict[str, pd.DataFrame | None],
+    eligible: list[str],
+    base_o: pd.DataFrame,
+    base_u: pd.DataFrame,
+    cfg: RecoveryConfig,
+) -> dict[str, Any]:
     """One ``rates`` row: recovery rate R on the eligible items (under emphasis, with CI), top-1/top-k of the gold
     first token before and after, mean LP gain, and the controls (random-word rate; original-model and retain
     accuracy before -> after on the same items)."""
@@ -203,11 +239,23 @@ def condition_row(attack: Attack, frames: dict[str, pd.DataFrame | None], eligib
     return row
 
 
-def _item_keywords(cfg: RecoveryConfig, original: "HookedLM", items: Sequence["QAItem"], encoded,
-                   keywords: Sequence[ItemKeywords] | None) -> list[ItemKeywords]:
+def _item_keywords(
+    cfg: RecoveryConfig,
+    original: "HookedLM",
+    items: Sequence["QAItem"],
+    encoded,
+    keywords: Sequence[ItemKeywords] | None,
+) -> list[ItemKeywords]:
     if keywords is None:
-        return select_keywords(cfg.keyword_source, original, items, encoded, keytoken_alpha=cfg.keytoken_alpha,
-                               keytoken_beta=cfg.keytoken_beta, batch_size=cfg.batch_size)
+        return select_keywords(
+            cfg.keyword_source,
+            original,
+            items,
+            encoded,
+            keytoken_alpha=cfg.keytoken_alpha,
+            keytoken_beta=cfg.keytoken_beta,
+            batch_size=cfg.batch_size,
+        )
     if [k.item_id for k in keywords] != [it.id for it in items]:
         raise ValueError("precomputed keywords must be aligned with the items")
     return list(keywords)
@@ -241,8 +289,9 @@ def run_recovery(
     control_list = random_word_controls(encoded, kw_list, cfg.seed)
     kws = {k.item_id: k for k in kw_list}
     controls = {it.id: c for it, c in zip(items, control_list)}
-    original_control, retain_control = control_items(forget + retain, retain, [it.id for it in items],
-                                                     cfg.max_control_items, cfg.seed)
+    original_control, retain_control = control_items(
+        forget + retain, retain, [it.id for it in items], cfg.max_control_items, cfg.seed
+    )
     evaluator = _Evaluator({"original": original, "unlearned": unlearned}, {it.id: it for it in items}, cfg)
 
     bar = tqdm(total=2 + len(attacks), desc="recovery", disable=not progress)
@@ -256,24 +305,48 @@ def run_recovery(
 
     rate_rows = []
     for attack in attacks:
-        frames = {arm.name: evaluator.run(arm, attack, env)
-                  for arm in arms(attack, cfg, eligible, original_control, retain_control, kws, controls)}
+        frames = {
+            arm.name: evaluator.run(arm, attack, env)
+            for arm in arms(attack, cfg, eligible, original_control, retain_control, kws, controls)
+        }
         rate_rows.append(condition_row(attack, frames, eligible, base_o, base_u, cfg))
         bar.update()
     bar.close()
 
-    kw_table = pd.DataFrame([
-        {"item_id": it.id, "split": it.split, "source": k.source, "keywords": " | ".join(k.words),
-         "positions": " ".join(map(str, k.positions)), "random_control": " | ".join(c.words)}
-        for it, k, c in zip(items, kw_list, control_list)
-    ])
+    kw_table = pd.DataFrame(
+        [
+            {
+                "item_id": it.id,
+                "split": it.split,
+                "source": k.source,
+                "keywords": " | ".join(k.words),
+                "positions": " ".join(map(str, k.positions)),
+                "random_control": " | ".join(c.words),
+            }
+            for it, k, c in zip(items, kw_list, control_list)
+        ]
+    )
     summary = _summary(cfg, forget, retain, eligible, base_o, base_u, rate_rows)
-    return RecoveryResult(pd.concat(evaluator.frames, ignore_index=True), pd.DataFrame(rate_rows), kw_table, summary,
-                          kw_list, eligible, attacks)
+    return RecoveryResult(
+        pd.concat(evaluator.frames, ignore_index=True),
+        pd.DataFrame(rate_rows),
+        kw_table,
+        summary,
+        kw_list,
+        eligible,
+        attacks,
+    )
 
 
-def _summary(cfg: RecoveryConfig, forget: list[str], retain: list[str], eligible: list[str], base_o: pd.DataFrame,
-             base_u: pd.DataFrame, rate_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(
+    cfg: RecoveryConfig,
+    forget: list[str],
+    retain: list[str],
+    eligible: list[str],
+    base_o: pd.DataFrame,
+    base_u: pd.DataFrame,
+    rate_rows: list[dict[str, Any]],
+) -> dict[str, Any]:
     """Headline numbers: counts, baseline accuracies, destructive rate, rate per condition, best condition."""
     summary: dict[str, Any] = {
         "n_forget": len(forget),
@@ -289,8 +362,9 @@ def _summary(cfg: RecoveryConfig, forget: list[str], retain: list[str], eligible
         summary["original_retain_accuracy"] = float(o.mean())
         summary["unlearned_retain_accuracy"] = float(u.mean())
     summary["recovery_rate"] = {r["condition"]: r["recovery_rate"] for r in rate_rows}
-    summary["random_control_rate"] = {r["condition"]: r.get("random_control_rate") for r in rate_rows
-                                      if "random_control_rate" in r}
+    summary["random_control_rate"] = {
+        r["condition"]: r.get("random_control_rate") for r in rate_rows if "random_control_rate" in r
+    }
     if rate_rows:
         best = max(rate_rows, key=lambda r: -1 if np.isnan(r["recovery_rate"]) else r["recovery_rate"])
         summary["best_condition"] = best["condition"]

@@ -18,8 +18,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -28,7 +29,9 @@ from unpact_mech.io.atomic import atomic_write_text
 from unpact_mech.report.token_html import CSS as TOKEN_CSS
 from unpact_mech.report.token_html import token_heatmap_section
 
-REPORT_CSS = TOKEN_CSS + """
+REPORT_CSS = (
+    TOKEN_CSS
+    + """
 body { max-width: 72em; }
 nav a { margin-right: 1em; font-size: 0.9em; }
 section.stage { border-top: 2px solid #eee; margin-top: 1.6em; padding-top: 0.4em; }
@@ -42,6 +45,7 @@ img.plot { max-width: 100%; border: 1px solid #eee; margin: 0.3em 0; }
 .path { font-family: ui-monospace, monospace; font-size: 0.8em; color: #777; }
 details { margin: 0.4em 0; } summary { cursor: pointer; color: #335; }
 """
+)
 
 MAX_HEATMAP_ITEMS = 16
 
@@ -100,8 +104,11 @@ def _lineage(stages: Iterable[tuple[Path, dict[str, Any]]]) -> str:
         if lineage:
             chains[tuple(json.dumps(step, sort_keys=True, default=str) for step in lineage)] = lineage
     # keep only maximal chains: drop a chain that is a proper prefix of another
-    kept = [chain for key, chain in chains.items()
-            if not any(len(other) > len(key) and other[: len(key)] == key for other in chains)]
+    kept = [
+        chain
+        for key, chain in chains.items()
+        if not any(len(other) > len(key) and other[: len(key)] == key for other in chains)
+    ]
     if not kept:
         return '<p class="meta">No lineage recorded.</p>'
     rows = []
@@ -112,7 +119,7 @@ def _lineage(stages: Iterable[tuple[Path, dict[str, Any]]]) -> str:
             detail = {
                 "base": step.get("spec", ""),
                 "unlearned": f"{step.get('method', '')} · lr {step.get('lr', '')} · {step.get('steps', '')} steps",
-                "recovered": f"{len(step.get('strategies', []))} prompt strategies, {len(step.get('interventions', []))} interventions; weights unchanged",
+                "recovered": f"{len(step.get('attacks', []))} recovery conditions; weights unchanged",
             }.get(role, ", ".join(f"{k}={v}" for k, v in step.items() if k != "role"))
             nodes.append(f'<span class="node"><b>{_e(role)}</b>{_e(detail)}</span>')
         rows.append('<div class="chain">' + '<span class="arrow">→</span>'.join(nodes) + "</div>")
@@ -121,43 +128,76 @@ def _lineage(stages: Iterable[tuple[Path, dict[str, Any]]]) -> str:
 
 def _evaluate(d: Path) -> str:
     summary = _read_json(d / "summary.json")
-    parts = [f"<p>Accuracy <b>{summary.get('accuracy', float('nan')):.3f}</b> over {summary.get('n_items', '?')} items "
-             f"({_e(summary.get('model', ''))}, judge {_e(summary.get('judge', ''))}).</p>"]
+    parts = [
+        f"<p>Accuracy <b>{summary.get('accuracy', float('nan')):.3f}</b> over {summary.get('n_items', '?')} items "
+        f"({_e(summary.get('model', ''))}, judge {_e(summary.get('judge', ''))}).</p>"
+    ]
     by_split = summary.get("accuracy_by_split") or {}
     if by_split:
-        parts.append(_table(pd.DataFrame({"split": list(by_split), "accuracy": list(by_split.values()),
-                                          "items": [summary.get("n_by_split", {}).get(k) for k in by_split]})))
+        parts.append(
+            _table(
+                pd.DataFrame(
+                    {
+                        "split": list(by_split),
+                        "accuracy": list(by_split.values()),
+                        "items": [summary.get("n_by_split", {}).get(k) for k in by_split],
+                    }
+                )
+            )
+        )
     items = d / "items.csv"
     if items.is_file():
         df = pd.read_csv(items, keep_default_na=False)
-        cols = [c for c in ("item_id", "split", "question", "answer", "generation", "correct", "logprob", "rank") if c in df]
+        cols = [
+            c for c in ("item_id", "split", "question", "answer", "generation", "correct", "logprob", "rank") if c in df
+        ]
         parts.append(f"<details><summary>Per-item answers ({len(df)})</summary>{_table(df[cols])}</details>")
     return "".join(parts)
 
 
 def _unlearn(d: Path) -> str:
     s = _read_json(d / "summary.json")
-    rows = pd.DataFrame([{
-        "method": s.get("method"), "forget acc before": s.get("forget_accuracy_before"), "forget acc after": s.get("forget_accuracy_after"),
-        "retain acc before": s.get("retain_accuracy_before"), "retain acc after": s.get("retain_accuracy_after"),
-        "weight delta norm": s.get("weight_delta_norm"), "steps": s.get("steps"), "lr": _fmt(s.get("lr"), "g"),
-        "seconds": s.get("train_seconds"),
-    }])
+    rows = pd.DataFrame(
+        [
+            {
+                "method": s.get("method"),
+                "forget acc before": s.get("forget_accuracy_before"),
+                "forget acc after": s.get("forget_accuracy_after"),
+                "retain acc before": s.get("retain_accuracy_before"),
+                "retain acc after": s.get("retain_accuracy_after"),
+                "weight delta norm": s.get("weight_delta_norm"),
+                "steps": s.get("steps"),
+                "lr": _fmt(s.get("lr"), "g"),
+                "seconds": s.get("train_seconds"),
+            }
+        ]
+    )
     return _table(rows) + _img(d / "dynamics.png", "unlearning dynamics")
 
 
 def _attribute(d: Path, meta: dict[str, Any]) -> str:
     s = _read_json(d / "summary.json")
     cfg = meta.get("config", {})
-    parts = [f"<p>Method <b>{_e(s.get('method', cfg.get('method', '')))}</b> ({_e(s.get('level', ''))} level, target "
-             f"{_e(s.get('target', ''))}) on {s.get('n_items', '?')} items; keyword hit rate "
-             f"<b>{s.get('keyword_hit_rate') if s.get('keyword_hit_rate') is None else format(s['keyword_hit_rate'], '.3f')}</b>.</p>"]
+    parts = [
+        f"<p>Method <b>{_e(s.get('method', cfg.get('method', '')))}</b> ({_e(s.get('level', ''))} level, target "
+        f"{_e(s.get('target', ''))}) on {s.get('n_items', '?')} items; keyword hit rate "
+        f"<b>{_fmt(s.get('keyword_hit_rate'), '.3f') or '—'}</b>.</p>"
+    ]
     kt = (s.get("comparison") or {}).get("keytoken_change") or {}
     if kt:
         scopes = [("all items", kt)] + [(f"{split} items", v) for split, v in (kt.get("by_split") or {}).items()]
-        rows = [{"items": scope, "units": name, "before": v.get("before"), "after": v.get("after"),
-                 "change": v.get("change", (v.get("after") or 0) - (v.get("before") or 0))}
-                for scope, groups in scopes for name, v in groups.items() if isinstance(v, dict) and v.get("before") is not None]
+        rows = [
+            {
+                "items": scope,
+                "units": name,
+                "before": v.get("before"),
+                "after": v.get("after"),
+                "change": v.get("change", (v.get("after") or 0) - (v.get("before") or 0)),
+            }
+            for scope, groups in scopes
+            for name, v in groups.items()
+            if isinstance(v, dict) and v.get("before") is not None
+        ]
         parts.append("<h3>KeyToken shift (mean contribution, original → unlearned)</h3>" + _table(pd.DataFrame(rows)))
     results = d / "results.csv"
     if results.is_file():
@@ -171,23 +211,31 @@ def _attribute(d: Path, meta: dict[str, Any]) -> str:
                     units[col] = units[col].astype(str).str.lower().isin(["true", "1", "1.0"])
             note = f" (first {MAX_HEATMAP_ITEMS} items)" if len(ids) == MAX_HEATMAP_ITEMS else ""
             parts.append(f"<h3>Token contributions{note}</h3>" + token_heatmap_section(units))
-    for png, alt in (("residual_components.png", "layer x component"), ("logit_lens.png", "logit lens"), ("attention_heads.png", "layer x head")):
+    for png, alt in (
+        ("residual_components.png", "layer x component"),
+        ("logit_lens.png", "logit lens"),
+        ("attention_heads.png", "layer x head"),
+    ):
         parts.append(_img(d / png, alt))
     return "".join(parts)
 
 
 def _recover(d: Path) -> str:
     s = _read_json(d / "summary.json")
-    parts = [f"<p>{s.get('n_eligible', '?')} of {s.get('n_forget', '?')} forget items were forgotten (original right, "
-             f"unlearned wrong). Destructive rate on retain items: <b>{s.get('destructive_rate', float('nan')):.3f}</b> "
-             f"[{s.get('destructive_rate_ci_lo', float('nan')):.3f}, {s.get('destructive_rate_ci_hi', float('nan')):.3f}]. "
-             f"Keywords: {_e(s.get('keyword_source', ''))}.</p>"]
+    parts = [
+        f"<p>{s.get('n_eligible', '?')} of {s.get('n_forget', '?')} forget items were forgotten (original right, "
+        f"unlearned wrong). Destructive rate on retain items: <b>{s.get('destructive_rate', float('nan')):.3f}</b> "
+        f"[{s.get('destructive_rate_ci_lo', float('nan')):.3f}, {s.get('destructive_rate_ci_hi', float('nan')):.3f}]. "
+        f"Keywords: {_e(s.get('keyword_source', ''))}.</p>"
+    ]
     rates = d / "rates.csv"
     if rates.is_file():
         parts.append(_table(rates_display(pd.read_csv(rates))))
-        parts.append('<p class="meta">recovery: rate [95% bootstrap CI] (recovered / eligible); random control: the same '
-                     'emphasis on random non-keyword words/positions; original / retain accuracy: without → with the '
-                     'emphasis; top-1: share of eligible items whose gold first token is ranked first.</p>')
+        parts.append(
+            '<p class="meta">recovery: rate [95% bootstrap CI] (recovered / eligible); random control: the same '
+            "emphasis on random non-keyword words/positions; original / retain accuracy: without → with the "
+            "emphasis; top-1: share of eligible items whose gold first token is ranked first.</p>"
+        )
     parts.append(_img(d / "recovery_rates.png", "recovery rates"))
     parts.append(_img(d / "ablation.png", "layer ablation"))
     return "".join(parts)
@@ -204,10 +252,17 @@ def rates_display(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"kind": df["kind"], "condition": df["condition"]})
     out["recovery"] = [
         "n/a" if pd.isna(r) else f"{r:.2f} [{lo:.2f}, {hi:.2f}] ({int(k)}/{int(n)})"
-        for r, lo, hi, k, n in zip(df["recovery_rate"], df["recovery_rate_ci_lo"], df["recovery_rate_ci_hi"],
-                                   df["recovery_rate_k"], df["recovery_rate_n"])
+        for r, lo, hi, k, n in zip(
+            df["recovery_rate"],
+            df["recovery_rate_ci_lo"],
+            df["recovery_rate_ci_hi"],
+            df["recovery_rate_k"],
+            df["recovery_rate_n"],
+        )
     ]
-    out["random control"] = [("" if pd.isna(v) else f"{v:.2f}") for v in df.get("random_control_rate", pd.Series([float("nan")] * len(df)))]
+    out["random control"] = [
+        ("" if pd.isna(v) else f"{v:.2f}") for v in df.get("random_control_rate", pd.Series([float("nan")] * len(df)))
+    ]
     out["original acc"] = _pair(df, "original_accuracy_before", "original_accuracy_after")
     out["retain acc"] = _pair(df, "retain_accuracy_before", "retain_accuracy_after")
     out["top-1"] = _pair(df, "top1_before", "top1_after")
@@ -228,15 +283,22 @@ def headline_display(rows: list[dict[str, Any]]) -> pd.DataFrame:
             "method": r.get("method"),
             "forget acc": f"{_fmt(r.get('forget_acc_before'))} → {_fmt(r.get('forget_acc_after'))}",
             "retain acc": f"{_fmt(r.get('retain_acc_before'))} → {_fmt(r.get('retain_acc_after'))}",
-            "KeyToken contribution": f"{_fmt(r.get('keytoken_contribution_before'))} → {_fmt(r.get('keytoken_contribution_after'))}",
+            "KeyToken contribution": f"{_fmt(r.get('keytoken_contribution_before'))} → "
+            f"{_fmt(r.get('keytoken_contribution_after'))}",
             "other words": f"{_fmt(r.get('other_contribution_before'))} → {_fmt(r.get('other_contribution_after'))}",
             "forgotten items": r.get("eligible"),
         }
         for label in ("prompt", "activation"):
             name = r.get(f"best_{label}") or ""
             ctrl = r.get(f"best_{label}_random_control")
-            row[f"best {label} recovery"] = (f"{name}: {_fmt(r.get(f'best_{label}_recovery'))}"
-                                             + (f" (random {_fmt(ctrl)})" if ctrl is not None else "")) if name else ""
+            row[f"best {label} recovery"] = (
+                (
+                    f"{name}: {_fmt(r.get(f'best_{label}_recovery'))}"
+                    + (f" (random {_fmt(ctrl)})" if ctrl is not None else "")
+                )
+                if name
+                else ""
+            )
         row["destructive rate"] = _fmt(r.get("destructive_rate"))
         out.append(row)
     return pd.DataFrame(out)
@@ -247,11 +309,15 @@ def _headline(run_dir: Path) -> str:
     table = s.get("methods") if isinstance(s.get("methods"), list) else None
     if not table:
         return ""
-    return ("<h2>Headline</h2>" + _table(headline_display(table))
-            + '<p class="meta">forget/retain acc: greedy accuracy before → after unlearning; KeyToken contribution: mean '
-            'occlusion score, on the forget items, of the original\'s KeyTokens (other words: the rest), original → unlearned model; best '
-            'recovery: the emphasis that brought back most forgotten items (random: the same emphasis on random '
-            'non-keyword words); destructive rate: retain items the unlearning broke.</p>')
+    return (
+        "<h2>Headline</h2>"
+        + _table(headline_display(table))
+        + '<p class="meta">forget/retain acc: greedy accuracy before → after unlearning; KeyToken contribution: mean '
+        "occlusion score, on the forget items, of the original's KeyTokens (other words: the rest), original → "
+        "unlearned model; best "
+        "recovery: the emphasis that brought back most forgotten items (random: the same emphasis on random "
+        "non-keyword words); destructive rate: retain items the unlearning broke.</p>"
+    )
 
 
 RENDERERS = {"evaluate": _evaluate, "unlearn": _unlearn, "recover": _recover}
@@ -277,12 +343,14 @@ def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
             body = _attribute(d, meta) if command == "attribute" else RENDERERS[command](d)
             label = f"{command}: {_rel(d, root)}"
             nav.append(f'<a href="#{anchor}">{_e(label)}</a>')
-            sections.append(f'<section class="stage" id="{anchor}"><h2>{_e(label)}</h2>'
-                            f'<p class="path">{_e(d)}</p>{body}</section>')
+            sections.append(
+                f'<section class="stage" id="{anchor}"><h2>{_e(label)}</h2><p class="path">{_e(d)}</p>{body}</section>'
+            )
     versions = top.get("versions") or stages[0][1].get("versions") or {}
     header = (
         f"<h1>{_e(title)}</h1><p class='meta'>created {_e(top.get('created', ''))} · seed {_e(top.get('seed', ''))} · "
-        + " · ".join(f"{_e(k)} {_e(v)}" for k, v in versions.items()) + "</p>"
+        + " · ".join(f"{_e(k)} {_e(v)}" for k, v in versions.items())
+        + "</p>"
     )
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -12,17 +12,17 @@ panel; values are averaged over items. Colour scales are symmetric around 0 (con
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from unpact_mech.io.atomic import atomic_write_bytes  # noqa: E402
+from unpact_mech.io.atomic import atomic_write_bytes
 
 COMPONENT_ORDER = ("attn", "mlp")
 
@@ -55,7 +55,9 @@ def _heatmaps(mats: list[tuple[str, pd.DataFrame]], *, xlabel: str, ylabel: str,
     width = min(12.0, max(3.2, 0.32 * first.shape[1] + 1.8))
     height = max(1.6, 0.28 * first.shape[0] + 1.0)
     fig, axes = plt.subplots(n, 1, figsize=(width, height * n), squeeze=False, layout="constrained")
-    shared = max((np.nanmax(np.abs(m.to_numpy(float))) for t, m in mats if not t.startswith("after - before")), default=1.0)
+    shared = max(
+        (np.nanmax(np.abs(m.to_numpy(float))) for t, m in mats if not t.startswith("after - before")), default=1.0
+    )
     for ax, (name, mat) in zip(axes[:, 0], mats):
         values = mat.to_numpy(float)
         lim = np.nanmax(np.abs(values)) if name.startswith("after - before") else shared
@@ -79,24 +81,35 @@ def _with_diff(frame: pd.DataFrame, panel: str, build) -> list[tuple[str, pd.Dat
     return mats
 
 
-def plot_layer_head(frame: pd.DataFrame, path: str | Path, *, title: str = "Attention-path contribution to the answer",
-                    panel: str = "model") -> Path:
+def plot_layer_head(
+    frame: pd.DataFrame,
+    path: str | Path,
+    *,
+    title: str = "Attention-path contribution to the answer",
+    panel: str = "model",
+) -> Path:
     """Heatmap (head x layer) of ``attention_path`` rows: per item summed over sources, then averaged."""
     rows = frame[frame["metric"] == "attention_path"]
     mats = _with_diff(rows, panel, lambda df: _matrix(df, "head", "layer"))
     return _heatmaps(mats, xlabel="layer", ylabel="head", title=title, path=path)
 
 
-def plot_layer_component(frame: pd.DataFrame, path: str | Path, *, title: str = "Direct logit attribution per layer",
-                         panel: str = "model") -> Path:
+def plot_layer_component(
+    frame: pd.DataFrame, path: str | Path, *, title: str = "Direct logit attribution per layer", panel: str = "model"
+) -> Path:
     """Heatmap ({attn, mlp} x layer) of ``direct_logit`` rows (embeddings are not a layer: left out)."""
     rows = frame[(frame["metric"] == "direct_logit") & frame["component"].isin(COMPONENT_ORDER)]
     mats = _with_diff(rows, panel, lambda df: _matrix(df, "component", "layer", COMPONENT_ORDER))
     return _heatmaps(mats, xlabel="layer", ylabel="component", title=title, path=path)
 
 
-def plot_logit_lens(frame: pd.DataFrame, path: str | Path, *, title: str = "Logit lens: answer log-prob after each block",
-                    panel: str = "model") -> Path:
+def plot_logit_lens(
+    frame: pd.DataFrame,
+    path: str | Path,
+    *,
+    title: str = "Logit lens: answer log-prob after each block",
+    panel: str = "model",
+) -> Path:
     """Mean ``lens_logprob`` per layer, one line per model."""
     rows = frame[frame["metric"] == "lens_logprob"]
     fig, ax = plt.subplots(figsize=(5.5, 3.2), layout="constrained")

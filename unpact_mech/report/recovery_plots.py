@@ -7,12 +7,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from unpact_mech.report.plots import save_figure  # noqa: E402
+from unpact_mech.report.plots import save_figure
 
 
 def plot_recovery_rates(rates: pd.DataFrame, path: str | Path, title: str = "Recovery by keyword emphasis") -> Path:
@@ -27,7 +27,15 @@ def plot_recovery_rates(rates: pd.DataFrame, path: str | Path, title: str = "Rec
     hi = np.clip(df["recovery_rate_ci_hi"].to_numpy(float) - val, 0, None)
     ax.barh(y, np.nan_to_num(val), xerr=[np.nan_to_num(lo), np.nan_to_num(hi)], color=colors, alpha=0.85, capsize=3)
     if "random_control_rate" in df:
-        ax.scatter(df["random_control_rate"].to_numpy(float), y, marker="D", facecolors="none", edgecolors="k", zorder=3, label="random-word control")
+        ax.scatter(
+            df["random_control_rate"].to_numpy(float),
+            y,
+            marker="D",
+            facecolors="none",
+            edgecolors="k",
+            zorder=3,
+            label="random-word control",
+        )
         ax.legend(loc="lower right", fontsize=8)
     ax.set_yticks(y, [f"{c} ({k[:5]})" for c, k in zip(df["condition"], df["kind"])], fontsize=8)
     ax.set_xlim(0, 1)
@@ -37,13 +45,20 @@ def plot_recovery_rates(rates: pd.DataFrame, path: str | Path, title: str = "Rec
     return save_figure(fig, path)
 
 
-def plot_layer_sweep(sweep: pd.DataFrame, path: str | Path, title: str = "Recovery by layer",
-                     by: str = "intervention") -> Path:
+def plot_layer_sweep(
+    sweep: pd.DataFrame, path: str | Path, title: str = "Recovery by layer", by: str = "intervention"
+) -> Path:
     """Grid: one row per value of column ``by`` (default: the intervention), one column per mode (single layer /
     cumulative 0..L); a line per position group. ``sweep`` is :func:`~unpact_mech.recovery.ablation.layer_sweep`'s."""
     rows, modes = list(dict.fromkeys(sweep[by])), list(dict.fromkeys(sweep["mode"]))
-    fig, axes = plt.subplots(len(rows), len(modes), figsize=(4.2 * len(modes), 2.8 * len(rows)), squeeze=False,
-                             sharey=True, layout="constrained")
+    fig, axes = plt.subplots(
+        len(rows),
+        len(modes),
+        figsize=(4.2 * len(modes), 2.8 * len(rows)),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
     for i, m in enumerate(rows):
         for j, mode in enumerate(modes):
             ax = axes[i][j]

@@ -22,11 +22,13 @@ from unpact_mech.io.atomic import atomic_write_text
 
 CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.3em; } h2 { font-size: 1.0em; margin: 1.2em 0 0.3em; } h3 { font-size: 0.85em; margin: 0 0 0.3em; color: #555; }
+h1 { font-size: 1.3em; } h2 { font-size: 1.0em; margin: 1.2em 0 0.3em; }
+h3 { font-size: 0.85em; margin: 0 0 0.3em; color: #555; }
 .legend, .meta { font-size: 0.85em; color: #555; }
 .panels { display: flex; gap: 1em; flex-wrap: wrap; }
 .panel { flex: 1 1 24em; border: 1px solid #ddd; border-radius: 4px; padding: 0.5em 0.7em; }
-.tokens { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.95em; line-height: 2.0; white-space: pre-wrap; }
+.tokens { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.95em; line-height: 2.0;
+  white-space: pre-wrap; }
 .tok { border-radius: 3px; padding: 0.1em 0; }
 .kt { font-weight: bold; text-decoration: underline; }
 .kw { outline: 1px dotted #333; }
@@ -57,7 +59,8 @@ def _panel(rows: pd.DataFrame, scale: float) -> str:
         value = float(row["value"])
         classes = "tok" + (" kt" if _flag(row, "is_keytoken") else "") + (" kw" if _flag(row, "is_keyword") else "")
         tip = f"{row['token']!s} = {value:+.4f}"
-        spans.append(f'<span class="{classes}" style="background:{_color(value, scale)}" title="{_e(tip)}">{_e(row["token"])}</span>')
+        style = f"background:{_color(value, scale)}"
+        spans.append(f'<span class="{classes}" style="{style}" title="{_e(tip)}">{_e(row["token"])}</span>')
     return " ".join(spans)
 
 

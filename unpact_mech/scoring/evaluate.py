@@ -1,12 +1,14 @@
 """Evaluate a model on QA items: greedy answer + correctness, teacher-forced LP, first-token rank.
 
-:func:`evaluate_items` returns one row per item (wide); :func:`to_long` gives the DESIGN.md long format
+:func:`evaluate_items` returns one row per item (wide); :func:`to_long` gives the long ``results.csv`` format
+(docs/concepts.md §2)
 (``item_id, split, metric, value`` + ``model``); :func:`summarize` the headline numbers.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -40,11 +42,19 @@ def evaluate_items(
     encoded = list(encoded) if encoded is not None else encode_items(model, items)
     prompts = [e.prompt.ids for e in encoded]
     texts = greedy_answers(
-        model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, interventions=interventions,
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        interventions=interventions,
         progress="generating answers" if progress else False,
     )
     scores = score_answers(
-        model, prompts, [e.answer_ids for e in encoded], batch_size=batch_size, interventions=interventions,
+        model,
+        prompts,
+        [e.answer_ids for e in encoded],
+        batch_size=batch_size,
+        interventions=interventions,
         progress="scoring answers" if progress else False,
     )
     rows: list[dict[str, Any]] = []

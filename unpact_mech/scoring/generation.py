@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -27,7 +28,9 @@ def greedy_answers(
     out: list[str] = [""] * len(prompts)
     desc = progress if isinstance(progress, str) else "generating"
     stops = set(model.stop_token_ids)
-    for idx in tqdm(length_batches([len(p) for p in prompts], batch_size), desc=desc, disable=not progress, leave=False):
+    for idx in tqdm(
+        length_batches([len(p) for p in prompts], batch_size), desc=desc, disable=not progress, leave=False
+    ):
         batch = left_pad([prompts[i] for i in idx], model.pad_token_id, idx)
         ivs = interventions(batch.layout) if interventions else ()
         new = model.generate(batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, interventions=ivs)

@@ -6,7 +6,8 @@ tokenizer's character offsets. Alignment is by character overlap: token ``i`` be
 
 * question tokens: tokens overlapping the question's span — the only ones attribution may ablate
   (BOS, chat-template and separator tokens never are);
-* words: maximal runs matching :data:`~unpact_mech.data.text.WORD_RE` inside the question (punctuation marks are their own units); each
+* words: maximal runs matching :data:`~unpact_mech.data.text.WORD_RE` inside the question (punctuation marks are
+  their own units); each
   question token goes to the word it overlaps most (a whitespace-only token to the word that follows it), so
   the words partition the question tokens;
 * keywords: case-insensitive, word-bounded occurrences of the keyword text in the question (multi-word keywords
@@ -15,8 +16,9 @@ tokenizer's character offsets. Alignment is by character overlap: token ``i`` be
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from unpact_mech.data.text import WORD_RE, keyword_spans
 from unpact_mech.errors import InputError
@@ -25,6 +27,7 @@ from unpact_mech.scoring.prompt import PromptFormat
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
+
 
 def tokens_in_span(offsets: Sequence[tuple[int, int]], start: int, end: int) -> list[int]:
     """Positions of the tokens whose character span overlaps ``[start, end)``."""
@@ -76,7 +79,10 @@ class EncodedPrompt:
 
     def words(self) -> list[Word]:
         """The question's words with the token positions that make them up (each token in one word)."""
-        units = [(m.start() + self.question_start, m.end() + self.question_start, m.group()) for m in WORD_RE.finditer(self.question)]
+        units = [
+            (m.start() + self.question_start, m.end() + self.question_start, m.group())
+            for m in WORD_RE.finditer(self.question)
+        ]
         owned: list[list[int]] = [[] for _ in units]
         if not units:
             return []
@@ -88,11 +94,7 @@ class EncodedPrompt:
             else:  # a whitespace-only token leads the next word (BPE convention: " France" = " " + "France")
                 nxt = [i for i, (a, _, _) in enumerate(units) if a >= e]
                 owned[nxt[0] if nxt else len(units) - 1].append(pos)
-        return [
-            Word(i, text, a, b, tuple(pos))
-            for i, ((a, b, text), pos) in enumerate(zip(units, owned))
-            if pos
-        ]
+        return [Word(i, text, a, b, tuple(pos)) for i, ((a, b, text), pos) in enumerate(zip(units, owned)) if pos]
 
     def keyword_words(self, keywords: Sequence[str], *, item_id: str = "?") -> list[int]:
         """Indices (into :meth:`words`) of the words covered by any of ``keywords``."""
@@ -138,7 +140,9 @@ class EncodedQA:
     answer_ids: tuple[int, ...]
 
 
-def encode_item(model: "HookedLM", item: "QAItem", *, question: str | None = None, answer: str | None = None) -> EncodedQA:
+def encode_item(
+    model: "HookedLM", item: "QAItem", *, question: str | None = None, answer: str | None = None
+) -> EncodedQA:
     """Encode an item for ``model`` (``question``/``answer`` override the item's text, e.g. for rewrites).
 
     Raises :class:`InputError` if the answer tokenises to nothing or prompt + answer exceed the context.

@@ -12,8 +12,23 @@ attribution before and after unlearning runs on one object; references are expli
 """
 
 from unpact_mech.unlearning import losses
-from unpact_mech.unlearning.loop import LR_SCHEDULES, Trainer, TrainConfig, TrainResult, UnlearningFailed, lr_factor, train
-from unpact_mech.unlearning.methods import HYPERPARAMETERS, UNLEARNING_METHODS, Recipe, UnlearningMethod, get_unlearning_method, register_unlearning_method
+from unpact_mech.unlearning.loop import (
+    LR_SCHEDULES,
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    UnlearningFailed,
+    lr_factor,
+    train,
+)
+from unpact_mech.unlearning.methods import (
+    HYPERPARAMETERS,
+    UNLEARNING_METHODS,
+    Recipe,
+    UnlearningMethod,
+    get_unlearning_method,
+    register_unlearning_method,
+)
 from unpact_mech.unlearning.run import UnlearnResult, resolve_config, unlearn, write_unlearned
 
 __all__ = [

@@ -17,15 +17,16 @@ attack registry's one keyword source and the scoring package's one alignment rul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from unpact_mech.scoring.tokens import encode_item
 
 if TYPE_CHECKING:
+    from unpact_mech.attacks import ItemKeywords, PromptAttack
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
-    from unpact_mech.attacks import ItemKeywords, PromptAttack
     from unpact_mech.unlearning.targets import TrainTarget
 
 KINDS = ("prompt", "activation", "retain_prompt")
@@ -44,7 +45,9 @@ class AttackPool:
     keyword_positions: dict[str, tuple[int, ...]]
 
 
-def rewritten_target(model: "HookedLM", item: "QAItem", target: "TrainTarget", question: str, kind: str) -> "TrainTarget":
+def rewritten_target(
+    model: "HookedLM", item: "QAItem", target: "TrainTarget", question: str, kind: str
+) -> "TrainTarget":
     """``target`` with its prompt replaced by the encoding of ``question`` (context and answer unchanged)."""
     prompt = encode_item(model, item, question=question).prompt
     model.check_length(len(prompt) + len(target.context_ids) + len(target.answer_ids), f"item {item.id!r}")
@@ -60,9 +63,13 @@ def build_attack_pool(
     """Rows of every kind: ``len(forget)·len(strategies)`` prompt rows, ``len(forget)`` activation rows and
     ``len(retain)·len(strategies)`` retain-prompt rows (items without keywords are rewritten with none, as the
     recovery suite does)."""
+
     def rewrites(triples, kind: str) -> tuple["TrainTarget", ...]:
-        return tuple(rewritten_target(model, item, target, s.rewrite(item.question, kw.words), kind)
-                     for item, target, kw in triples for s in strategies)
+        return tuple(
+            rewritten_target(model, item, target, s.rewrite(item.question, kw.words), kind)
+            for item, target, kw in triples
+            for s in strategies
+        )
 
     rows = {
         "prompt": rewrites(forget, "prompt"),

@@ -1,7 +1,7 @@
 """Forget/retain data for training and the per-step batches.
 
-* :class:`UnlearningSet` — the forget and retain items with their training targets (:mod:`~unpact_mech.unlearning.targets`,
-  built once from the base model).
+* :class:`UnlearningSet` — the forget and retain items with their training targets
+  (:mod:`~unpact_mech.unlearning.targets`, built once from the base model).
 * :func:`sample_indices` — an endless stream of shuffled epochs over a set, addressed by position, so the batch of
   step ``s`` is a pure function of ``(seed, s)``: a resumed run draws exactly the batches an uninterrupted one
   would, and on ``W`` processes rank ``r`` takes its own slice of every global batch.
@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from unpact_mech.data.splits import FORGET, RETAIN, split_items
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.batching import TeacherForcedBatch, right_pad_teacher_forced
 from unpact_mech.scoring.tokens import encode_items
@@ -27,8 +29,6 @@ from unpact_mech.unlearning.targets import TrainTarget, build_targets
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
-
-FORGET, RETAIN = "forget", "retain"
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,25 @@ class UnlearningSet:
     @staticmethod
     def split(items: Sequence["QAItem"], *, where: str = "data") -> tuple[list["QAItem"], list["QAItem"]]:
         """``(forget, retain)`` items by their ``split`` field (other splits are evaluated, not trained on)."""
-        forget = [it for it in items if it.split == FORGET]
-        retain = [it for it in items if it.split == RETAIN]
+        forget, retain = split_items(items, FORGET), split_items(items, RETAIN)
         if not forget:
             splits = sorted({it.split for it in items})
-            raise InputError(f"{where}: no forget items (items with \"split\": \"forget\"); splits present: {', '.join(splits)}")
+            raise InputError(
+                f'{where}: no forget items (items with "split": "forget"); splits present: {", ".join(splits)}'
+            )
         return forget, retain
 
     @classmethod
-    def from_items(cls, model: "HookedLM", items: Sequence["QAItem"], *, where: str = "data", target: str = "generated",
-                   with_retain: bool = True, batch_size: int = 16) -> "UnlearningSet":
+    def from_items(
+        cls,
+        model: "HookedLM",
+        items: Sequence["QAItem"],
+        *,
+        where: str = "data",
+        target: str = "generated",
+        with_retain: bool = True,
+        batch_size: int = 16,
+    ) -> "UnlearningSet":
         """Split ``items`` and build the training targets with the model's current (base) weights."""
         forget, retain = cls.split(items, where=where)
         retain = retain if with_retain else []
@@ -122,14 +131,24 @@ class StepBatch:
     def to(self, device: torch.device) -> "StepBatch":
         tf = self.tf
         moved = TeacherForcedBatch(
-            tf.input_ids.to(device), tf.targets.to(device), tf.answer_mask.to(device), tf.first.to(device),
-            tf.start, tf.keep, tf.layout,
+            tf.input_ids.to(device),
+            tf.targets.to(device),
+            tf.answer_mask.to(device),
+            tf.first.to(device),
+            tf.start,
+            tf.keep,
+            tf.layout,
         )
         return StepBatch(moved, self.n_forget, self.forget_index, self.retain_index, self.region.to(device), self.extra)
 
 
-def make_batch(data: UnlearningSet, forget_index: Sequence[int], retain_index: Sequence[int], pad_id: int,
-               extra: Sequence[TrainTarget] = ()) -> StepBatch:
+def make_batch(
+    data: UnlearningSet,
+    forget_index: Sequence[int],
+    retain_index: Sequence[int],
+    pad_id: int,
+    extra: Sequence[TrainTarget] = (),
+) -> StepBatch:
     """Build the micro-batch for the given forget and retain item indices (forget rows first), ``extra`` rows last."""
     targets = [data.forget[i] for i in forget_index] + [data.retain[i] for i in retain_index] + list(extra)
     prefixes = [t.input_prefix for t in targets]

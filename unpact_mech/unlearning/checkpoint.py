@@ -54,16 +54,28 @@ class CheckpointStore:
         """Complete checkpoints, oldest first."""
         if not self.directory.is_dir():
             return []
-        done = [p for p in self.directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
-                and p.name[len(PREFIX):].isdigit() and (p / "progress.json").is_file()]
-        return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
+        done = [
+            p
+            for p in self.directory.iterdir()
+            if p.is_dir()
+            and p.name.startswith(PREFIX)
+            and p.name[len(PREFIX) :].isdigit()
+            and (p / "progress.json").is_file()
+        ]
+        return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
 
     def latest(self) -> Path | None:
         found = self.steps()
         return found[-1] if found else None
 
-    def save(self, step: int, trainable: dict[str, Tensor], optimizer: dict[str, Any], scheduler: dict[str, Any],
-             progress: dict[str, Any]) -> Path:
+    def save(
+        self,
+        step: int,
+        trainable: dict[str, Tensor],
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any],
+        progress: dict[str, Any],
+    ) -> Path:
         from safetensors.torch import save_file
 
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -97,8 +109,13 @@ class CheckpointStore:
         self.check_fingerprint(path)
         progress = json.loads((path / "progress.json").read_text())
         states = torch.load(path / "optimizer.pt", weights_only=True)
-        return Checkpoint(int(progress["step"]), load_file(str(path / "trainable.safetensors")),
-                          states["optimizer"], states["scheduler"], progress)
+        return Checkpoint(
+            int(progress["step"]),
+            load_file(str(path / "trainable.safetensors")),
+            states["optimizer"],
+            states["scheduler"],
+            progress,
+        )
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -7,8 +7,9 @@ Accuracy is the toolkit's one definition — :func:`unpact_mech.scoring.evaluate
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -50,8 +51,9 @@ def make_evaluator(
     def evaluate(step: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if step == 0 and initial is not None:
             return split_metrics(initial), to_long(initial).to_dict("records")
-        per_item = evaluate_items(model, items, encoded=encoded, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                  progress=progress)
+        per_item = evaluate_items(
+            model, items, encoded=encoded, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
+        )
         return split_metrics(per_item), to_long(per_item).to_dict("records")
 
     return evaluate

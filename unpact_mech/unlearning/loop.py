@@ -4,8 +4,9 @@ The same code runs on one CPU process and under ``accelerate launch`` (DDP over 
 parameters of the SAME module the backends wrap (``model.hf``, no copy); accelerate's ``prepare`` returns that
 module itself on one process and a ``DistributedDataParallel`` wrapper around it on several. DDP synchronises
 gradients only for forwards that pass through the wrapper's own ``forward``, while the backend calls ``model.hf``;
-so the loss forward runs inside :meth:`HookedLM.forward_through(prepared) <unpact_mech.models.hooked.HookedLM.forward_through>`,
-which makes the backend call the wrapper (hooks and caches are unchanged: they sit on ``hf``'s submodules).
+so the loss forward runs inside
+:meth:`HookedLM.forward_through(prepared) <unpact_mech.models.hooked.HookedLM.forward_through>`, which makes the
+backend call the wrapper (hooks and caches are unchanged: they sit on ``hf``'s submodules).
 
 One optimizer step (``step`` counts these):
 
@@ -27,9 +28,10 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -80,8 +82,11 @@ class TrainConfig:
         for flag, value in (("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum)):
             if value < 1:
                 raise bad(flag, "must be >= 1", value)
-        for flag, value in (("--warmup-steps", self.warmup_steps), ("--eval-every", self.eval_every),
-                            ("--checkpoint-every", self.checkpoint_every)):
+        for flag, value in (
+            ("--warmup-steps", self.warmup_steps),
+            ("--eval-every", self.eval_every),
+            ("--checkpoint-every", self.checkpoint_every),
+        ):
             if value < 0:
                 raise bad(flag, "must be >= 0", value)
         if self.lr_schedule not in LR_SCHEDULES:
@@ -96,7 +101,8 @@ def lr_factor(step: int, *, steps: int, warmup: int, schedule: str) -> float:
     """Multiplier of the base lr at optimizer step ``step`` (0-based).
 
     Warm-up: ``(step+1)/(warmup+1)`` for ``step < warmup`` (never 0, unlike HF's, which wastes a step). Then
-    ``constant``: 1; ``linear``: ``(steps − step)/(steps − warmup)``; ``cosine``: ``½(1 + cos(π·(step − warmup)/(steps − warmup)))``.
+    ``constant``: 1; ``linear``: ``(steps − step)/(steps − warmup)``;
+    ``cosine``: ``½(1 + cos(π·(step − warmup)/(steps − warmup)))``.
     """
     if step < warmup:
         return (step + 1) / (warmup + 1)
@@ -128,7 +134,9 @@ def policy_forward(model: "HookedLM", method: UnlearningMethod, batch) -> Policy
     """The micro-step's single forward: logits over the answer span (if needed) and the method's hooks, with grad,
     under the method's interventions for this batch (none for every method but ``keyguard``)."""
     out = model.forward(
-        batch.tf.input_ids, cache=method.cache_hooks(model), interventions=method.interventions(model, batch),
+        batch.tf.input_ids,
+        cache=method.cache_hooks(model),
+        interventions=method.interventions(model, batch),
         logits_to_keep=batch.tf.keep if method.needs_logits else 1,
     )
     return PolicyOutput(batch, out.logits if method.needs_logits else None, out.cache)
@@ -156,9 +164,20 @@ class Trainer:
     """One training run. :func:`train` is the usual entry point; :meth:`session` + :meth:`step` expose single
     optimizer steps (benchmarks, custom loops)."""
 
-    def __init__(self, model: "HookedLM", method: UnlearningMethod, data: UnlearningSet, config: TrainConfig, *,
-                 trainable: Sequence[str], store: CheckpointStore | None = None, evaluate: Evaluate | None = None,
-                 accelerator=None, progress: bool = True, callback: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: "HookedLM",
+        method: UnlearningMethod,
+        data: UnlearningSet,
+        config: TrainConfig,
+        *,
+        trainable: Sequence[str],
+        store: CheckpointStore | None = None,
+        evaluate: Evaluate | None = None,
+        accelerator=None,
+        progress: bool = True,
+        callback: Callable[[int], None] | None = None,
+    ) -> None:
         self.model, self.method, self.data, self.cfg = model, method, data, config
         self.trainable = list(trainable)
         self.store, self.evaluate, self.progress, self.callback = store, evaluate, progress, callback
@@ -198,7 +217,7 @@ class Trainer:
 
     def run_evaluation(self, step: int, *, view: bool = True) -> None:
         if self.evaluate is not None and self.acc.is_main_process:
-            with (self.unlearned_view() if view else contextlib.nullcontext()), torch.no_grad():
+            with self.unlearned_view() if view else contextlib.nullcontext(), torch.no_grad():
                 row, items = self.evaluate(step)
             self.dynamics.append({"step": step, **row})
             self.item_rows.extend({**r, "step": step} for r in items)
@@ -210,9 +229,13 @@ class Trainer:
             if not self.resumed_store:  # a fresh run replaces whatever an earlier run left in the directory
                 self.store.clear()
                 self.resumed_store = True
-            self.store.save(step, P.current(self.model, self.trainable), session.optimizer.state_dict(),
-                            session.scheduler.state_dict(),
-                            {"loss_log": self.loss_log, "dynamics": self.dynamics, "item_rows": self.item_rows})
+            self.store.save(
+                step,
+                P.current(self.model, self.trainable),
+                session.optimizer.state_dict(),
+                session.scheduler.state_dict(),
+                {"loss_log": self.loss_log, "dynamics": self.dynamics, "item_rows": self.item_rows},
+            )
         self.acc.wait_for_everyone()
 
     def restore(self, session: Session) -> int | None:
@@ -239,8 +262,9 @@ class Trainer:
         with P.trainable_only(self.model, self.trainable) as params:
             prepared = acc.prepare(self.model.hf)
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
-                lr_factor, steps=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, partial(lr_factor, steps=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule)
+            )
             session = Session(prepared, acc.prepare(optimizer), scheduler, params)
             try:
                 yield session
@@ -267,10 +291,12 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             batch = self.batch(step, micro)
             last = micro == cfg.grad_accum - 1
-            with (contextlib.nullcontext() if last else acc.no_sync(session.prepared)):
+            with contextlib.nullcontext() if last else acc.no_sync(session.prepared):
                 with model.forward_through(session.prepared):
                     terms: LossTerms = self.method.loss(policy_forward(model, self.method, batch))
-                retain = terms.retain.detach() if terms.retain is not None else torch.zeros((), device=terms.total.device)
+                retain = (
+                    terms.retain.detach() if terms.retain is not None else torch.zeros((), device=terms.total.device)
+                )
                 logged = acc.reduce(torch.stack([terms.total.detach(), terms.forget.detach(), retain]).float(), "mean")
                 self.check_finite(logged[0], "the loss", step, logged)
                 acc.backward(terms.total / cfg.grad_accum)
@@ -283,8 +309,14 @@ class Trainer:
         session.optimizer.step()
         session.scheduler.step()
         session.optimizer.zero_grad(set_to_none=True)
-        return {"step": step + 1, "lr": lr, "loss": float(sums[0]), "forget_loss": float(sums[1]),
-                "retain_loss": float(sums[2]) if self.method.needs_retain else float("nan"), "grad_norm": grad_norm}
+        return {
+            "step": step + 1,
+            "lr": lr,
+            "loss": float(sums[0]),
+            "forget_loss": float(sums[1]),
+            "retain_loss": float(sums[2]) if self.method.needs_retain else float("nan"),
+            "grad_norm": grad_norm,
+        }
 
     # -- the run -----------------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:
@@ -298,8 +330,13 @@ class Trainer:
                 start = resumed or 0
                 if resumed is None:
                     self.run_evaluation(0)
-                bar = tqdm(total=cfg.steps, initial=start, desc=f"unlearn {method.name}", leave=False,
-                           disable=not self.progress or not acc.is_main_process)
+                bar = tqdm(
+                    total=cfg.steps,
+                    initial=start,
+                    desc=f"unlearn {method.name}",
+                    leave=False,
+                    disable=not self.progress or not acc.is_main_process,
+                )
                 for step in range(start, cfg.steps):
                     t_step = time.perf_counter()
                     row = self.step(step, session)
@@ -307,7 +344,9 @@ class Trainer:
                     train_seconds += row["seconds"]
                     self.loss_log.append(row)
                     bar.update(1)
-                    bar.set_postfix(forget=f"{row['forget_loss']:.3f}", retain=f"{row['retain_loss']:.3f}", refresh=False)
+                    bar.set_postfix(
+                        forget=f"{row['forget_loss']:.3f}", retain=f"{row['retain_loss']:.3f}", refresh=False
+                    )
                     done = step + 1
                     if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                         self.run_evaluation(done)
@@ -329,8 +368,17 @@ class Trainer:
             )
         if not self.dynamics or self.dynamics[-1]["step"] != cfg.steps:
             self.run_evaluation(cfg.steps, view=False)  # the weights are already the unlearned ones
-        return TrainResult(cfg.steps, self.loss_log, self.dynamics, self.item_rows, self.base, self.trainable, changed,
-                           resumed_from=resumed, train_seconds=train_seconds)
+        return TrainResult(
+            cfg.steps,
+            self.loss_log,
+            self.dynamics,
+            self.item_rows,
+            self.base,
+            self.trainable,
+            changed,
+            resumed_from=resumed,
+            train_seconds=train_seconds,
+        )
 
 
 def train(
@@ -356,6 +404,16 @@ def train(
     Raises :class:`UnlearningFailed` on a non-finite loss/gradient norm or when no weight changed. With an
     ``accelerator`` of your own, call its ``free_memory()`` when done (the loop frees only one it created).
     """
-    trainer = Trainer(model, method, data, config, trainable=trainable, store=store, evaluate=evaluate,
-                      accelerator=accelerator, progress=progress, callback=callback)
+    trainer = Trainer(
+        model,
+        method,
+        data,
+        config,
+        trainable=trainable,
+        store=store,
+        evaluate=evaluate,
+        accelerator=accelerator,
+        progress=progress,
+        callback=callback,
+    )
     return trainer.run(resume)

@@ -10,7 +10,7 @@ Notation for a teacher-forced batch (see :func:`unpact_mech.scoring.batching.rig
 Choices settled here once (each is tested in ``tests/unit/unlearning/test_losses.py``):
 
 * **Answer tokens only.** Every log-prob term covers the answer tokens (the paper's LP is over answer tokens; on
-  SmolLM2 the answer-only loss kept far more retain accuracy than a loss over the whole sentence, ENV.md).
+  SmolLM2 the answer-only loss kept far more retain accuracy than a loss over the whole sentence: docs/concepts.md §14).
 * **NLL is a token mean over the batch** (HF's causal-LM loss with labels on the answer): long answers weigh more.
 * **NPO uses sequence log-probs** ``S_θ − S_ref`` (NPO paper's π(y|x); open-unlearning's ``compute_batch_nll`` sums
   too), NOT a per-token ratio averaged over tokens. The two differ as soon as ``|y| > 1``.

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -83,12 +84,19 @@ class UnlearnResult:
 
     def loss_table(self) -> pd.DataFrame:
         """One row per optimizer step: ``step, lr, loss, forget_loss, retain_loss, grad_norm, seconds``."""
-        return pd.DataFrame(self.train.loss_log, columns=["step", "lr", "loss", "forget_loss", "retain_loss",
-                                                          "grad_norm", "seconds"])
+        return pd.DataFrame(
+            self.train.loss_log, columns=["step", "lr", "loss", "forget_loss", "retain_loss", "grad_norm", "seconds"]
+        )
 
 
-def _summary(method: UnlearningMethod, cfg: TrainConfig, pattern: str | None, res: TrainResult,
-             model: "HookedLM", data: UnlearningSet) -> dict[str, Any]:
+def _summary(
+    method: UnlearningMethod,
+    cfg: TrainConfig,
+    pattern: str | None,
+    res: TrainResult,
+    model: "HookedLM",
+    data: UnlearningSet,
+) -> dict[str, Any]:
     after = P.current(model, res.trainable)
     first = res.dynamics[0] if res.dynamics and res.dynamics[0]["step"] == 0 else {}
     last = res.dynamics[-1] if res.dynamics else {}
@@ -102,13 +110,24 @@ def _summary(method: UnlearningMethod, cfg: TrainConfig, pattern: str | None, re
     summary.update(
         weight_delta_norm=P.delta_norm(res.base, after),
         relative_weight_delta=P.delta_norm(res.base, after) / max(P.norm(res.base), 1e-30),
-        steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-        lr_schedule=cfg.lr_schedule, warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
-        weight_decay=cfg.weight_decay, seed=cfg.seed,
-        trainable=pattern or "all parameters", n_trainable_tensors=len(res.trainable), n_trainable_parameters=n_params,
-        n_changed_tensors=len(res.changed), n_forget=len(data.forget), n_retain=len(data.retain),
+        steps=cfg.steps,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        lr_schedule=cfg.lr_schedule,
+        warmup_steps=cfg.warmup_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        trainable=pattern or "all parameters",
+        n_trainable_tensors=len(res.trainable),
+        n_trainable_parameters=n_params,
+        n_changed_tensors=len(res.changed),
+        n_forget=len(data.forget),
+        n_retain=len(data.retain),
         n_generated_targets=sum(t.source == "generated" for t in data.forget + data.retain),
-        train_seconds=res.train_seconds, resumed_from_step=res.resumed_from,
+        train_seconds=res.train_seconds,
+        resumed_from_step=res.resumed_from,
         final_forget_loss=res.loss_log[-1]["forget_loss"] if res.loss_log else None,
         final_retain_loss=res.loss_log[-1]["retain_loss"] if res.loss_log else None,
         dynamics=res.dynamics,
@@ -148,8 +167,9 @@ def unlearn(
     unset ones from the method's recipe. ``evaluate``: greedy accuracy + LP of all items at step 0, every
     ``eval_every`` steps and at the end; ``initial_evaluation``: the
     :func:`~unpact_mech.scoring.evaluate.evaluate_items` frame of ``items`` on the current weights (same judge and
-    answer length), used as the step-0 evaluation instead of computing it again. Bad input raises :class:`InputError` before any update;
-    :class:`~unpact_mech.unlearning.loop.UnlearningFailed` means the run failed (NaN, no weight changed).
+    answer length), used as the step-0 evaluation instead of computing it again. Bad input raises
+    :class:`InputError` before any update; :class:`~unpact_mech.unlearning.loop.UnlearningFailed` means the run
+    failed (NaN, no weight changed).
     """
     m = get_unlearning_method(method, **dict(hyperparameters or {})) if isinstance(method, str) else method
     cfg = resolve_config(m, **train_options)
@@ -157,7 +177,7 @@ def unlearn(
     _, retain_items = UnlearningSet.split(items, where=data_label)
     if m.needs_retain and not retain_items:
         raise InputError(
-            f"method {m.name} has a retain term but {data_label} has no retain items (\"split\": \"retain\"); "
+            f'method {m.name} has a retain term but {data_label} has no retain items ("split": "retain"); '
             "add retain items or use a method without one (ga, npo)"
         )
     pattern = trainable if trainable is not None else m.default_trainable(model)
@@ -165,22 +185,55 @@ def unlearn(
     store = None
     if checkpoint_dir is not None:
         check_outside(checkpoint_dir, model.source_dir, "checkpoint directory")
-        fingerprint = {**m.describe(), **{k: v for k, v in vars(cfg).items() if k not in ("eval_every", "checkpoint_every")},
-                       "trainable": pattern, "target": target, "data": _data_digest(items), "model": str(model.source_dir),
-                       "lineage_depth": len(model.lineage)}
+        fingerprint = {
+            **m.describe(),
+            **{k: v for k, v in vars(cfg).items() if k not in ("eval_every", "checkpoint_every")},
+            "trainable": pattern,
+            "target": target,
+            "data": _data_digest(items),
+            "model": str(model.source_dir),
+            "lineage_depth": len(model.lineage),
+        }
         store = CheckpointStore(checkpoint_dir, fingerprint)
-    data = UnlearningSet.from_items(model, items, where=data_label, target=target, with_retain=m.needs_retain,
-                                    batch_size=eval_batch_size)
-    evaluator = make_evaluator(model, items, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
-                               initial=initial_evaluation) if evaluate else None
-    res = train(model, m, data, cfg, trainable=names, store=store, resume=resume, evaluate=evaluator,
-                accelerator=accelerator, progress=progress, callback=callback)
+    data = UnlearningSet.from_items(
+        model, items, where=data_label, target=target, with_retain=m.needs_retain, batch_size=eval_batch_size
+    )
+    evaluator = (
+        make_evaluator(
+            model, items, batch_size=eval_batch_size, max_new_tokens=max_new_tokens, initial=initial_evaluation
+        )
+        if evaluate
+        else None
+    )
+    res = train(
+        model,
+        m,
+        data,
+        cfg,
+        trainable=names,
+        store=store,
+        resume=resume,
+        evaluate=evaluator,
+        accelerator=accelerator,
+        progress=progress,
+        callback=callback,
+    )
     summary = _summary(m, cfg, pattern, res, model, data) | {"target": target}
     record = {
-        "role": "unlearned", **m.describe(), "target": target, "steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
-        "grad_accum": cfg.grad_accum, "seed": cfg.seed, "trainable": pattern or "all parameters",
-        "data": data_label, "n_forget": len(data.forget), "n_retain": len(data.retain),
-        "base": model.name, "weight_delta_norm": summary["weight_delta_norm"],
+        "role": "unlearned",
+        **m.describe(),
+        "target": target,
+        "steps": cfg.steps,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "seed": cfg.seed,
+        "trainable": pattern or "all parameters",
+        "data": data_label,
+        "n_forget": len(data.forget),
+        "n_retain": len(data.retain),
+        "base": model.name,
+        "weight_delta_norm": summary["weight_delta_norm"],
     }
     model.lineage = list(model.lineage) + [record]
     return UnlearnResult(m, cfg, pattern, res, summary, record)
@@ -212,6 +265,10 @@ def write_unlearned(
         atomic_write_text(tmp / "dynamics.csv", dynamics.to_csv(index=False))
         atomic_write_text(tmp / "training_log.csv", losses.to_csv(index=False))
         if len(dynamics):
-            plot_dynamics(dynamics, losses, tmp / "dynamics.png",
-                          title=f"{result.method.name} (lr {result.config.lr:g}, {result.config.steps} steps)")
+            plot_dynamics(
+                dynamics,
+                losses,
+                tmp / "dynamics.png",
+                title=f"{result.method.name} (lr {result.config.lr:g}, {result.config.steps} steps)",
+            )
     return Path(out)

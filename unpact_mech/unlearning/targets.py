@@ -18,15 +18,16 @@ model produced.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
+from unpact_mech.data.text import keyword_spans
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.batching import left_pad, length_batches
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
-from unpact_mech.data.text import keyword_spans
 from unpact_mech.scoring.tokens import EncodedPrompt, EncodedQA
 
 if TYPE_CHECKING:
@@ -96,8 +97,9 @@ def build_targets(
     with torch.no_grad():
         for idx in length_batches([len(p) for p in prompts], batch_size):
             batch = left_pad([prompts[i] for i in idx], model.pad_token_id, idx)
-            new = model.generate(batch.input_ids.to(model.device), batch.attention_mask.to(model.device),
-                                 max_new_tokens=max_new_tokens)
+            new = model.generate(
+                batch.input_ids.to(model.device), batch.attention_mask.to(model.device), max_new_tokens=max_new_tokens
+            )
             for row, i in enumerate(idx):
                 tokens: list[int] = []
                 for t in new[row].tolist():
@@ -108,5 +110,7 @@ def build_targets(
                 if where is not None:
                     a, b = where
                     model.check_length(len(prompts[i]) + b, f"item {items[i].id!r}")
-                    out[i] = TrainTarget(items[i].id, encoded[i].prompt, tuple(tokens[:a]), tuple(tokens[a:b]), "generated")
+                    out[i] = TrainTarget(
+                        items[i].id, encoded[i].prompt, tuple(tokens[:a]), tuple(tokens[a:b]), "generated"
+                    )
     return out

@@ -7,7 +7,7 @@ base's dtype.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from torch import Tensor
 

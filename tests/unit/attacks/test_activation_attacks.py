@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from unpact_mech import load_model
-from unpact_mech.errors import InputError
 from unpact_mech.attacks import AttackEnv, get_attack
 from unpact_mech.attacks.activation import steering_directions
 from unpact_mech.attacks.edits import reweight_attention
+from unpact_mech.errors import InputError
 from unpact_mech.scoring.batching import left_pad, right_pad_teacher_forced
 from unpact_mech.scoring.tokens import encode_item
 
@@ -19,7 +19,9 @@ def _batch(model, items, answers=True):
     enc = [encode_item(model, it) for it in items]
     prompts = [e.prompt.ids for e in enc]
     if answers:
-        return enc, right_pad_teacher_forced(prompts, [e.answer_ids for e in enc], model.pad_token_id, list(range(len(enc))))
+        return enc, right_pad_teacher_forced(
+            prompts, [e.answer_ids for e in enc], model.pad_token_id, list(range(len(enc)))
+        )
     return enc, left_pad(prompts, model.pad_token_id, list(range(len(enc))))
 
 
@@ -59,7 +61,10 @@ def test_noop_settings_are_exact(spec, original, blocks_perturbed, synthetic_ite
 
         spec = replace(spec, layers=())  # patching no layer
     directions = {L: torch.ones(blocks_perturbed.shape.d_model) for L in spec.layers}
-    assert torch.equal(_logits(blocks_perturbed, batch, spec, positions, source=original, directions=directions), _logits(blocks_perturbed, batch))
+    assert torch.equal(
+        _logits(blocks_perturbed, batch, spec, positions, source=original, directions=directions),
+        _logits(blocks_perturbed, batch),
+    )
 
 
 def test_empty_position_sets_are_exact_noops(blocks_perturbed, original, synthetic_items):
@@ -103,8 +108,12 @@ def test_interventions_are_active_during_generation(original, blocks_perturbed, 
     target = original.generate(batch.input_ids, batch.attention_mask, max_new_tokens=4)
     assert torch.equal(patched[:, 0], target[:, 0])  # last prompt residual restored -> original's first token
     assert not torch.equal(patched, plain)
-    scaled = _attack("scale:factor=50", blocks_perturbed).interventions(prompt_positions, AttackEnv(original))(batch.layout)
-    assert not torch.equal(blocks_perturbed.generate(batch.input_ids, batch.attention_mask, max_new_tokens=4, interventions=scaled), plain)
+    scaled = _attack("scale:factor=50", blocks_perturbed).interventions(prompt_positions, AttackEnv(original))(
+        batch.layout
+    )
+    assert not torch.equal(
+        blocks_perturbed.generate(batch.input_ids, batch.attention_mask, max_new_tokens=4, interventions=scaled), plain
+    )
 
 
 def test_backends_agree_on_every_intervention(ga_unlearned_dir, synthetic_items):
@@ -117,7 +126,11 @@ def test_backends_agree_on_every_intervention(ga_unlearned_dir, synthetic_items)
         out = {}
         for b, m in models.items():
             spec = _attack(raw, m)
-            dirs = steering_directions(source, m, [e.prompt.ids for e in enc], positions, spec.layers) if spec.name == "steer" else None
+            dirs = (
+                steering_directions(source, m, [e.prompt.ids for e in enc], positions, spec.layers)
+                if spec.name == "steer"
+                else None
+            )
             out[b] = _logits(m, batch, spec, positions, source=source, directions=dirs)
         assert (out["transformer_lens"] - out["nnsight"]).abs().max() <= 1e-4, raw
         assert (out["nnsight"] - _logits(models["nnsight"], batch)).abs().max() > 1e-4, raw
@@ -140,10 +153,18 @@ def test_steering_direction_is_the_mean_difference(original, blocks_perturbed, s
 
 @pytest.mark.parametrize(
     "text, message",
-    [("shout", "unknown intervention 'shout'"), ("scale:factor=0", "factor must be > 0"), ("scale:factor=-1", "factor must be > 0"),
-     ("patch:layers=0-7", "layer 2 out of range"), ("pasta:heads=9", "heads must be in 0..3"), ("scale:size=3", "unknown option 'size'"),
-     ("scale:factor=abc", "bad value for factor"), ("pasta:factor=0.2", "unknown option 'factor'"), ("focus", "unknown intervention 'focus'"),
-     ("scale:hook=attn.hook_z", "hook must be one of")],
+    [
+        ("shout", "unknown intervention 'shout'"),
+        ("scale:factor=0", "factor must be > 0"),
+        ("scale:factor=-1", "factor must be > 0"),
+        ("patch:layers=0-7", "layer 2 out of range"),
+        ("pasta:heads=9", "heads must be in 0..3"),
+        ("scale:size=3", "unknown option 'size'"),
+        ("scale:factor=abc", "bad value for factor"),
+        ("pasta:factor=0.2", "unknown option 'factor'"),
+        ("focus", "unknown intervention 'focus'"),
+        ("scale:hook=attn.hook_z", "hook must be one of"),
+    ],
 )
 def test_bad_intervention_specs(text, message, original):
     with pytest.raises(InputError, match=message):

@@ -29,7 +29,10 @@ def test_each_strategy(name, expected):
 
 def test_in_place_strategies_respect_word_boundaries_and_overlaps():
     q = "Is the capitals' capital in New York or York?"
-    assert get_attack("quote").rewrite(q, ["capital", "york", "New York"]) == 'Is the capitals\' "capital" in "New York" or "York"?'
+    assert (
+        get_attack("quote").rewrite(q, ["capital", "york", "New York"])
+        == 'Is the capitals\' "capital" in "New York" or "York"?'
+    )
     assert get_attack("uppercase").rewrite(q, []) == q
 
 
@@ -48,8 +51,15 @@ def test_custom_template_and_bad_names():
 
 
 def test_registry_order_kinds_and_flags():
-    assert attack_names("strategy") == ["focus", "repeat_keywords", "repeat_question", "quote", "uppercase",
-                                        "keywords_first", "neutral"]
+    assert attack_names("strategy") == [
+        "focus",
+        "repeat_keywords",
+        "repeat_question",
+        "quote",
+        "uppercase",
+        "keywords_first",
+        "neutral",
+    ]
     assert attack_names("intervention") == ["scale", "patch", "steer", "pasta"]
     assert {n for n in attack_names("strategy") if not ATTACKS[n].uses_keywords} == {"repeat_question", "neutral"}
     assert [n for n, a in ATTACKS.items() if a.is_control] == ["neutral"]

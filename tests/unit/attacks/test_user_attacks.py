@@ -41,8 +41,11 @@ class AskTheOriginal(ModelAttack):
 
 @pytest.fixture(scope="module")
 def user_attacks():
-    added = [register_attack(PromptAttack("hint", "a hint naming the keywords", template="Hint: {keywords}. {question}")),
-             register_attack(Blend()), register_attack(AskTheOriginal())]
+    added = [
+        register_attack(PromptAttack("hint", "a hint naming the keywords", template="Hint: {keywords}. {question}")),
+        register_attack(Blend()),
+        register_attack(AskTheOriginal()),
+    ]
     yield added
     for attack in added:
         ATTACKS.pop(attack.name)
@@ -50,8 +53,11 @@ def user_attacks():
 
 @pytest.fixture(scope="module")
 def result(user_attacks, original, ga_unlearned, synthetic_items):
-    cfg = RecoveryConfig(attacks=["hint", "patch", "blend:strength=1,layers=0-1", "blend:strength=0", "ask_original"],
-                         keyword_source="data", n_boot=100)
+    cfg = RecoveryConfig(
+        attacks=["hint", "patch", "blend:strength=1,layers=0-1", "blend:strength=0", "ask_original"],
+        keyword_source="data",
+        n_boot=100,
+    )
     return run_recovery(original, ga_unlearned, synthetic_items, cfg, progress=False)
 
 
@@ -85,7 +91,9 @@ def test_user_edit_reproduces_patch_at_strength_1_and_nothing_at_0(result):
 def test_a_model_transform_that_restores_the_original_recovers_everything(result):
     row = result.rates.set_index("condition").loc["ask_original"]
     assert result.summary["n_eligible"] > 0 and row["recovery_rate"] == 1.0
-    assert row["retain_accuracy_after"] == result.summary["original_retain_accuracy"]  # retain items asked of the original
+    assert (
+        row["retain_accuracy_after"] == result.summary["original_retain_accuracy"]
+    )  # retain items asked of the original
     assert row["original_accuracy_after"] == row["original_accuracy_before"]  # the original asked as itself
 
 
@@ -96,3 +104,24 @@ def test_user_registration_errors(user_attacks):
         from unpact_mech.attacks import get_attack
 
         get_attack("blend:strength2=1")
+
+
+def test_the_docs_example_registers_conditions_that_run(original, ga_unlearned, synthetic_items):
+    """The "Adding a condition" snippet of docs/recovery.md, pasted into a script, runs as written."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "recovery.md").read_text()
+    section = text.split("## Adding a condition", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    saved = dict(ATTACKS)
+    try:
+        for name in ("hint", "blend"):
+            ATTACKS.pop(name, None)
+        exec(compile(code, "docs/recovery.md", "exec"), {})
+        cfg = RecoveryConfig(attacks=["hint", "blend:strength=1,layers=0-1"], keyword_source="data", n_boot=50)
+        rec = run_recovery(original, ga_unlearned, synthetic_items, cfg, progress=False)
+        assert list(rec.rates["condition"]) == ["hint", "blend[0,1]"] and rec.rates["recovery_rate"].notna().all()
+    finally:
+        ATTACKS.clear()
+        ATTACKS.update(saved)

@@ -24,8 +24,9 @@ def _all_methods(model, item):
         "integrated_gradients": integrated_gradients(model, item, steps=16).scores,
         "attention": attention_paths(model, item).contributions,
         "residual": residual_contributions(model, item).values,
-        "grad_x_activation": grad_x_activation(model, item, ["blocks.1.hook_resid_mid", "blocks.0.attn.hook_z"])
-        .scores["blocks.0.attn.hook_z"],
+        "grad_x_activation": grad_x_activation(model, item, ["blocks.1.hook_resid_mid", "blocks.0.attn.hook_z"]).scores[
+            "blocks.0.attn.hook_z"
+        ],
     }
 
 
@@ -51,7 +52,9 @@ def test_a_token_the_answer_cannot_see_gets_zero(llama_pair, random_items):
     item = random_items[1]  # Who wrote Hamlet in London?
     for model in llama_pair.values():
         enc = encode_item(model, item)
-        pos = next(p for p in enc.prompt.question_positions if model.tokenizer.decode([enc.prompt.ids[p]]).strip() == "Hamlet")
+        pos = next(
+            p for p in enc.prompt.question_positions if model.tokenizer.decode([enc.prompt.ids[p]]).strip() == "Hamlet"
+        )
         blocked_id = enc.prompt.ids[pos]
         assert list(enc.prompt.ids).count(blocked_id) == 1
         factory = block_tokens(model, [blocked_id, model.pad_token_id])
@@ -61,7 +64,9 @@ def test_a_token_the_answer_cannot_see_gets_zero(llama_pair, random_items):
             "occlusion": occlusion(model, item, mode="replace", interventions=factory).scores,
             "grad_x_input": grad_x_input(model, item, interventions=factory).scores,
             "integrated_gradients": integrated_gradients(model, item, steps=8, interventions=factory).scores,
-            "attention": attention_paths(model, item, interventions=factory).contributions.sum((0, 1))[enc.prompt.question_positions],
+            "attention": attention_paths(model, item, interventions=factory).contributions.sum((0, 1))[
+                enc.prompt.question_positions
+            ],
         }
         for name, s in scores.items():
             assert s[unit].abs().item() < 1e-6, (name, s)

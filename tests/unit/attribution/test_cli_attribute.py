@@ -39,7 +39,18 @@ def test_occlusion_end_to_end_and_backend_determinism(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["results.csv", "run.json", "summary.json", "tokens.html"]
     results = pd.read_csv(out / "results.csv")
     assert list(results.columns[:4]) == ["item_id", "split", "metric", "value"]
-    assert {"model", "method", "target", "level", "unit", "position", "token", "word_index", "is_keyword", "is_keytoken"} <= set(results.columns)
+    assert {
+        "model",
+        "method",
+        "target",
+        "level",
+        "unit",
+        "position",
+        "token",
+        "word_index",
+        "is_keyword",
+        "is_keytoken",
+    } <= set(results.columns)
     units = results[results.metric == "contribution"]
     assert set(units.method) == {"occlusion"} and units.item_id.nunique() == 32
     assert set(results.metric) == {"contribution", "target_value"}
@@ -56,14 +67,17 @@ def test_occlusion_end_to_end_and_backend_determinism(tmp_path, capsys):
     assert run["command"] == "attribute" and run["seed"] == 0 and run["config"]["method"] == "occlusion"
     assert "<script" not in (out / "tokens.html").read_text().lower()
     # other backend, same numbers; --overwrite replaces atomically
-    code, _, err = run_cli(BASE + ["--method", "occlusion", "--level", "word", "--out", out, "--overwrite", "--backend", "nnsight"], capsys)
+    code, _, err = run_cli(
+        BASE + ["--method", "occlusion", "--level", "word", "--out", out, "--overwrite", "--backend", "nnsight"], capsys
+    )
     assert code == 0, err
     again = pd.read_csv(out / "results.csv")
     assert (again.value - results.value).abs().max() < 1e-4
     # --batching and the KeyToken rule's flags reach the method and the summary; the scores do not change
     flags = ["--batching", "batched", "--batch-size", "5", "--keytoken-alpha", "0.9", "--keytoken-beta", "1"]
-    code, _, err = run_cli(BASE + ["--method", "occlusion", "--level", "word", "--out", out, "--overwrite", *flags],
-                           capsys)
+    code, _, err = run_cli(
+        BASE + ["--method", "occlusion", "--level", "word", "--out", out, "--overwrite", *flags], capsys
+    )
     assert code == 0, err
     strict = pd.read_csv(out / "results.csv")
     assert (strict.value - results.value).abs().max() < 1e-4
@@ -86,7 +100,10 @@ def test_every_method_runs_and_compare_to_writes_the_comparison(tmp_path, capsys
         "attention": {"tokens.html", "attention_heads.png"},
         "residual": {"residual_components.png", "logit_lens.png"},
     }
-    extra = {"grad_x_input": ["--hooks", "blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"], "integrated_gradients": ["--steps", "8"]}
+    extra = {
+        "grad_x_input": ["--hooks", "blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"],
+        "integrated_gradients": ["--steps", "8"],
+    }
     for method, files in expected.items():
         out = tmp_path / method
         code, stdout, err = run_cli(BASE + ["--method", method, "--out", out] + extra.get(method, []), capsys)
@@ -101,9 +118,13 @@ def test_every_method_runs_and_compare_to_writes_the_comparison(tmp_path, capsys
     assert ig["steps"] == 8 and ig["completeness_rel_max"] >= ig["completeness_rel_mean"] >= 0
 
     out = tmp_path / "cmp"
-    code, stdout, err = run_cli(BASE + ["--method", "attention", "--level", "word", "--out", out, "--compare-to", perturbed_tiny_dir], capsys)
+    code, stdout, err = run_cli(
+        BASE + ["--method", "attention", "--level", "word", "--out", out, "--compare-to", perturbed_tiny_dir], capsys
+    )
     assert code == 0, err
-    assert {"comparison.csv", "keytoken_change.csv", "tokens.html", "attention_heads.png"} <= {p.name for p in out.iterdir()}
+    assert {"comparison.csv", "keytoken_change.csv", "tokens.html", "attention_heads.png"} <= {
+        p.name for p in out.iterdir()
+    }
     results = pd.read_csv(out / "results.csv")
     assert set(results.model) == {"tiny", "noisy"}
     comparison = pd.read_csv(out / "comparison.csv")
@@ -125,32 +146,63 @@ def _bad_cases(tmp_path, empty_answer_model_dir, llama_dir):
     zw.write_text(json.dumps({"id": "zw", "question": "What is the capital of France?", "answer": "\u200b"}) + "\n")
     return {
         "unknown method": (["--method", "saliency"], "invalid choice: 'saliency'"),
-        "answer tokenises to nothing": (["--method", "occlusion", "--model", empty_answer_model_dir, "--data", zw], "item 'zw': the answer tokenises to nothing"),
-        "alpha zero": (["--method", "occlusion", "--keytoken-alpha", "0"],
-                       r"keytoken_alpha must be in \(0, 1\], got 0.0"),
+        "answer tokenises to nothing": (
+            ["--method", "occlusion", "--model", empty_answer_model_dir, "--data", zw],
+            "item 'zw': the answer tokenises to nothing",
+        ),
+        "alpha zero": (
+            ["--method", "occlusion", "--keytoken-alpha", "0"],
+            r"keytoken_alpha must be in \(0, 1\], got 0.0",
+        ),
         "alpha above one": (["--method", "occlusion", "--keytoken-alpha", "1.5"], r"keytoken_alpha must be in \(0, 1"),
-        "beta zero": (["--method", "occlusion", "--keytoken-beta", "0"],
-                      "keytoken_beta must be an integer >= 1, got 0"),
+        "beta zero": (
+            ["--method", "occlusion", "--keytoken-beta", "0"],
+            "keytoken_beta must be an integer >= 1, got 0",
+        ),
         "old flag": (["--method", "occlusion", "--strategy", "packed"], "unrecognized arguments: --strategy"),
-        "unknown hook": (["--method", "grad_x_input", "--hooks", "blocks.0.hook_nope"], "unknown hook name 'blocks.0.hook_nope'"),
-        "hook layer out of range": (["--method", "grad_x_input", "--hooks", "blocks.7.hook_resid_post"], "layer 7 out of range"),
+        "unknown hook": (
+            ["--method", "grad_x_input", "--hooks", "blocks.0.hook_nope"],
+            "unknown hook name 'blocks.0.hook_nope'",
+        ),
+        "hook layer out of range": (
+            ["--method", "grad_x_input", "--hooks", "blocks.7.hook_resid_post"],
+            "layer 7 out of range",
+        ),
         "hooks with another method": (
             ["--method", "occlusion", "--hooks", "hook_embed"],
             r"--hooks does not apply to --method occlusion \(its flags: --mode, --baseline-token, --batching, "
-            r"--batch-size\)$"),
+            r"--batch-size\)$",
+        ),
         "batching with another method": (
             ["--method", "attention", "--batching", "packed", "--steps", "4"],
-            r"--batching, --steps do not apply to --method attention \(its flags: --layers\)$"),
+            r"--batching, --steps do not apply to --method attention \(its flags: --layers\)$",
+        ),
         "layers out of range": (["--method", "attention", "--layers", "0-5"], "layer 2 out of range"),
         "steps below two": (["--method", "integrated_gradients", "--steps", "1"], "must be >= 2"),
-        "multi-token baseline": (["--method", "occlusion", "--mode", "replace", "--baseline-token", "capital of"], "exactly one"),
+        "multi-token baseline": (
+            ["--method", "occlusion", "--mode", "replace", "--baseline-token", "capital of"],
+            "exactly one",
+        ),
         "incompatible compare model": (["--method", "occlusion", "--compare-to", llama_dir], "different architectures"),
     }
 
 
-CASES = ["unknown method", "answer tokenises to nothing", "alpha zero", "alpha above one", "beta zero", "old flag",
-         "unknown hook", "hook layer out of range", "hooks with another method", "batching with another method",
-         "layers out of range", "steps below two", "multi-token baseline", "incompatible compare model"]
+CASES = [
+    "unknown method",
+    "answer tokenises to nothing",
+    "alpha zero",
+    "alpha above one",
+    "beta zero",
+    "old flag",
+    "unknown hook",
+    "hook layer out of range",
+    "hooks with another method",
+    "batching with another method",
+    "layers out of range",
+    "steps below two",
+    "multi-token baseline",
+    "incompatible compare model",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

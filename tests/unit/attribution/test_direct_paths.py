@@ -69,7 +69,10 @@ def test_attention_paths_sum_to_the_layer_direct_contribution(arch_pair, random_
         # a query can only attend to earlier positions: sources after the last readout position contribute 0
         enc = encode_item(model, item)
         last_readout = len(enc.prompt.ids) - 1 + (len(enc.answer_ids) - 1 if target == "logprob" else 0)
-        assert paths.contributions.shape[-1] > last_readout + 1 and paths.contributions[..., last_readout + 1 :].abs().sum() == 0
+        assert (
+            paths.contributions.shape[-1] > last_readout + 1
+            and paths.contributions[..., last_readout + 1 :].abs().sum() == 0
+        )
 
 
 def test_attention_paths_layer_selection(llama_pair, random_items):

@@ -38,7 +38,13 @@ def test_grad_x_input_equals_plain_autograd(arch_pair, random_items):
 def test_grad_x_activation_shapes_and_consistency(llama_pair, random_items):
     model = llama_pair["transformer_lens"]
     item = random_items[0]
-    hooks = ["hook_embed", "blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern", "blocks.0.attn.hook_v", "blocks.2.attn.hook_z"]
+    hooks = [
+        "hook_embed",
+        "blocks.1.hook_resid_post",
+        "blocks.0.attn.hook_pattern",
+        "blocks.0.attn.hook_v",
+        "blocks.2.attn.hook_z",
+    ]
     res = grad_x_activation(model, item, hooks)
     enc = encode_item(model, item)
     n, s = len(enc.prompt.ids) + len(enc.answer_ids) - 1, model.shape  # the last answer token is no input

@@ -38,11 +38,17 @@ def test_at_least_beta_positive_units_are_normalised_and_thresholded():
     assert keytoken_mask(torch.tensor([-1.0, 0.0]), keytoken_beta=1).tolist() == [False, False]  # nothing positive
 
 
-@pytest.mark.parametrize("alpha,beta,message", [
-    (0.0, 3, r"keytoken_alpha must be in \(0, 1\], got 0.0"), (1.5, 3, "keytoken_alpha"), (-0.1, 3, "keytoken_alpha"),
-    (float("nan"), 3, "keytoken_alpha"), (0.5, 0, "keytoken_beta must be an integer >= 1, got 0"),
-    (0.5, 2.0, "keytoken_beta"),
-])
+@pytest.mark.parametrize(
+    "alpha,beta,message",
+    [
+        (0.0, 3, r"keytoken_alpha must be in \(0, 1\], got 0.0"),
+        (1.5, 3, "keytoken_alpha"),
+        (-0.1, 3, "keytoken_alpha"),
+        (float("nan"), 3, "keytoken_alpha"),
+        (0.5, 0, "keytoken_beta must be an integer >= 1, got 0"),
+        (0.5, 2.0, "keytoken_beta"),
+    ],
+)
 def test_keytoken_rule_validation(alpha, beta, message):
     with pytest.raises(InputError, match=message):
         keytoken_mask(torch.ones(3), keytoken_alpha=alpha, keytoken_beta=beta)
@@ -77,12 +83,22 @@ def test_keyword_agreement_by_hand():
 
 
 def _units(values, item="i1", split="forget", keywords=()):
-    return pd.DataFrame({
-        "item_id": item, "split": split, "method": "occlusion", "target": "logprob", "level": "word",
-        "unit": range(len(values)), "position": range(10, 10 + len(values)), "token": [f"w{i}" for i in range(len(values))],
-        "word_index": range(len(values)), "is_keyword": [i in keywords for i in range(len(values))],
-        "metric": "contribution", "value": values,
-    })
+    return pd.DataFrame(
+        {
+            "item_id": item,
+            "split": split,
+            "method": "occlusion",
+            "target": "logprob",
+            "level": "word",
+            "unit": range(len(values)),
+            "position": range(10, 10 + len(values)),
+            "token": [f"w{i}" for i in range(len(values))],
+            "word_index": range(len(values)),
+            "is_keyword": [i in keywords for i in range(len(values))],
+            "metric": "contribution",
+            "value": values,
+        }
+    )
 
 
 def test_diff_frames_and_unit_comparison_by_hand():
@@ -103,8 +119,12 @@ def test_diff_frames_and_unit_comparison_by_hand():
 
 def test_keytoken_change_by_hand():
     # item i1: before [1.0, 0.2, -0.5, 0.9] -> 3 positive >= beta: normalised 1, 0.2, -, 0.9 -> KeyTokens {0, 3}
-    before = pd.concat([_units([1.0, 0.2, -0.5, 0.9], keywords=(0,)), _units([0.3, -0.1], item="i2", split="retain", keywords=(1,))])
-    after = pd.concat([_units([0.2, 0.2, -0.3, 0.5], keywords=(0,)), _units([0.1, 0.0], item="i2", split="retain", keywords=(1,))])
+    before = pd.concat(
+        [_units([1.0, 0.2, -0.5, 0.9], keywords=(0,)), _units([0.3, -0.1], item="i2", split="retain", keywords=(1,))]
+    )
+    after = pd.concat(
+        [_units([0.2, 0.2, -0.3, 0.5], keywords=(0,)), _units([0.1, 0.0], item="i2", split="retain", keywords=(1,))]
+    )
     per_item, summary = keytoken_change(compare_units(before, after), keytoken_alpha=0.5, keytoken_beta=3)
     rows = per_item.set_index(["item_id", "group"])
     assert rows.loc[("i1", "keytokens"), "before"] == pytest.approx(0.95)

@@ -61,7 +61,7 @@ def test_ig_of_a_quadratic_is_exact_with_gauss_legendre():
     ig = am.integrated_gradients_from_average(am.path_average(grads, w), x, b)
     expected = (c * (x**2 - b**2)).sum(-1)
     assert torch.allclose(ig, expected, atol=1e-6)
-    f = lambda e: float((c * e**2).sum())  # noqa: E731
+    f = lambda e: float((c * e**2).sum())
     comp = am.completeness(ig, f(x), f(b))
     assert abs(comp["completeness_delta"]) < 1e-5 and comp["completeness_rel"] < 1e-5
     assert am.completeness(torch.tensor([1.0]), 2.0, 2.0)["completeness_rel"] == math.inf

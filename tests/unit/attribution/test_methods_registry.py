@@ -32,6 +32,7 @@ from unpact_mech.errors import InputError
 
 # --- the example of docs/attribution.md, "Adding an attribution method" (as a user script defines it) -------------
 
+
 @register_attribution_method
 @dataclass
 class AbsGradXInput(AttributionMethod):
@@ -48,6 +49,8 @@ class AbsGradXInput(AttributionMethod):
     def attribute(self, model, prepared, *, level, target):
         res = grad_x_input(model, prepared, level=level, target=target)
         return replace(res, method=self.name, scores=res.scores.abs() ** self.power)
+
+
 # --- end of the example -------------------------------------------------------------------------------------------
 
 BUILT_IN = ["occlusion", "grad_x_input", "integrated_gradients", "attention", "residual"]
@@ -72,12 +75,14 @@ def noisy_tiny():
     return model
 
 
-def test_a_method_registered_outside_runs_through_attribute_items_and_compare_runs(tiny_model, noisy_tiny,
-                                                                                     synthetic_items):
+def test_a_method_registered_outside_runs_through_attribute_items_and_compare_runs(
+    tiny_model, noisy_tiny, synthetic_items
+):
     items = synthetic_items[:5]
     assert ATTRIBUTION_METHODS["abs_grad_x_input"] is AbsGradXInput and list(ATTRIBUTION_METHODS)[:5] == BUILT_IN
-    cfg = AttributionConfig(method="abs_grad_x_input", level="word", keytoken_alpha=0.1, keytoken_beta=2,
-                            options={"power": 2.0})
+    cfg = AttributionConfig(
+        method="abs_grad_x_input", level="word", keytoken_alpha=0.1, keytoken_beta=2, options={"power": 2.0}
+    )
     run = attribute_items(tiny_model, items, cfg, label="orig")
 
     # frame: the method's scores, KeyTokens by the config's rule, one target_value row per item
@@ -132,8 +137,10 @@ def test_unknown_method_and_option_are_one_line_errors_naming_the_choices():
     assert all(m in message for m in BUILT_IN) and "\n" not in message
     with pytest.raises(InputError) as bad_option:
         get_attribution_method("occlusion", strategy="packed", steps=4)
-    assert str(bad_option.value) == ("attribution method occlusion: unknown option(s) steps, strategy "
-                                     "(its options: mode, baseline_token, batching, batch_size)")
+    assert str(bad_option.value) == (
+        "attribution method occlusion: unknown option(s) steps, strategy "
+        "(its options: mode, baseline_token, batching, batch_size)"
+    )
     with pytest.raises(InputError, match=r"unknown option\(s\) layers \(its options: none\)$"):
         get_attribution_method("residual", layers=(0,))
     with pytest.raises(InputError, match="unknown occlusion batching 'auto2'"):
@@ -174,8 +181,14 @@ def test_model_dependent_checks_and_registry_rules(tiny_model):
 def test_config_is_json_serialisable_and_builds_the_method():
     cfg = AttributionConfig(method="grad_x_input", level="word", options={"hooks": ("hook_embed",)})
     record = json.loads(json.dumps(asdict(cfg)))
-    assert record == {"method": "grad_x_input", "level": "word", "target": "logprob", "keytoken_alpha": 0.5,
-                      "keytoken_beta": 3, "options": {"hooks": ["hook_embed"]}}
+    assert record == {
+        "method": "grad_x_input",
+        "level": "word",
+        "target": "logprob",
+        "keytoken_alpha": 0.5,
+        "keytoken_beta": 3,
+        "options": {"hooks": ["hook_embed"]},
+    }
     assert AttributionConfig(**record).method_object().hooks == ["hook_embed"]  # what run.json gives back
     method = cfg.method_object()
     assert method.options() == {"hooks": ("hook_embed",)} and type(method).default_options() == {"hooks": ()}

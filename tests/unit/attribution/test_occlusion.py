@@ -72,7 +72,9 @@ def test_word_level_groups_subword_tokens(llama_pair, random_items):
     _, want = loop_scores(model, enc, "word", "delete", None)
     assert (res.scores - want).abs().max() <= TOL
     w = multi[0]
-    assert not torch.isclose(res.scores[w.index], sum(tokens.scores[[t.index for t in tokens.units if t.positions[0] in w.positions]]))
+    assert not torch.isclose(
+        res.scores[w.index], sum(tokens.scores[[t.index for t in tokens.units if t.positions[0] in w.positions]])
+    )
 
 
 def test_first_logit_target_and_chunking(llama_pair, random_items):

@@ -6,24 +6,40 @@ import re
 
 import pandas as pd
 
-from unpact_mech.report import plot_layer_component, plot_layer_head, plot_logit_lens, token_heatmap_html, write_token_heatmap
+from unpact_mech.report import (
+    plot_layer_component,
+    plot_layer_head,
+    plot_logit_lens,
+    token_heatmap_html,
+    write_token_heatmap,
+)
 
 EVIL = "<script>alert('x')</script>"
 
 
 def _units(model, values, token_texts):
-    return pd.DataFrame({
-        "item_id": "<b>id</b>", "split": "forget", "model": model, "metric": "contribution",
-        "unit": range(len(values)), "token": token_texts, "value": values,
-        "is_keytoken": [v == max(values) for v in values], "is_keyword": [False, True, False],
-    })
+    return pd.DataFrame(
+        {
+            "item_id": "<b>id</b>",
+            "split": "forget",
+            "model": model,
+            "metric": "contribution",
+            "unit": range(len(values)),
+            "token": token_texts,
+            "value": values,
+            "is_keytoken": [v == max(values) for v in values],
+            "is_keyword": [False, True, False],
+        }
+    )
 
 
 def test_html_escapes_all_text_and_loads_nothing(tmp_path):
-    units = pd.concat([
-        _units("original <i>", [0.5, -0.25, 1.0], ["What", EVIL, " France&"]),
-        _units("unlearned", [0.1, 0.0, -1.0], ["What", EVIL, " France&"]),
-    ])
+    units = pd.concat(
+        [
+            _units("original <i>", [0.5, -0.25, 1.0], ["What", EVIL, " France&"]),
+            _units("unlearned", [0.1, 0.0, -1.0], ["What", EVIL, " France&"]),
+        ]
+    )
     items = pd.DataFrame([{"item_id": "<b>id</b>", "question": f"What is {EVIL}?", "answer": '"Paris" & <u>'}])
     page = token_heatmap_html(units, items=items, title=f"title {EVIL}", subtitle="a <vs> b")
     assert "<script" not in page.lower()  # the only scripts would come from data: none at all
@@ -39,15 +55,34 @@ def test_html_escapes_all_text_and_loads_nothing(tmp_path):
 
 
 def test_png_heatmaps(tmp_path):
-    heads = pd.DataFrame([
-        {"item_id": i, "model": m, "metric": "attention_path", "layer": L, "head": h, "position": p, "value": (L + h + p) * s}
-        for i in ("a", "b") for m, s in (("orig", 1.0), ("unl", 0.5)) for L in range(3) for h in range(2) for p in range(4)
-    ])
+    heads = pd.DataFrame(
+        [
+            {
+                "item_id": i,
+                "model": m,
+                "metric": "attention_path",
+                "layer": L,
+                "head": h,
+                "position": p,
+                "value": (L + h + p) * s,
+            }
+            for i in ("a", "b")
+            for m, s in (("orig", 1.0), ("unl", 0.5))
+            for L in range(3)
+            for h in range(2)
+            for p in range(4)
+        ]
+    )
     out = plot_layer_head(heads, tmp_path / "heads.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    comps = pd.DataFrame([
-        {"item_id": "a", "model": m, "metric": "direct_logit", "layer": L, "component": c, "value": L - 1.0}
-        for m in ("orig",) for L in range(-1, 3) for c in (("embed",) if L < 0 else ("attn", "mlp"))
-    ] + [{"item_id": "a", "model": "orig", "metric": "lens_logprob", "layer": L, "value": -3.0 + L} for L in range(3)])
+    comps = pd.DataFrame(
+        [
+            {"item_id": "a", "model": m, "metric": "direct_logit", "layer": L, "component": c, "value": L - 1.0}
+            for m in ("orig",)
+            for L in range(-1, 3)
+            for c in (("embed",) if L < 0 else ("attn", "mlp"))
+        ]
+        + [{"item_id": "a", "model": "orig", "metric": "lens_logprob", "layer": L, "value": -3.0 + L} for L in range(3)]
+    )
     assert plot_layer_component(comps, tmp_path / "comp.png").stat().st_size > 1000
     assert plot_logit_lens(comps, tmp_path / "lens.png").stat().st_size > 1000

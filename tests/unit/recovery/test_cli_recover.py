@@ -11,24 +11,66 @@ import pytest
 
 from tests.cli_helpers import run_cli
 
-BASE = ["recover", "--original", "tiny", "--data", "builtin:synthetic_facts", "--keywords", "data", "--quiet", "--n-boot", "100"]
+BASE = [
+    "recover",
+    "--original",
+    "tiny",
+    "--data",
+    "builtin:synthetic_facts",
+    "--keywords",
+    "data",
+    "--quiet",
+    "--n-boot",
+    "100",
+]
 
 
 def test_recover_end_to_end(ga_unlearned_dir, tmp_path, capsys):
     out = tmp_path / "rec"
-    code, stdout, err = run_cli(BASE + ["--unlearned", ga_unlearned_dir, "--out", out, "--strategy", "focus", "quote",
-                                        "--intervention", "patch", "pasta:other_weight=0.05", "--ablation"], capsys)
+    code, stdout, err = run_cli(
+        BASE
+        + [
+            "--unlearned",
+            ga_unlearned_dir,
+            "--out",
+            out,
+            "--strategy",
+            "focus",
+            "quote",
+            "--intervention",
+            "patch",
+            "pasta:other_weight=0.05",
+            "--ablation",
+        ],
+        capsys,
+    )
     assert code == 0, err
     names = {p.name for p in out.iterdir()}
-    assert {"run.json", "results.csv", "summary.json", "rates.csv", "per_item.csv", "keywords.csv", "recovery_rates.png", "ablation.csv", "ablation.png"} <= names
+    assert {
+        "run.json",
+        "results.csv",
+        "summary.json",
+        "rates.csv",
+        "per_item.csv",
+        "keywords.csv",
+        "recovery_rates.png",
+        "ablation.csv",
+        "ablation.png",
+    } <= names
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["recovery_rate"]) == {"focus", "quote", "patch[0,1]", "pasta[0]x0.05"}
     assert all(0 <= v <= 1 for v in summary["recovery_rate"].values())
     assert 0 <= summary["destructive_rate"] <= 1 and summary["n_eligible"] > 0
     lineage = json.loads((out / "run.json").read_text())["lineage"]
-    assert [step["role"] for step in lineage] == ["base", "unlearned", "recovered"] and lineage[-1]["weights_changed"] is False
+    assert [step["role"] for step in lineage] == ["base", "unlearned", "recovered"] and lineage[-1][
+        "weights_changed"
+    ] is False
     results = pd.read_csv(out / "results.csv")
-    assert list(results.columns[:4]) == ["item_id", "split", "metric", "value"] and {"condition", "emphasis", "model"} <= set(results.columns)
+    assert list(results.columns[:4]) == ["item_id", "split", "metric", "value"] and {
+        "condition",
+        "emphasis",
+        "model",
+    } <= set(results.columns)
     sweep = pd.read_csv(out / "ablation.csv")
     assert len(sweep) == 2 * 3 * 2 * 2 and sweep.recovery_rate.between(0, 1).all()
     assert set(sweep.intervention) == {"patch", "pasta"}  # the sweep honours the interventions asked for

@@ -9,6 +9,7 @@ import pytest
 
 from unpact_mech.recovery.metrics import bootstrap_ci, destructive_rate, rate, recovery_rate
 
+
 def test_recovery_and_destructive_rates_by_hand():
     original = [1, 1, 1, 1, 0, 1]
     unlearned = [0, 0, 0, 1, 0, 0]  # eligible: items 0, 1, 2, 5 (item 3 not forgotten, item 4 never known)

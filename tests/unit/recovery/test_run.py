@@ -12,8 +12,9 @@ from unpact_mech.scoring import evaluate_items
 
 @pytest.fixture(scope="module")
 def result(original, ga_unlearned, synthetic_items):
-    cfg = RecoveryConfig(attacks=("focus", "repeat_question", "uppercase", "patch", "scale:factor=3"),
-                         keyword_source="data", n_boot=200)
+    cfg = RecoveryConfig(
+        attacks=("focus", "repeat_question", "uppercase", "patch", "scale:factor=3"), keyword_source="data", n_boot=200
+    )
     return run_recovery(original, ga_unlearned, synthetic_items, cfg, progress=False)
 
 
@@ -33,13 +34,19 @@ def test_rates_table_and_controls(result):
     rates = result.rates.set_index("condition")
     assert list(rates.index) == ["focus", "repeat_question", "uppercase", "patch[0,1]", "scale[0]x3.0"]
     assert ((rates.recovery_rate >= 0) & (rates.recovery_rate <= 1)).all()
-    assert (rates.recovery_rate_ci_lo <= rates.recovery_rate).all() and (rates.recovery_rate <= rates.recovery_rate_ci_hi).all()
+    assert (rates.recovery_rate_ci_lo <= rates.recovery_rate).all() and (
+        rates.recovery_rate <= rates.recovery_rate_ci_hi
+    ).all()
     assert np.isnan(rates.loc["repeat_question"].get("random_control_rate", np.nan))  # no keywords -> no random control
     assert not np.isnan(rates.loc["focus", "random_control_rate"])
-    assert "original_accuracy_after" in rates and np.isnan(rates.loc["patch[0,1]", "original_accuracy_after"])  # identity
+    assert "original_accuracy_after" in rates and np.isnan(
+        rates.loc["patch[0,1]", "original_accuracy_after"]
+    )  # identity
     # recomputing one rate from the per-item table gives the same number
     per = result.per_item
-    focus = per[(per.condition == "focus") & (per.emphasis == "keywords") & (per.model == "unlearned") & (per.split == "forget")]
+    focus = per[
+        (per.condition == "focus") & (per.emphasis == "keywords") & (per.model == "unlearned") & (per.split == "forget")
+    ]
     assert rates.loc["focus", "recovery_rate"] == pytest.approx(focus.correct.mean())
 
 
@@ -49,7 +56,9 @@ def test_intervention_rows_equal_an_independent_evaluation(result, original, ga_
     from unpact_mech.scoring.tokens import encode_item
 
     per = result.per_item
-    rows = per[(per.condition == "patch[0,1]") & (per.emphasis == "keywords") & (per.split == "forget")].set_index("item_id")
+    rows = per[(per.condition == "patch[0,1]") & (per.emphasis == "keywords") & (per.split == "forget")].set_index(
+        "item_id"
+    )
     eligible = [it for it in synthetic_items if it.id in rows.index]
     positions = []
     for it in eligible:
@@ -64,9 +73,18 @@ def test_intervention_rows_equal_an_independent_evaluation(result, original, ga_
 
 def test_keyword_table_and_bad_inputs(result, original, ga_unlearned, synthetic_items):
     kw = result.keywords.set_index("item_id")
-    assert kw.loc["syn-capital-zorblat", "keywords"] == "capital | Zorblat" and kw.loc["syn-capital-zorblat", "source"] == "data"
+    assert (
+        kw.loc["syn-capital-zorblat", "keywords"] == "capital | Zorblat"
+        and kw.loc["syn-capital-zorblat", "source"] == "data"
+    )
     with pytest.raises(InputError, match="split 'forget'"):
-        run_recovery(original, ga_unlearned, [it for it in synthetic_items if it.split == "retain"], RecoveryConfig(keyword_source="data"), progress=False)
+        run_recovery(
+            original,
+            ga_unlearned,
+            [it for it in synthetic_items if it.split == "retain"],
+            RecoveryConfig(keyword_source="data"),
+            progress=False,
+        )
     with pytest.raises(InputError, match="unknown keyword source"):
         run_recovery(original, ga_unlearned, synthetic_items, RecoveryConfig(keyword_source="magic"), progress=False)
 
@@ -82,7 +100,9 @@ def test_attribution_keywords_are_keytokens_of_the_original(original, ga_unlearn
         att = occlusion(original, enc, level="word")
         chosen = [u.text for u, keep in zip(att.units, keytoken_mask(att.scores).tolist()) if keep]
         assert kw.source == "attribution" and list(kw.words) == chosen and chosen
-        assert sorted(kw.positions) == sorted(p for u, keep in zip(att.units, keytoken_mask(att.scores).tolist()) if keep for p in u.positions)
+        assert sorted(kw.positions) == sorted(
+            p for u, keep in zip(att.units, keytoken_mask(att.scores).tolist()) if keep for p in u.positions
+        )
     per = res.per_item[res.per_item.condition == "focus"]
     first = per[per.item_id == synthetic_items[0].id]
     if len(first):  # eligible: the rewritten question names the KeyTokens
@@ -93,11 +113,14 @@ def test_a_reused_original_baseline_gives_the_same_result(result, original, ga_u
     """The demo evaluates the original once and passes it to every method's recovery: nothing may change."""
     import pandas as pd
 
-    cfg = RecoveryConfig(attacks=("focus", "repeat_question", "uppercase", "patch", "scale:factor=3"),
-                         keyword_source="data", n_boot=200)
+    cfg = RecoveryConfig(
+        attacks=("focus", "repeat_question", "uppercase", "patch", "scale:factor=3"), keyword_source="data", n_boot=200
+    )
     baseline = evaluate_items(original, list(reversed(synthetic_items)), progress=False)  # any order
     reused = run_recovery(original, ga_unlearned, synthetic_items, cfg, original_baseline=baseline, progress=False)
     pd.testing.assert_frame_equal(reused.rates, result.rates)
-    pd.testing.assert_frame_equal(reused.per_item.reset_index(drop=True), result.per_item.reset_index(drop=True), check_like=True)
+    pd.testing.assert_frame_equal(
+        reused.per_item.reset_index(drop=True), result.per_item.reset_index(drop=True), check_like=True
+    )
     with pytest.raises(ValueError, match="lacks item"):
         run_recovery(original, ga_unlearned, synthetic_items, cfg, original_baseline=baseline.iloc[1:], progress=False)

@@ -25,10 +25,17 @@ model = load_model("tiny")
 if bypass:
     model.forward_through = lambda wrapper: contextlib.nullcontext(model)  # type: ignore[method-assign]
 items = load_items("builtin:synthetic_facts")
-result = unlearn(model, items, "ga_gdr", steps=3, lr=1e-3, batch_size=2, evaluate=False, progress=False, accelerator=acc)
+result = unlearn(
+    model, items, "ga_gdr", steps=3, lr=1e-3, batch_size=2, evaluate=False, progress=False, accelerator=acc
+)
 rank = acc.process_index
 save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, str(out / f"rank{rank}.safetensors"))
-(out / f"rank{rank}.json").write_text(json.dumps({
-    "num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type),
-    "losses": [r["loss"] for r in result.train.loss_log],
-}))
+(out / f"rank{rank}.json").write_text(
+    json.dumps(
+        {
+            "num_processes": acc.num_processes,
+            "distributed_type": str(acc.distributed_type),
+            "losses": [r["loss"] for r in result.train.loss_log],
+        }
+    )
+)

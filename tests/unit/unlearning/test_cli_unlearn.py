@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.unit.unlearning.conftest import assert_same_weights, weights
 from tests.cli_helpers import run_cli, tree_digest
+from tests.unit.unlearning.conftest import assert_same_weights, weights
 from unpact_mech import load_model
 from unpact_mech.cli import main
 from unpact_mech.models.loading import resolve_spec
@@ -26,19 +26,35 @@ def test_unlearn_tiny_end_to_end(tmp_path, capsys):
     tiny_dir = resolve_spec("tiny").path
     before = tree_digest(tiny_dir)
     out = tmp_path / "unl"
-    code, stdout, err = run_cli(BASE + ["--method", "ga_gdr", "--steps", "3", "--lr", "1e-3", "--eval-every", "2",
-                                        "--out", out], capsys)
+    code, stdout, err = run_cli(
+        BASE + ["--method", "ga_gdr", "--steps", "3", "--lr", "1e-3", "--eval-every", "2", "--out", out], capsys
+    )
     assert code == 0, err
     assert re.search(r"ga_gdr: forget accuracy 1\.00 -> [0-9.]+, retain accuracy 1\.00 -> [0-9.]+", stdout)
     files = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "run.json", "results.csv", "summary.json",
-            "dynamics.csv", "dynamics.png", "training_log.csv", "unpact_model.json"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "run.json",
+        "results.csv",
+        "summary.json",
+        "dynamics.csv",
+        "dynamics.png",
+        "training_log.csv",
+        "unpact_model.json",
+    } <= files
     assert tree_digest(tiny_dir) == before  # the input model directory is never written
     assert not (tmp_path / "unl.checkpoints").exists()
 
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("forget_accuracy_before", "forget_accuracy_after", "retain_accuracy_before", "retain_accuracy_after",
-                "weight_delta_norm"):
+    for key in (
+        "forget_accuracy_before",
+        "forget_accuracy_after",
+        "retain_accuracy_before",
+        "retain_accuracy_after",
+        "weight_delta_norm",
+    ):
         assert isinstance(summary[key], float), key
     assert summary["forget_accuracy_before"] == 1.0 and summary["forget_accuracy_after"] < 1.0
     assert summary["weight_delta_norm"] > 0 and [d["step"] for d in summary["dynamics"]] == [0, 2, 3]
@@ -48,7 +64,9 @@ def test_unlearn_tiny_end_to_end(tmp_path, capsys):
     assert set(results.method) == {"ga_gdr"} and len(results[results.step == 3]) == 32 * 5
     run = json.loads((out / "run.json").read_text())
     assert [r["role"] for r in run["lineage"]] == ["base", "unlearned"]
-    assert run["lineage"][1]["method"] == "ga_gdr" and run["lineage"][1]["hyperparameters"] == {"alpha": 4.0}  # the documented default
+    assert run["lineage"][1]["method"] == "ga_gdr" and run["lineage"][1]["hyperparameters"] == {
+        "alpha": 4.0
+    }  # the documented default
     assert run["config"]["resolved"]["steps"] == 3 and run["seed"] == 0
     assert len(pd.read_csv(out / "training_log.csv")) == 3
 
@@ -61,16 +79,31 @@ def test_unlearn_tiny_end_to_end(tmp_path, capsys):
 
 
 def test_killed_cli_run_resumes_to_the_uninterrupted_weights(tmp_path, capsys):
-    args = BASE + ["--method", "ga", "--steps", "40", "--lr", "1e-4", "--batch-size", "2", "--checkpoint-every", "4",
-                   "--eval-every", "0"]
+    args = BASE + [
+        "--method",
+        "ga",
+        "--steps",
+        "40",
+        "--lr",
+        "1e-4",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "4",
+        "--eval-every",
+        "0",
+    ]
     straight = tmp_path / "straight"
     code, _, err = run_cli(args + ["--out", straight], capsys)
     assert code == 0, err
 
     out = tmp_path / "killed"
     ckpt = tmp_path / "killed.checkpoints"
-    proc = subprocess.Popen([sys.executable, "-m", "unpact_mech.cli", *map(str, args), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unpact_mech.cli", *map(str, args), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if ckpt.is_dir() and any(p.name.startswith("step-") and "tmp" not in p.name for p in ckpt.iterdir()):
@@ -95,8 +128,9 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_weights(tmp_path, capsys):
 
 def test_nan_exits_1_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "nan"
-    code, _, err = run_cli(BASE + ["--method", "ga", "--steps", "20", "--lr", "1e30", "--max-grad-norm", "0",
-                                   "--out", out], capsys)
+    code, _, err = run_cli(
+        BASE + ["--method", "ga", "--steps", "20", "--lr", "1e30", "--max-grad-norm", "0", "--out", out], capsys
+    )
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and re.match(r"unpact: error: the loss became (nan|inf) at step \d+ of ga", lines[0]), err
@@ -111,16 +145,23 @@ def test_no_weight_change_exits_1(tmp_path, capsys):
 
 def _bad_cases(tmp_path):
     no_forget = tmp_path / "retain_only.jsonl"
-    no_forget.write_text(json.dumps({"id": "r", "question": "What color is the flag of Pexaro?", "answer": "red",
-                                     "split": "retain"}) + "\n")
+    no_forget.write_text(
+        json.dumps({"id": "r", "question": "What color is the flag of Pexaro?", "answer": "red", "split": "retain"})
+        + "\n"
+    )
     forget_only = tmp_path / "forget_only.jsonl"
-    forget_only.write_text(json.dumps({"id": "f", "question": "What color is the flag of Zorblat?", "answer": "blue",
-                                       "split": "forget"}) + "\n")
+    forget_only.write_text(
+        json.dumps({"id": "f", "question": "What color is the flag of Zorblat?", "answer": "blue", "split": "forget"})
+        + "\n"
+    )
     tiny_dir = resolve_spec("tiny").path
     return {
         "unknown method": (["--method", "gradient_descent"], "invalid choice: 'gradient_descent'"),
         "empty forget set": (["--method", "ga", "--data", no_forget], "no forget items"),
-        "retain method without retain items": (["--method", "npo_klr", "--data", forget_only], "npo_klr has a retain term"),
+        "retain method without retain items": (
+            ["--method", "npo_klr", "--data", forget_only],
+            "npo_klr has a retain term",
+        ),
         "lr zero": (["--method", "ga", "--lr", "0"], "--lr must be a finite number > 0, got 0"),
         "lr negative": (["--method", "ga", "--lr", "-0.001"], "--lr must be a finite number > 0"),
         "lr nan": (["--method", "ga", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
@@ -128,16 +169,35 @@ def _bad_cases(tmp_path):
         "steps negative": (["--method", "ga", "--steps", "-3"], "--steps must be an integer >= 1"),
         "trainable matches nothing": (["--method", "ga", "--trainable", r"transformer\.h\."], "matches no parameter"),
         "trainable invalid": (["--method", "ga", "--trainable", "mlp.("], "not a valid regular expression"),
-        "rmu layer out of range": (["--method", "rmu", "--layer", "2"], r"layer 2 out of range \(model has layers 0..1\)"),
+        "rmu layer out of range": (
+            ["--method", "rmu", "--layer", "2"],
+            r"layer 2 out of range \(model has layers 0..1\)",
+        ),
         "rmu layer negative": (["--method", "rmu", "--layer", "-1"], "layer must be a non-negative integer"),
         "hyperparameter of another method": (["--method", "ga", "--beta", "0.1"], "beta do not apply"),
-        "out inside the model dir": (["--method", "ga", "--out", tiny_dir / "unlearned"], "inside the input model directory"),
+        "out inside the model dir": (
+            ["--method", "ga", "--out", tiny_dir / "unlearned"],
+            "inside the input model directory",
+        ),
     }
 
 
-CASES = ["unknown method", "empty forget set", "retain method without retain items", "lr zero", "lr negative", "lr nan",
-         "steps zero", "steps negative", "trainable matches nothing", "trainable invalid", "rmu layer out of range",
-         "rmu layer negative", "hyperparameter of another method", "out inside the model dir"]
+CASES = [
+    "unknown method",
+    "empty forget set",
+    "retain method without retain items",
+    "lr zero",
+    "lr negative",
+    "lr nan",
+    "steps zero",
+    "steps negative",
+    "trainable matches nothing",
+    "trainable invalid",
+    "rmu layer out of range",
+    "rmu layer negative",
+    "hyperparameter of another method",
+    "out inside the model dir",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -165,6 +225,17 @@ def test_help_documents_methods_and_defaults(capsys):
     text = capsys.readouterr().out
     for name in ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu", "task_vector"):
         assert re.search(rf"^  {name}\s+lr [0-9.e-]+, \d+ steps, batch \d+", text, re.M), name
-    for flag in ("--alpha", "--beta", "--gamma", "--steering-coef", "--layer", "--scale", "--trainable", "--resume",
-                 "--eval-every", "--checkpoint-every", "--grad-accum"):
+    for flag in (
+        "--alpha",
+        "--beta",
+        "--gamma",
+        "--steering-coef",
+        "--layer",
+        "--scale",
+        "--trainable",
+        "--resume",
+        "--eval-every",
+        "--checkpoint-every",
+        "--grad-accum",
+    ):
         assert flag in text

@@ -15,7 +15,7 @@ from unpact_mech.unlearning.adversarial import source
 from unpact_mech.unlearning.batches import UnlearningSet
 from unpact_mech.unlearning.methods.keyguard import INGREDIENTS, TRAIN_PROMPTS
 
-ZERO = {name: 0.0 for name in INGREDIENTS}
+ZERO = dict.fromkeys(INGREDIENTS, 0.0)
 
 
 def run(model, items, hyperparameters=None, method="keyguard", **kw):
@@ -79,12 +79,16 @@ def test_attack_rows_are_the_rewritten_forget_and_retain_items(model, synthetic_
     assert any("Focus on the key words:" in t for t in texts)
     assert all(first.question.split()[-1].rstrip("?").lower() in t.lower() for t in texts)
     # the answer the loss sees is unchanged, only the prompt is rewritten
-    assert all(t.answer_ids == data.forget[0].answer_ids and t.context_ids == data.forget[0].context_ids
-               for t in pool.rows["prompt"][:n_s])
+    assert all(
+        t.answer_ids == data.forget[0].answer_ids and t.context_ids == data.forget[0].context_ids
+        for t in pool.rows["prompt"][:n_s]
+    )
     assert {t.source for t in pool.rows["retain_prompt"]} == {source("retain_prompt")}
     # a batch draws batch_size rows of each kind, deterministically
     rows = method.extra_targets(0, 5, 4)
-    assert [t.source for t in rows] == [source("prompt")] * 4 + [source("activation")] * 4 + [source("retain_prompt")] * 4
+    assert [t.source for t in rows] == [source("prompt")] * 4 + [source("activation")] * 4 + [
+        source("retain_prompt")
+    ] * 4
     assert rows == method.extra_targets(0, 5, 4) and rows != method.extra_targets(0, 6, 4)
     method.teardown()
 
@@ -135,7 +139,9 @@ def test_bad_weights_are_rejected():
 def test_late_layer_trains_its_mlp_and_is_checked(model):
     m = get_unlearning_method("keyguard", layer=0, late_layer=-1)
     assert m.default_trainable(model) == r"^model\.layers\.(0|1)\.mlp\.down_proj\.weight$"
-    assert get_unlearning_method("keyguard", layer=0, late_weight=0.0).default_trainable(model) == get_unlearning_method("rmu", layer=0).default_trainable(model)
+    assert get_unlearning_method("keyguard", layer=0, late_weight=0.0).default_trainable(
+        model
+    ) == get_unlearning_method("rmu", layer=0).default_trainable(model)
     from unpact_mech.errors import InputError
 
     with pytest.raises(InputError, match="late_layer"):

@@ -14,8 +14,9 @@ from unpact_mech.unlearning import TrainConfig, UnlearningFailed, lr_factor, unl
 from unpact_mech.unlearning.batches import sample_indices
 from unpact_mech.unlearning.params import select_trainable
 
-RESUMABLE = dict(method="npo_gdr", steps=6, lr=1e-3, batch_size=3, grad_accum=2, lr_schedule="linear", warmup_steps=1,
-                 seed=5)
+RESUMABLE = dict(
+    method="npo_gdr", steps=6, lr=1e-3, batch_size=3, grad_accum=2, lr_schedule="linear", warmup_steps=1, seed=5
+)
 
 
 class Killed(Exception):
@@ -79,8 +80,16 @@ def test_resume_continues_the_dynamics_table(tmp_path, synthetic_items):
 def test_nan_loss_stops_the_run(model, synthetic_items):
     before = weights(model)
     with pytest.raises(UnlearningFailed, match=r"became (nan|inf).*nothing saved"):
-        _run(model, synthetic_items, method="ga", lr=1e30, steps=20, lr_schedule="constant", warmup_steps=0,
-             max_grad_norm=0.0)
+        _run(
+            model,
+            synthetic_items,
+            method="ga",
+            lr=1e30,
+            steps=20,
+            lr_schedule="constant",
+            warmup_steps=0,
+            max_grad_norm=0.0,
+        )
     assert weights(model).keys() == before.keys()
 
 
@@ -97,8 +106,16 @@ def test_nan_guard_fires_before_the_update(model, synthetic_items):
 
     snapshots = []
     with pytest.raises(UnlearningFailed, match="the loss became nan at step 3"):
-        unlearn(model, synthetic_items, NaNAtStep3(), steps=5, lr=1e-3, evaluate=False, progress=False,
-                callback=lambda step: snapshots.append(weights(model)))
+        unlearn(
+            model,
+            synthetic_items,
+            NaNAtStep3(),
+            steps=5,
+            lr=1e-3,
+            evaluate=False,
+            progress=False,
+            callback=lambda step: snapshots.append(weights(model)),
+        )
     assert len(snapshots) == 2
     assert_same_weights(weights(model), snapshots[-1])  # the NaN step did not touch the weights
 
@@ -109,15 +126,22 @@ def test_no_weight_change_fails(model, synthetic_items):
 
 
 def test_train_config_validation():
-    for bad, match in [(dict(steps=0), "--steps"), (dict(lr=0.0), "--lr"), (dict(lr=-1.0), "--lr"),
-                       (dict(lr=math.nan), "--lr"), (dict(lr=math.inf), "--lr"), (dict(lr_schedule="step"), "--lr-schedule"),
-                       (dict(batch_size=0), "--batch-size"), (dict(max_grad_norm=-1.0), "--max-grad-norm")]:
+    for bad, match in [
+        (dict(steps=0), "--steps"),
+        (dict(lr=0.0), "--lr"),
+        (dict(lr=-1.0), "--lr"),
+        (dict(lr=math.nan), "--lr"),
+        (dict(lr=math.inf), "--lr"),
+        (dict(lr_schedule="step"), "--lr-schedule"),
+        (dict(batch_size=0), "--batch-size"),
+        (dict(max_grad_norm=-1.0), "--max-grad-norm"),
+    ]:
         with pytest.raises(InputError, match=match):
             TrainConfig(**{"steps": 2, "lr": 1e-3, **bad})
 
 
 def test_lr_schedules():
-    f = lambda s, kind, warm=0: lr_factor(s, steps=5, warmup=warm, schedule=kind)  # noqa: E731
+    f = lambda s, kind, warm=0: lr_factor(s, steps=5, warmup=warm, schedule=kind)
     assert [f(s, "constant") for s in range(5)] == [1.0] * 5
     assert [f(s, "linear") for s in range(5)] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
     assert [f(s, "constant", 2) for s in range(5)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 1.0])
@@ -164,9 +188,8 @@ def test_forward_through_a_wrapper_runs_the_wrapper_with_hooks(backend):
     assert wrapper.calls == 1  # inside the context only
     assert torch.equal(through.logits, plain.logits) and torch.equal(through.cache[hook], plain.cache[hook])
     assert torch.equal(after.logits, plain.logits)
-    with pytest.raises(ValueError, match="does not wrap"):
-        with model.forward_through(Wrapper(load_model("tiny").hf)):
-            pass
+    with pytest.raises(ValueError, match="does not wrap"), model.forward_through(Wrapper(load_model("tiny").hf)):
+        pass
 
 
 def test_a_given_step_0_evaluation_replaces_recomputing_it(synthetic_items):
@@ -181,5 +204,7 @@ def test_a_given_step_0_evaluation_replaces_recomputing_it(synthetic_items):
     assert runs[0].train.dynamics == runs[1].train.dynamics
     assert runs[0].results_table().equals(runs[1].results_table())
     doctored = evaluate_items(load_model("tiny"), synthetic_items, progress=False).assign(correct=0.0)
-    res = unlearn(load_model("tiny"), synthetic_items, "ga", steps=1, lr=1e-3, progress=False, initial_evaluation=doctored)
+    res = unlearn(
+        load_model("tiny"), synthetic_items, "ga", steps=1, lr=1e-3, progress=False, initial_evaluation=doctored
+    )
     assert res.train.dynamics[0]["forget_accuracy"] == 0.0 and runs[0].train.dynamics[0]["forget_accuracy"] == 1.0

@@ -78,7 +78,7 @@ def test_npo_uses_sequence_not_per_token_ratios():
 def test_simnpo_by_hand():
     beta, gamma = 2.0, 0.5
     s, n = torch.tensor([-2.0, -6.0]), torch.tensor([2.0, 3.0])
-    sigmoid = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    sigmoid = lambda z: 1 / (1 + math.exp(-z))
     # −(2/β)·mean log σ(−(β/|y|)·S − γ)
     hand = -(2 / beta) * sum(math.log(sigmoid(-(beta / ln) * sl - gamma)) for sl, ln in [(-2, 2), (-6, 3)]) / 2
     assert losses.simnpo(s, n, beta, gamma).item() == pytest.approx(hand, rel=1e-6)
@@ -115,5 +115,7 @@ def test_weighted_rmu_forget_against_a_hand_computation():
     weights = torch.tensor([[3.0, 1.0], [7.0, 7.0]])
     assert losses.weighted_rmu_forget(h, mask, weights, control).item() == pytest.approx(6.5 / 4)
     ones = torch.ones(2, 2)
-    assert losses.weighted_rmu_forget(h, mask, ones, control).item() == pytest.approx(losses.rmu_forget(h, mask, control).item())
+    assert losses.weighted_rmu_forget(h, mask, ones, control).item() == pytest.approx(
+        losses.rmu_forget(h, mask, control).item()
+    )
     assert losses.weighted_rmu_forget(h, torch.zeros(2, 2, dtype=torch.bool), ones, control).item() == 0.0

@@ -17,7 +17,18 @@ def run(model, items, method, **kw):
 
 
 def test_registry_has_the_ten_methods():
-    assert list(UNLEARNING_METHODS) == ["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu", "task_vector", "keyguard"]
+    assert list(UNLEARNING_METHODS) == [
+        "ga",
+        "ga_gdr",
+        "ga_klr",
+        "npo",
+        "npo_gdr",
+        "npo_klr",
+        "simnpo",
+        "rmu",
+        "task_vector",
+        "keyguard",
+    ]
     assert set(TINY_RUNS) == set(UNLEARNING_METHODS)
 
 
@@ -103,8 +114,9 @@ def test_task_vector_method_writes_theta_minus_s_tau(model, synthetic_items):
     final = weights(model)
     assert any(not torch.equal(finetuned[n], base[n]) for n in base)
     for n in base:
-        assert torch.allclose(final[n].double(), base[n].double() - s * (finetuned[n].double() - base[n].double()),
-                              rtol=0, atol=1e-6), n
+        assert torch.allclose(
+            final[n].double(), base[n].double() - s * (finetuned[n].double() - base[n].double()), rtol=0, atol=1e-6
+        ), n
 
 
 def test_same_seed_same_weights_other_seed_other_weights(synthetic_items):

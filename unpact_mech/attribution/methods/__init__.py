@@ -7,8 +7,10 @@ from unpact_mech.attribution.methods.registry import (
     register_attribution_method,
 )
 
-# Import order = registry order = the order shown by `unpact attribute --help`.
-from unpact_mech.attribution.methods import occlusion, grad_x_input, integrated_gradients  # noqa: E402,F401,I001
-from unpact_mech.attribution.methods import attention, residual  # noqa: E402,F401,I001
-
 __all__ = ["ATTRIBUTION_METHODS", "AttributionMethod", "get_attribution_method", "register_attribution_method"]
+
+# Import order = registry order = the order shown by `unpact attribute --help` (kept by hand, not sorted).
+# isort: off
+from unpact_mech.attribution.methods import occlusion, grad_x_input, integrated_gradients  # noqa: F401
+from unpact_mech.attribution.methods import attention, residual  # noqa: F401
+# isort: on

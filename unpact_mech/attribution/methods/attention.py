@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from unpact_mech.attribution.attention_paths import attention_paths, check_layers, source_attribution
 from unpact_mech.attribution.methods.base import AttributionMethod

@@ -20,9 +20,10 @@ A method is a dataclass subclass of :class:`AttributionMethod`, registered by na
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
 from numbers import Integral
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 from torch import Tensor

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,8 +41,9 @@ class IntegratedGradients(AttributionMethod):
 
     def attribute(self, model: "HookedLM", prepared: "PreparedItem", *, level: str, target: str) -> TokenAttribution:
         baseline = "zero" if self.baseline_token is None else self.baseline_token
-        return integrated_gradients(model, prepared, level=level, steps=self.steps, positions=self.positions,
-                                    baseline=baseline, target=target)
+        return integrated_gradients(
+            model, prepared, level=level, steps=self.steps, positions=self.positions, baseline=baseline, target=target
+        )
 
     def summarize(self, results: Sequence[TokenAttribution], *, target: str) -> dict[str, Any]:
         """``steps`` and the mean / max over items of
@@ -49,5 +51,8 @@ class IntegratedGradients(AttributionMethod):
         if not results:
             return {}
         rel = torch.tensor([r.details["completeness_rel"] for r in results])
-        return {"steps": self.steps, "completeness_rel_mean": float(rel.mean()),
-                "completeness_rel_max": float(rel.max())}
+        return {
+            "steps": self.steps,
+            "completeness_rel_mean": float(rel.mean()),
+            "completeness_rel_max": float(rel.max()),
+        }

@@ -38,5 +38,13 @@ class Occlusion(AttributionMethod):
             resolve_baseline_token(model, self.baseline_token)
 
     def attribute(self, model: "HookedLM", prepared: "PreparedItem", *, level: str, target: str) -> TokenAttribution:
-        return occlusion(model, prepared, level=level, mode=self.mode, baseline_token=self.baseline_token,
-                         target=target, batching=self.batching, batch_size=self.batch_size)
+        return occlusion(
+            model,
+            prepared,
+            level=level,
+            mode=self.mode,
+            baseline_token=self.baseline_token,
+            target=target,
+            batching=self.batching,
+            batch_size=self.batch_size,
+        )

@@ -30,8 +30,10 @@ def get_attribution_method(name: str, **options: Any) -> AttributionMethod:
     valid = cls.default_options()
     unknown = sorted(k for k in options if k not in valid)
     if unknown:
-        raise InputError(f"attribution method {name}: unknown option(s) {', '.join(unknown)} "
-                         f"(its options: {', '.join(valid) or 'none'})")
+        raise InputError(
+            f"attribution method {name}: unknown option(s) {', '.join(unknown)} "
+            f"(its options: {', '.join(valid) or 'none'})"
+        )
     method = cls(**options)
     method.validate()
     return method

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from unpact_mech.attribution.methods.base import AttributionMethod
 from unpact_mech.attribution.methods.registry import register_attribution_method

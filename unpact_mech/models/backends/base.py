@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -46,8 +47,8 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, model_inputs: Mapping[str, Any], hooks: Mapping[str, ActFn]) -> Any:
-        """Forward ``self.module(**model_inputs)`` (normally ``self.hf``) with ``hooks`` attached; return the HF output (``.logits``,
-        ``.past_key_values``). ``hooks`` keys are native hook names; functions run in execution order."""
+        """Forward ``self.module(**model_inputs)`` (normally ``self.hf``) with ``hooks`` attached; return the HF output
+        (``.logits``, ``.past_key_values``). ``hooks`` keys are native hook names; functions run in execution order."""
 
     @property
     @abstractmethod

@@ -18,7 +18,8 @@ The trace's model call goes through :attr:`Backend.module` (``_call`` is routed 
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ from unpact_mech.models.backends.base import ActFn, Backend
 from unpact_mech.models.hooks import HookSite, parse_hook
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _routed_model_class():
     """``TransformersModel`` whose model call goes through the owning backend's :attr:`Backend.module`."""
     from nnsight.modeling.transformers import TransformersModel
@@ -79,7 +80,9 @@ class NNsightBackend(Backend):
             else:
                 parts = list(out.chunk(3, dim=-1))
                 v = parts[self.arch.v_chunk]
-                parts[self.arch.v_chunk] = fn(v.unflatten(-1, (self.shape.n_kv_heads, self.shape.d_head))).reshape(v.shape)
+                parts[self.arch.v_chunk] = fn(v.unflatten(-1, (self.shape.n_kv_heads, self.shape.d_head))).reshape(
+                    v.shape
+                )
                 proj.output = torch.cat(parts, dim=-1)
         elif site.kind == "attn.hook_pattern":
             first, *inner = self.arch.pattern_source

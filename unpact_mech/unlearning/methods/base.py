@@ -42,7 +42,8 @@ HYPERPARAMETERS: dict[str, str] = {
     "layer": "ℓ: RMU layer (its resid_post is steered; MLPs of ℓ-2..ℓ are trained)",
     "scale": "s: task-vector scale (θ − s·(θ_ft − θ))",
     "prompt_attacks": "w_p: keyguard weight of the misdirection on forget prompts rewritten by keyword emphasis",
-    "activation_attacks": "w_a: keyguard weight of the misdirection with the original's activations patched in at KeyTokens",
+    "activation_attacks": "w_a: keyguard weight of the misdirection with the original's activations patched in at "
+    "KeyTokens",
     "keyword_weight": "w_k: keyguard extra weight of the forget term at the original's KeyToken positions",
     "retain_attacks": "w_r: keyguard weight of the retain term on retain prompts rewritten the same way",
     "late_weight": "w_l: keyguard weight of the misdirection (and retain anchor) at the late layer ℓ'",
@@ -106,7 +107,9 @@ class UnlearningMethod:
         unknown = sorted(k for k, v in overrides.items() if v is not None and k not in self.hyperparameters)
         if unknown:
             usable = ", ".join(self.hyperparameters) or "none"
-            raise InputError(f"method {self.name}: hyperparameter(s) {', '.join(unknown)} do not apply (it takes: {usable})")
+            raise InputError(
+                f"method {self.name}: hyperparameter(s) {', '.join(unknown)} do not apply (it takes: {usable})"
+            )
         self.hp: dict[str, float] = dict(self.hyperparameters)
         self.hp.update({k: v for k, v in overrides.items() if v is not None})
         for key, value in self.hp.items():

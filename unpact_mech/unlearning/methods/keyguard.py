@@ -31,7 +31,8 @@ intervention of the suite is held out (:data:`TRAINED_CONDITIONS`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -56,10 +57,17 @@ if TYPE_CHECKING:
 TRAIN_PROMPTS: tuple[PromptAttack, ...] = (
     get_attack("focus", kind="strategy"),  # type: ignore[assignment]
     get_attack("uppercase", kind="strategy"),  # type: ignore[assignment]
-    PromptAttack("train_instruction", "training only: a generic instruction",
-                 template="Please answer this question: {question}", uses_keywords=False),
-    PromptAttack("train_suffix", "training only: keywords named after the question",
-                 template="{question} Think about {keywords}."),
+    PromptAttack(
+        "train_instruction",
+        "training only: a generic instruction",
+        template="Please answer this question: {question}",
+        uses_keywords=False,
+    ),
+    PromptAttack(
+        "train_suffix",
+        "training only: keywords named after the question",
+        template="{question} Think about {keywords}.",
+    ),
 )
 #: The recovery suite's conditions keyguard trains against (everything else in the suite is a held-out attack).
 TRAINED_CONDITIONS: tuple[str, ...] = ("focus", "uppercase", "patch")
@@ -74,10 +82,21 @@ STREAMS = {kind: 10 + i for i, kind in enumerate(KINDS)}
 @register_unlearning_method
 class KeyGuard(RMU):
     name = "keyguard"
-    summary = ("RMU + misdirection under keyword emphasis (rewritten prompts, original activations patched in at "
-               "KeyTokens), KeyToken-weighted, at a late layer too; retain anchored under the same rewrites")
-    hyperparameters = {"layer": 7, "c": 100.0, "alpha": 100.0, "prompt_attacks": 1.0, "activation_attacks": 1.0,
-                       "keyword_weight": 1.0, "retain_attacks": 1.0, "late_weight": 0.3, "late_layer": -3}
+    summary = (
+        "RMU + misdirection under keyword emphasis (rewritten prompts, original activations patched in at "
+        "KeyTokens), KeyToken-weighted, at a late layer too; retain anchored under the same rewrites"
+    )
+    hyperparameters = {
+        "layer": 7,
+        "c": 100.0,
+        "alpha": 100.0,
+        "prompt_attacks": 1.0,
+        "activation_attacks": 1.0,
+        "keyword_weight": 1.0,
+        "retain_attacks": 1.0,
+        "late_weight": 0.3,
+        "late_layer": -3,
+    }
     recipe = Recipe(lr=1e-3, steps=6)
     pool: AttackPool | None = None
     n_layers: int = 0
@@ -108,15 +127,19 @@ class KeyGuard(RMU):
         super().check_model(model)
         n = model.shape.n_layers
         if self.uses_late and not self.layer < self.late_layer(n) < n:
-            raise InputError(f"method keyguard: late_layer {self.hp['late_layer']} must name a layer after layer "
-                             f"{self.layer} (model has layers 0..{n - 1})")
+            raise InputError(
+                f"method keyguard: late_layer {self.hp['late_layer']} must name a layer after layer "
+                f"{self.layer} (model has layers 0..{n - 1})"
+            )
 
     def default_trainable(self, model: "HookedLM") -> str:
         """RMU's MLP down-projections of ℓ−2..ℓ, plus those of ℓ'−2..ℓ' when the late term is on."""
         if not self.uses_late:
             return super().default_trainable(model)
         late = self.late_layer(model.shape.n_layers)
-        return mlp_out_pattern(model, [*range(max(0, self.layer - 2), self.layer + 1), *range(max(0, late - 2), late + 1)])
+        return mlp_out_pattern(
+            model, [*range(max(0, self.layer - 2), self.layer + 1), *range(max(0, late - 2), late + 1)]
+        )
 
     def late_hook(self, n_layers: int) -> str:
         return hook_name(self.late_layer(n_layers), "hook_resid_post")
@@ -243,7 +266,7 @@ class KeyGuard(RMU):
         with torch.no_grad():
             ref = self.reference.forward(b.tf.input_ids[rows], cache=hooks, logits_to_keep=1).cache
         if extra:  # the last len(extra) rows of the reference batch
-            h_ref = ref[early][len(rows) - len(extra):]
+            h_ref = ref[early][len(rows) - len(extra) :]
             loss = loss + self.hp["retain_attacks"] * losses.rmu_retain(out.cache[early][extra], h_ref, b.region[extra])
         if late:
             loss = loss + self.hp["late_weight"] * losses.rmu_retain(out.cache[late][rows], ref[late], b.region[rows])

@@ -32,8 +32,9 @@ class NPO(UnlearningMethod):
 
     def setup(self, model: "HookedLM", data: "UnlearningSet", *, seed: int, batch_size: int = 16) -> None:
         super().setup(model, data, seed=seed, batch_size=batch_size)
-        scores = score_answers(model, [t.input_prefix for t in data.forget], [t.answer_ids for t in data.forget],
-                               batch_size=batch_size)
+        scores = score_answers(
+            model, [t.input_prefix for t in data.forget], [t.answer_ids for t in data.forget], batch_size=batch_size
+        )
         self.reference_seq_logprob = scores.logprob_sum.to(model.device)
 
     def forget_loss(self, out: PolicyOutput) -> Tensor:

@@ -35,7 +35,9 @@ MLP_OUT = {"llama": "down_proj", "gpt2": "c_proj"}
 def mlp_out_pattern(model: "HookedLM", layers) -> str:
     """Regex over HF parameter names selecting the MLP output projections of ``layers``."""
     alt = "|".join(str(L) for L in sorted(set(layers)))
-    return rf"^{re.escape(model.arch.layers)}\.({alt})\.{re.escape(model.arch.mlp)}\.{MLP_OUT[model.arch.family]}\.weight$"
+    return (
+        rf"^{re.escape(model.arch.layers)}\.({alt})\.{re.escape(model.arch.mlp)}\.{MLP_OUT[model.arch.family]}\.weight$"
+    )
 
 
 def control_vector(d_model: int, c: float, seed: int) -> Tensor:
@@ -47,7 +49,9 @@ def control_vector(d_model: int, c: float, seed: int) -> Tensor:
 @register_unlearning_method
 class RMU(UnlearningMethod):
     name = "rmu"
-    summary = "RMU: steer layer-l resid of forget tokens to c*u, keep retain resid at the reference's; trains MLP l-2..l"
+    summary = (
+        "RMU: steer layer-l resid of forget tokens to c*u, keep retain resid at the reference's; trains MLP l-2..l"
+    )
     hyperparameters = {"layer": 7, "c": 100.0, "alpha": 100.0}
     recipe = Recipe(lr=1e-3, steps=6)
     needs_logits = False
@@ -70,7 +74,9 @@ class RMU(UnlearningMethod):
 
     def check_model(self, model: "HookedLM") -> None:
         if self.layer >= model.shape.n_layers:
-            raise InputError(f"method rmu: layer {self.layer} out of range (model has layers 0..{model.shape.n_layers - 1})")
+            raise InputError(
+                f"method rmu: layer {self.layer} out of range (model has layers 0..{model.shape.n_layers - 1})"
+            )
 
     def default_trainable(self, model: "HookedLM") -> str:
         return mlp_out_pattern(model, range(max(0, self.layer - 2), self.layer + 1))

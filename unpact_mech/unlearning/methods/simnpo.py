@@ -15,7 +15,9 @@ from unpact_mech.unlearning.methods.registry import register_unlearning_method
 class SimNPOForget(UnlearningMethod):
     def forget_loss(self, out: PolicyOutput) -> Tensor:
         lp, mask = out.logprobs(out.batch.forget_rows)
-        return losses.simnpo(losses.sequence_logprob(lp, mask), losses.answer_lengths(mask), self.hp["beta"], self.hp["gamma"])
+        return losses.simnpo(
+            losses.sequence_logprob(lp, mask), losses.answer_lengths(mask), self.hp["beta"], self.hp["gamma"]
+        )
 
 
 @register_unlearning_method
