@@ -11,7 +11,7 @@ emphasising the prompt's keywords.
 from unpact_mech.data import QAItem, load_items
 from unpact_mech.errors import InputError
 from unpact_mech.models import HookedLM, Intervention, load_model
-from unpact_mech.scoring import evaluate_items, summarize
+from unpact_mech.scoring import evaluate_items, summarize_evaluation
 
 __version__ = "0.1.0"
 __all__ = [
@@ -22,5 +22,5 @@ __all__ = [
     "evaluate_items",
     "load_items",
     "load_model",
-    "summarize",
+    "summarize_evaluation",
 ]

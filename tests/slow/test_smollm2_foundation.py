@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import load_hf
 from unpact_mech.models.hooks import add_vector, hook_name, positions_to_mask
-from unpact_mech.scoring import evaluate_items, summarize
+from unpact_mech.scoring import evaluate_items, summarize_evaluation
 from unpact_mech.scoring.batching import left_pad
 from unpact_mech.scoring.tokens import encode_item
 
@@ -58,7 +58,7 @@ def test_activations_and_interventions_agree_on_smollm2(smollm2, smollm2_nnsight
 
 def test_smollm2_answers_the_builtin_real_facts(smollm2, real_facts):
     per_item = evaluate_items(smollm2, real_facts, progress=False)
-    s = summarize(per_item)
+    s = summarize_evaluation(per_item)
     assert s["accuracy"] >= 0.95, per_item.loc[per_item.correct == 0, ["item_id", "generation", "answer"]]
     assert len(real_facts) >= 60
 

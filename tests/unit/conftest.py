@@ -57,3 +57,15 @@ def ga_unlearned_dir(tmp_path_factory, synthetic_items):
 @pytest.fixture(scope="session")
 def ga_unlearned(ga_unlearned_dir):
     return load_model(ga_unlearned_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """ONE ``unpact demo --model tiny`` run (ga_gdr + npo_gdr, 200 bootstrap resamples), shared read-only by the demo,
+    golden-pin and experiment tests (each would otherwise spend ~15 s on the same run)."""
+    from unpact_mech.demo import DemoConfig, run_demo
+
+    out = tmp_path_factory.mktemp("tiny_demo") / "run"
+    return run_demo(
+        DemoConfig(model="tiny", methods=("ga_gdr", "npo_gdr"), n_boot=200), out, progress=False, log=lambda _: None
+    )

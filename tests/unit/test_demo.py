@@ -17,9 +17,9 @@ DEMO_METHODS = ("ga_gdr", "npo_gdr")
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "run"
-    return run_demo(DemoConfig(model="tiny", methods=DEMO_METHODS, n_boot=200), out, progress=False, log=lambda _: None)
+def demo_run(tiny_demo):
+    assert tuple(tiny_demo.headline["method"]) == DEMO_METHODS
+    return tiny_demo
 
 
 def test_demo_writes_every_stage(demo_run):

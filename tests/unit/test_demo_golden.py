@@ -99,8 +99,10 @@ def run_tiny_demo(out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return run_tiny_demo(tmp_path_factory.mktemp("golden") / "run")
+def run_dir(tiny_demo) -> Path:
+    """The shared tiny demo run (tests/unit/conftest.py), the same configuration as :func:`run_tiny_demo`."""
+    assert tuple(tiny_demo.headline["method"]) == METHODS
+    return tiny_demo.out
 
 
 def test_demo_tiny_summary_equals_the_recorded_one(run_dir):

@@ -45,12 +45,8 @@ def run_script(name: str, *argv) -> int:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    from unpact_mech.demo import DemoConfig, run_demo
-
-    out = tmp_path_factory.mktemp("demo") / "run"
-    run_demo(DemoConfig(model="tiny", methods=DEMO_METHODS, n_boot=200), out, progress=False, log=lambda _: None)
-    return out
+def demo(tiny_demo) -> Path:
+    return tiny_demo.out
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from unpact_mech import load_model
 from unpact_mech.data.record import QAItem
 from unpact_mech.data.text import keyword_spans
 from unpact_mech.errors import InputError
-from unpact_mech.scoring import evaluate_items, score_answers, summarize, to_long
+from unpact_mech.scoring import evaluate_items, score_answers, summarize_evaluation, to_long
 from unpact_mech.scoring.batching import left_pad, length_batches, right_pad_teacher_forced
 from unpact_mech.scoring.judges import contains_answer, lcs_length, normalize_tokens, rouge_l_recall
 from unpact_mech.scoring.logprob import token_rank
@@ -159,7 +159,7 @@ def test_evaluate_tiny_model_tables(tiny_model, synthetic_items):
     assert len(per_item) == 32 and per_item["correct"].sum() == 32  # the tiny model knows its facts
     assert (per_item["rank"] == 0).all() and (per_item["logprob"] > -0.1).all()
     assert (per_item["generation"] == per_item["answer"]).all()
-    s = summarize(per_item)
+    s = summarize_evaluation(per_item)
     assert s["accuracy"] == 1.0 and s["n_by_split"] == {"forget": 8, "retain": 24}
     long = to_long(per_item, model="tiny")
     assert list(long.columns[:4]) == ["item_id", "split", "metric", "value"] and len(long) == 32 * 5

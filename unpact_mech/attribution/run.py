@@ -135,11 +135,11 @@ def attribute_items(
     frame.insert(2, "model", label or model.name)
     frame = frame.astype({c: "Int64" for c in INT_COLUMNS if c in frame.columns})
     frame = frame.astype({c: "boolean" for c in BOOL_COLUMNS if c in frame.columns})
-    summary = summarize(method, results, units, cfg)
+    summary = summarize_attribution(method, results, units, cfg)
     return AttributionRun(label or model.name, cfg, results, units, frame, summary, extras)
 
 
-def summarize(
+def summarize_attribution(
     method: AttributionMethod, results: Sequence[Any], units: Sequence[TokenAttribution], cfg: AttributionConfig
 ) -> dict[str, Any]:
     """Headline numbers: keyword agreement (``keyword_hit_rate``: share of items whose top-scoring word is one of

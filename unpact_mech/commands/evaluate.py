@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from unpact_mech.io import atomic_output_dir, run_record
     from unpact_mech.runtime import seed_everything
-    from unpact_mech.scoring import evaluate_items, summarize
+    from unpact_mech.scoring import evaluate_items, summarize_evaluation
     from unpact_mech.scoring.evaluate import write_evaluation
     from unpact_mech.scoring.tokens import encode_items
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
     )
-    summary = summarize(per_item) | {"model": model.name, "backend": model.backend.name, "judge": args.judge}
+    summary = summarize_evaluation(per_item) | {"model": model.name, "backend": model.backend.name, "judge": args.judge}
     run = run_record(
         "evaluate", config=vars(args), seed=args.seed, data=args.data, lineage=model.lineage, models={"model": model}
     )

@@ -97,9 +97,9 @@ class Session:
 
     def write_evaluation(self) -> dict[str, Any]:
         """``evaluate/``: the original's evaluation as ``unpact evaluate`` writes it; returns its summary."""
-        from unpact_mech.scoring.evaluate import summarize, write_evaluation
+        from unpact_mech.scoring.evaluate import summarize_evaluation, write_evaluation
 
-        summary = summarize(self.original_evaluation) | {
+        summary = summarize_evaluation(self.original_evaluation) | {
             "model": self.original.name,
             "judge": "contains",
             "backend": self.backend,

@@ -1,6 +1,6 @@
 """Prompt format, tokenisation/alignment, teacher-forced scoring, greedy answers, judges, evaluation."""
 
-from unpact_mech.scoring.evaluate import evaluate_items, summarize, to_long
+from unpact_mech.scoring.evaluate import evaluate_items, summarize_evaluation, to_long
 from unpact_mech.scoring.judges import contains_answer, rouge_l_recall
 from unpact_mech.scoring.logprob import score_answers
 from unpact_mech.scoring.prompt import PromptFormat, default_prompt_format
@@ -18,6 +18,6 @@ __all__ = [
     "evaluate_items",
     "rouge_l_recall",
     "score_answers",
-    "summarize",
+    "summarize_evaluation",
     "to_long",
 ]

@@ -2,7 +2,7 @@
 
 :func:`evaluate_items` returns one row per item (wide); :func:`to_long` gives the long ``results.csv`` format
 (docs/concepts.md §2)
-(``item_id, split, metric, value`` + ``model``); :func:`summarize` the headline numbers.
+(``item_id, split, metric, value`` + ``model``); :func:`summarize_evaluation` the headline numbers.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def write_evaluation(out_dir, per_item: pd.DataFrame, summary: dict[str, Any], r
     atomic_write_text(Path(out_dir) / "items.csv", per_item.to_csv(index=False))
 
 
-def summarize(per_item: pd.DataFrame) -> dict[str, Any]:
+def summarize_evaluation(per_item: pd.DataFrame) -> dict[str, Any]:
     """``accuracy``, ``accuracy_by_split``, ``mean_logprob``, ``top1_rate`` and counts."""
     by_split = per_item.groupby("split", sort=True)
     return {

@@ -150,7 +150,7 @@ def make_accelerator(model: "HookedLM"):
 
 
 @dataclass
-class Session:
+class TrainingSession:
     """The prepared training objects of a :meth:`Trainer.session`: the (possibly DDP-wrapped) module, the AdamW
     optimizer over the trainable parameters and its lr schedule."""
 
@@ -224,7 +224,7 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
-    def save(self, step: int, session: Session) -> None:
+    def save(self, step: int, session: TrainingSession) -> None:
         if self.store is not None and self.acc.is_main_process:
             if not self.resumed_store:  # a fresh run replaces whatever an earlier run left in the directory
                 self.store.clear()
@@ -238,7 +238,7 @@ class Trainer:
             )
         self.acc.wait_for_everyone()
 
-    def restore(self, session: Session) -> int | None:
+    def restore(self, session: TrainingSession) -> int | None:
         path = self.store.latest() if self.store is not None else None
         if path is None:
             return None
@@ -265,7 +265,7 @@ class Trainer:
             scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, partial(lr_factor, steps=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule)
             )
-            session = Session(prepared, acc.prepare(optimizer), scheduler, params)
+            session = TrainingSession(prepared, acc.prepare(optimizer), scheduler, params)
             try:
                 yield session
             finally:
@@ -284,7 +284,7 @@ class Trainer:
             f"as final (try a lower --lr than {self.cfg.lr:g})"
         )
 
-    def step(self, step: int, session: Session) -> dict[str, Any]:
+    def step(self, step: int, session: TrainingSession) -> dict[str, Any]:
         """Optimizer step ``step`` (0-based): accumulate ``grad_accum`` micro-batches, clip, AdamW, schedule."""
         cfg, acc, model = self.cfg, self.acc, self.model
         sums = torch.zeros(3)
