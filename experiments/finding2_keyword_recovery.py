@@ -5,9 +5,12 @@ every method. Per unlearning method, every prompt strategy (instruction listing 
 upper-casing, keyword-first, and the neutral-instruction control) and the four default activation interventions at
 the keyword positions (scale, patch from the original, steer, PASTA-style attention reweighting). Recovery rate
 ``R = |{i in E : correct under emphasis}| / |E|`` over the eligible forget items E (original right, unlearned
-wrong), with a bootstrap 95% CI; beside it the controls: the same emphasis on random non-keyword words, on the
-original model (accuracy before -> after) and on retain items (unlearned accuracy before -> after), and whether the
-gold first token becomes top-1. Each method's full recovery output is also written to ``recovery/<method>/``.
+wrong), with its exact (Clopper–Pearson) 95% interval; beside it the controls: the same emphasis on random
+non-keyword words (prompt) or token positions (activations, same token count), with the exact McNemar p-value
+against it on the same items (and Holm-adjusted over the 11 conditions), the McNemar p-value against the neutral
+instruction, the same emphasis on the original model (accuracy before -> after) and on the held-out utility items
+(unlearned accuracy before -> after), and whether the gold first token becomes top-1. Each method's full recovery
+output is also written to ``recovery/<method>/``.
 """
 
 from __future__ import annotations
@@ -24,15 +27,18 @@ COLUMNS = [
     "method",
     "kind",
     "condition",
-    "recovery_rate_n",
+    "n_eligible",
     "recovery_rate",
-    "recovery_rate_ci_lo",
-    "recovery_rate_ci_hi",
+    "ci_low",
+    "ci_high",
     "random_control_rate",
+    "p_vs_random",
+    "p_vs_random_holm",
+    "p_vs_neutral",
     "original_accuracy_before",
     "original_accuracy_after",
-    "retain_accuracy_before",
-    "retain_accuracy_after",
+    "utility_accuracy_before",
+    "utility_accuracy_after",
     "top1_before",
     "top1_after",
 ]
@@ -55,16 +61,22 @@ def run(ctx: Context) -> StudyResult:
     from unpact_mech.recovery.outputs import long_results
 
     keywords = ctx.original_keywords()
-    rcfg = ctx.recovery_config(DEFAULT_ATTACKS, n_boot=ctx.n_boot, max_control_items=ctx.args.max_control_items)
+    rcfg = ctx.recovery_config(DEFAULT_ATTACKS, max_control_items=ctx.args.max_control_items)
     tables, long, summaries = [], [], {}
     for method, model in ctx.unlearned():
         rec = ctx.recover(model, method, rcfg, keywords)
-        tables.append(
-            rec.rates.assign(method=method).reindex(columns=COLUMNS).rename(columns={"recovery_rate_n": "n_eligible"})
-        )
+        tables.append(rec.rates.assign(method=method).reindex(columns=COLUMNS))
         long.append(long_results(rec).assign(method=method))
         summaries[method] = {
-            k: rec.summary.get(k) for k in ("n_eligible", "destructive_rate", "best_condition", "best_recovery_rate")
+            k: rec.summary.get(k)
+            for k in (
+                "n_eligible",
+                "utility_destructive_rate",
+                "best_of",
+                "best_condition",
+                "best_recovery_rate",
+                "best_p_vs_random_holm",
+            )
         }
     table = pd.concat(tables, ignore_index=True)
     plot(table, ctx)
@@ -76,7 +88,7 @@ def plot(table: pd.DataFrame, ctx: Context) -> None:
     wide = table.pivot_table(
         index="condition",
         columns="method",
-        values=["recovery_rate", "recovery_rate_ci_lo", "recovery_rate_ci_hi"],
+        values=["recovery_rate", "ci_low", "ci_high"],
         sort=False,
     )
     wide.columns = [f"{m}:{v}" for v, m in wide.columns]
@@ -87,7 +99,7 @@ def plot(table: pd.DataFrame, ctx: Context) -> None:
         "condition",
         {m: f"{m}:recovery_rate" for m in methods},
         ctx.out / "recovery_rates.png",
-        errors={f"{m}:recovery_rate": (f"{m}:recovery_rate_ci_lo", f"{m}:recovery_rate_ci_hi") for m in methods},
+        errors={f"{m}:recovery_rate": (f"{m}:ci_low", f"{m}:ci_high") for m in methods},
         ylabel="recovery rate (eligible forget items)",
         ylim=(0, 1.02),
         title="Recovery by keyword emphasis (95% CI)",

@@ -1,7 +1,8 @@
 """Finding 3 — unlearning damages unrelated knowledge because it penalises every prompt word, common ones included.
 
-Per unlearning method, on the RETAIN items: the destructive rate ``D = |{i in K : unlearned wrong on i}| / |K|``
-over the retain items K the original model answers correctly (bootstrap 95% CI), and word-level occlusion
+Per unlearning method, on the held-out UTILITY items (no method trains on them; and, named as such, on the retain
+items the retain losses train on): the destructive rate ``D = |{i in K : unlearned wrong on i}| / |K|`` over the
+items K the original model answers correctly (exact Clopper–Pearson 95% interval), and word-level occlusion
 (``C(w) = LP(x, y) - LP(x without w, y)``) on the original and on the unlearned model. Words are split into common
 function words (``FUNCTION_WORDS``, case-insensitive) and content words (every other word with a letter or digit;
 punctuation is left out). Per item i: ``f_i`` / ``c_i`` = mean contribution of its function / content words, before
@@ -38,53 +39,65 @@ def per_item_classes(units: pd.DataFrame) -> pd.DataFrame:
     return df.groupby(["item_id", "split", "group"], as_index=False, sort=False)[["before", "after"]].mean()
 
 
-def destruction_row(method: str, known: np.ndarray, after: np.ndarray, ctx: Context) -> dict:
-    """Destructive rate over the retain items the original knows, and retain accuracy before/after."""
-    from unpact_mech.recovery.metrics import destructive_rate
+def destruction_row(method: str, split: str, known: np.ndarray, after: np.ndarray) -> dict:
+    """Destructive rate over the ``split`` items the original knows (exact 95% interval), accuracy before/after."""
+    from unpact_mech.stats import destructive_rate
 
-    rate = destructive_rate(known, after, n_boot=ctx.n_boot, seed=ctx.seed)
+    rate = destructive_rate(known, after)
     return {
         "method": method,
-        "n_retain": len(known),
-        "retain_acc_before": float(known.mean()),
-        "retain_acc_after": float(after.mean()),
-    } | rate.as_dict("destructive_rate")
+        "split": split,
+        "n_items": len(known),
+        "acc_before": float(known.mean()),
+        "acc_after": float(after.mean()),
+        "destructive_rate": rate.value,
+        "destructive_rate_ci_low": rate.low,
+        "destructive_rate_ci_high": rate.high,
+        "destroyed": rate.k,
+        "n_known": rate.n,
+    }
 
 
 def run(ctx: Context) -> StudyResult:
     from unpact_mech.attribution.run import compare_runs
 
-    retain = ctx.split("retain")
-    ids = [it.id for it in retain]
-    known = ctx.original_evaluation.set_index("item_id").loc[ids, "correct"].to_numpy(bool)
-    before = ctx.attribute(ctx.original, retain, "original")
+    splits = {name: ctx.split(name) for name in ("utility", "retain") if ctx.split(name)}
+    if "utility" not in splits:
+        print("warning: no utility items: collateral damage is measured on retain (trained-on) items only")
+    known = {s: ctx.original_evaluation.set_index("item_id").loc[[it.id for it in its], "correct"].to_numpy(bool)
+             for s, its in splits.items()}  # fmt: skip
+    before = {s: ctx.attribute(ctx.original, its, "original") for s, its in splits.items()}
     rows, long, by_word = [], [], {}
     for method, model in ctx.unlearned():
-        after = ctx.evaluate(model, retain).set_index("item_id").loc[ids, "correct"].to_numpy(bool)
-        units = compare_runs(before, ctx.attribute(model, retain, method)).units
-        classes = per_item_classes(units)
-        rows.append(
-            destruction_row(method, known, after, ctx)
-            | paired_contrast(classes, "function", "content", n_boot=ctx.n_boot, seed=ctx.seed)
-        )
-        words = units.assign(word=units["token"].str.strip().str.lower())
-        by_word[method] = words[words["word"].isin(FUNCTION_WORDS)].groupby("word")["diff"].mean().to_dict()
-        correct = pd.DataFrame(
-            {"item_id": ids, "split": "retain", "original_correct": known, "unlearned_correct": after}
-        )
-        long += [
-            long_rows(classes, ["item_id", "split", "group"], ["before", "after"], method=method),
-            long_rows(correct, ["item_id", "split"], ["original_correct", "unlearned_correct"], method=method),
-        ]
+        for split, items in splits.items():
+            ids = [it.id for it in items]
+            after = ctx.evaluate(model, items).set_index("item_id").loc[ids, "correct"].to_numpy(bool)
+            units = compare_runs(before[split], ctx.attribute(model, items, method)).units
+            classes = per_item_classes(units)
+            rows.append(
+                destruction_row(method, split, known[split], after)
+                | paired_contrast(classes, "function", "content", n_boot=ctx.n_boot, seed=ctx.seed)
+            )
+            words = units.assign(word=units["token"].str.strip().str.lower())
+            by_word[f"{method}/{split}"] = (
+                words[words["word"].isin(FUNCTION_WORDS)].groupby("word")["diff"].mean().to_dict()
+            )
+            correct = pd.DataFrame(
+                {"item_id": ids, "split": split, "original_correct": known[split], "unlearned_correct": after}
+            )
+            long += [
+                long_rows(classes, ["item_id", "split", "group"], ["before", "after"], method=method),
+                long_rows(correct, ["item_id", "split"], ["original_correct", "unlearned_correct"], method=method),
+            ]
     table = pd.DataFrame(rows)
     bars = {f"{g} words {when}": f"{g}_{when}" for g in ("function", "content") for when in ("before", "after")}
     grouped_bars(
-        table,
-        "method",
+        table.assign(label=table["method"] + " · " + table["split"]),
+        "label",
         bars,
         ctx.out / "common_words.png",
-        ylabel="mean word contribution C (nats)",
-        title="Retain items: function vs content words, original -> unlearned",
+        ylabel="mean word contribution C (occlusion target units)",
+        title="Utility (held-out) and retain items: function vs content words, original -> unlearned",
     )
     return StudyResult(
         table,

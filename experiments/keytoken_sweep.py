@@ -27,9 +27,9 @@ RECOVERY_SETTINGS = ((0.3, 3), (0.5, 3), (0.9, 3))
 METRICS = ("top_word_hit_rate", "keytoken_hit_rate", "keyword_precision", "keyword_recall", "mean_keytokens_per_item")
 RECOVERY_COLUMNS = (
     "recovery_rate",
-    "recovery_rate_ci_lo",
-    "recovery_rate_ci_hi",
-    "recovery_rate_n",
+    "ci_low",
+    "ci_high",
+    "n_eligible",
     "random_control_rate",
 )
 
@@ -61,7 +61,7 @@ def focus_recovery(ctx: Context, model, keywords) -> dict:
     """Recovery rate of the ``focus`` strategy (with its random-word control) using ``keywords``."""
     from unpact_mech.recovery import run_recovery
 
-    cfg = ctx.recovery_config(["focus"], n_boot=ctx.n_boot)
+    cfg = ctx.recovery_config(["focus"])
     rec = run_recovery(
         ctx.original,
         model,
@@ -150,7 +150,6 @@ def run(ctx: Context) -> StudyResult:
             )
     recovery, reference = recovery_rows(ctx, occlusion)
     table = pd.DataFrame(rows).merge(pd.DataFrame(recovery), on=["keytoken_alpha", "keytoken_beta"], how="left")
-    table = table.rename(columns={"recovery_rate_n": "n_eligible"})
     heatmaps(table, ctx.out / "keytoken_agreement.png")
     grouped_bars(
         table.dropna(subset=["recovery_rate"]).assign(
@@ -159,7 +158,7 @@ def run(ctx: Context) -> StudyResult:
         "setting",
         {"focus (KeyTokens)": "recovery_rate", "random-word control": "random_control_rate"},
         ctx.out / "focus_recovery.png",
-        errors={"recovery_rate": ("recovery_rate_ci_lo", "recovery_rate_ci_hi")},
+        errors={"recovery_rate": ("ci_low", "ci_high")},
         ylabel="recovery rate",
         ylim=(0, 1.02),
         title=f"focus strategy on {recovery[0]['recovery_method']}: KeyTokens by α, β",

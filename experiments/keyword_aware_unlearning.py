@@ -1,26 +1,29 @@
-"""Beyond the paper — keyguard vs the unlearning baselines at matched retain accuracy, under the full recovery suite.
+"""Beyond the paper — keyguard vs the unlearning baselines at matched utility accuracy, under the full recovery suite.
 
 Per variant (each baseline method, ``keyguard``, and with ``--ablations`` keyguard without one ingredient at a time):
 
 1. unlearn a fresh copy for a horizon of ``ceil(--horizon × recipe steps)`` steps, evaluating every ``--eval-every``
-   steps (greedy answer + contains judge on all items) -> checkpoints (step, forget accuracy, retain accuracy);
-2. the TARGET retain accuracy R* = the highest retain accuracy of any baseline checkpoint whose forget accuracy is
-   <= 0.15 (if none, the retain accuracy of the baseline checkpoint with the lowest forget accuracy);
-3. the MATCHED checkpoint = the checkpoint (step >= 1) with the lowest forget accuracy whose retain accuracy is >=
-   R* - 0.02 (ties: higher retain, then the earlier step); the model is re-trained to that step (same seed, constant
+   steps (greedy answer + contains judge on all items) -> checkpoints (step, forget accuracy, utility accuracy);
+2. the TARGET utility accuracy R* = the highest utility accuracy of any baseline checkpoint whose forget accuracy is
+   <= 0.15 (if none, the utility accuracy of the baseline checkpoint with the lowest forget accuracy);
+3. the MATCHED checkpoint = the checkpoint (step >= 1) with the lowest forget accuracy whose utility accuracy is >=
+   R* - 0.02 (ties: higher utility, then the earlier step); the model is re-trained to that step (same seed, constant
    lr: the same weights, checked against the recorded accuracies);
 4. the full recovery suite on it (every prompt strategy and activation intervention, with controls; keywords = the
    original's KeyTokens) -> worst-case recovery rate = the highest recovery rate over all conditions.
 
 Generalisation: keyguard's hyperparameters were chosen on the TUNING half of the forget items (a fixed seeded
 split, listed in summary.json); the table also reports the worst case on the HELD-OUT half alone, and over the
-held-out attacks (every condition keyguard does not train on).
+held-out attacks: the conditions whose FAMILY keyguard never trains on (``trained_families``: a training rewrite
+that imitates a suite condition takes that condition's family out of the held-out list). Collateral damage and the
+match use the held-out UTILITY items, which no method trains on. ``--equal-steps`` also attacks every baseline at
+keyguard's matched step (same training length), as rows ``<baseline>@step<N>``.
 
 ``--merge DIR`` adds the variants of an earlier run of this script (same model, data and seed) to the table, so the
 baselines and keyguard can run separately. Outputs: table.csv (one row per variant), checkpoints.csv, rates.csv
 (variant x condition, all / tuning / held-out items), variants.csv (every column),
 recovery/<variant>/ (the ``unpact recover`` files),
-tradeoff.png (retain accuracy vs worst-case recovery) and checkpoints.png (forget vs retain accuracy per step).
+tradeoff.png (utility accuracy vs worst-case recovery) and checkpoints.png (forget vs utility accuracy per step).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from unpact_mech.pipeline.presets import MAX_CONTROL_ITEMS, train_overrides
 from unpact_mech.pipeline.study import Context, Study, StudyResult, main
 
 # keyguard's ingredients (the ablation sets one to 0 at a time) and the suite's conditions it trains against
-from unpact_mech.unlearning.methods.keyguard import INGREDIENTS, TRAINED_CONDITIONS
+from unpact_mech.unlearning.methods.keyguard import INGREDIENTS, trained_families
 
 if TYPE_CHECKING:
     from unpact_mech.recovery.run import RecoveryResult
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu")
 NEW_METHODS = ("keyguard",)
 FORGET_BOUND = 0.15
-RETAIN_TOLERANCE = 0.02
+UTILITY_TOLERANCE = 0.02
 #: The tuning / held-out split of the forget items is fixed (independent of --seed).
 SPLIT_SEED = 0
 #: Per-model overrides for the representation methods (the tiny 2-layer model has no layer 7; measured in the
@@ -68,7 +71,7 @@ HEADLINE = [
     "variant",
     "matched_step",
     "forget_accuracy",
-    "retain_accuracy",
+    "utility_accuracy",
     "n_eligible",
     "worst_recovery_all",
     "worst_condition_all",
@@ -76,7 +79,7 @@ HEADLINE = [
     "worst_recovery_held_out_attacks",
     "worst_recovery_any",
     "worst_condition_any",
-    "destructive_rate",
+    "utility_destructive_rate",
 ]
 
 
@@ -100,26 +103,26 @@ def variants(methods: Sequence[str], ablations: bool) -> list[Variant]:
     return out
 
 
-# -- matched retain accuracy (pure functions of the checkpoint table) ---------------------------------------------
-def target_retain(checkpoints: pd.DataFrame, forget_bound: float = FORGET_BOUND) -> dict[str, Any]:
-    """R*: the highest retain accuracy of a BASELINE checkpoint (step >= 1) with forget accuracy <= ``forget_bound``;
-    if none, the retain accuracy of the baseline checkpoint with the lowest forget accuracy (then highest retain).
+# -- matched utility accuracy (pure functions of the checkpoint table) ---------------------------------------------
+def target_utility(checkpoints: pd.DataFrame, forget_bound: float = FORGET_BOUND) -> dict[str, Any]:
+    """R*: the highest utility accuracy of a BASELINE checkpoint (step >= 1) with forget accuracy <= ``forget_bound``;
+    if none, the utility accuracy of the baseline checkpoint with the lowest forget accuracy (then highest utility).
 
-    ``checkpoints``: ``variant, baseline, step, forget_accuracy, retain_accuracy``."""
+    ``checkpoints``: ``variant, baseline, step, forget_accuracy, utility_accuracy``."""
     base = checkpoints[checkpoints["baseline"].astype(bool) & (checkpoints["step"] >= 1)]
     if base.empty:
         raise ValueError("no baseline checkpoints: run at least one baseline method (or --merge a run with them)")
     ok = base[base["forget_accuracy"] <= forget_bound + 1e-12]
     if len(ok):
-        best = ok.sort_values(["retain_accuracy", "forget_accuracy", "step"], ascending=[False, True, True]).iloc[0]
-        rule = f"highest retain accuracy among baseline checkpoints with forget accuracy <= {forget_bound:g}"
+        best = ok.sort_values(["utility_accuracy", "forget_accuracy", "step"], ascending=[False, True, True]).iloc[0]
+        rule = f"highest utility accuracy among baseline checkpoints with forget accuracy <= {forget_bound:g}"
     else:
-        best = base.sort_values(["forget_accuracy", "retain_accuracy", "step"], ascending=[True, False, True]).iloc[0]
+        best = base.sort_values(["forget_accuracy", "utility_accuracy", "step"], ascending=[True, False, True]).iloc[0]
         rule = (
             f"no baseline checkpoint reaches forget accuracy <= {forget_bound:g}: the lowest-forget baseline checkpoint"
         )
     return {
-        "target_retain": float(best["retain_accuracy"]),
+        "target_utility": float(best["utility_accuracy"]),
         "target_variant": str(best["variant"]),
         "target_step": int(best["step"]),
         "target_forget": float(best["forget_accuracy"]),
@@ -128,14 +131,14 @@ def target_retain(checkpoints: pd.DataFrame, forget_bound: float = FORGET_BOUND)
 
 
 def matched_checkpoint(
-    checkpoints: pd.DataFrame, target: float, tolerance: float = RETAIN_TOLERANCE
+    checkpoints: pd.DataFrame, target: float, tolerance: float = UTILITY_TOLERANCE
 ) -> pd.Series | None:
-    """The checkpoint (step >= 1) with the lowest forget accuracy whose retain accuracy is >= target - tolerance
-    (ties: higher retain accuracy, then the earlier step); None if no checkpoint qualifies."""
-    ok = checkpoints[(checkpoints["step"] >= 1) & (checkpoints["retain_accuracy"] >= target - tolerance - 1e-12)]
+    """The checkpoint (step >= 1) with the lowest forget accuracy whose utility accuracy is >= target - tolerance
+    (ties: higher utility accuracy, then the earlier step); None if no checkpoint qualifies."""
+    ok = checkpoints[(checkpoints["step"] >= 1) & (checkpoints["utility_accuracy"] >= target - tolerance - 1e-12)]
     if ok.empty:
         return None
-    return ok.sort_values(["forget_accuracy", "retain_accuracy", "step"], ascending=[True, False, True]).iloc[0]
+    return ok.sort_values(["forget_accuracy", "utility_accuracy", "step"], ascending=[True, False, True]).iloc[0]
 
 
 def condition_rates(per_item: pd.DataFrame, eligible: Sequence[str], subsets: dict[str, Sequence[str]]) -> pd.DataFrame:
@@ -195,6 +198,11 @@ def add_options(p) -> None:
         help="run only these of the variants (e.g. to split the ablation over two processes)",
     )
     p.add_argument(
+        "--equal-steps",
+        action="store_true",
+        help="also attack every baseline at keyguard's matched step (rows <baseline>@step<N>)",
+    )
+    p.add_argument(
         "--horizon",
         type=float,
         default=1.5,
@@ -212,11 +220,11 @@ def add_options(p) -> None:
         help="add the variants of earlier runs of this script (same model, data, seed) to the table",
     )
     p.add_argument(
-        "--target-retain",
+        "--target-utility",
         type=float,
         default=None,
         metavar="R",
-        help="match every variant to this retain accuracy instead of the best baseline's (e.g. the R* of a "
+        help="match every variant to this utility accuracy instead of the best baseline's (e.g. the R* of a "
         "baselines run still in progress; --merge then checks that the runs agree)",
     )
     p.add_argument(
@@ -224,7 +232,7 @@ def add_options(p) -> None:
         type=positive_int,
         default=MAX_CONTROL_ITEMS,
         metavar="N",
-        help=f"items in the recovery suite's original-model and retain controls (default: {MAX_CONTROL_ITEMS})",
+        help=f"items in the recovery suite's original-model and utility controls (default: {MAX_CONTROL_ITEMS})",
     )
 
 
@@ -314,9 +322,9 @@ def run(ctx: Context) -> StudyResult:
         todo = [v for v in todo if v.name in ctx.args.variants]
     if not todo and not ctx.args.merge:
         raise InputError("--methods: give at least one method (or only --merge earlier runs to combine them)")
-    fixed = ctx.args.target_retain
+    fixed = ctx.args.target_utility
     if fixed is not None and not 0.0 <= fixed <= 1.0:
-        raise InputError(f"--target-retain must be in [0, 1], got {fixed}")
+        raise InputError(f"--target-utility must be in [0, 1], got {fixed}")
     merged_table, merged_ckpt, merged_rates = load_merged(ctx.args.merge, ctx)
     clash = sorted(set(merged_table.get("variant", [])) & {v.name for v in todo})
     if clash:
@@ -335,7 +343,7 @@ def run(ctx: Context) -> StudyResult:
                 "baseline": v.is_baseline,
                 "step": int(r.step),
                 "forget_accuracy": float(r.forget_accuracy),
-                "retain_accuracy": float(r.retain_accuracy),
+                "utility_accuracy": float(r.utility_accuracy),
             }
             for r in dyn.itertuples()
         ]
@@ -343,36 +351,36 @@ def run(ctx: Context) -> StudyResult:
         del model
     checkpoints = pd.concat([merged_ckpt, pd.DataFrame(rows)], ignore_index=True)
 
-    # 2./3. the target retain accuracy and each variant's matched checkpoint
+    # 2./3. the target utility accuracy and each variant's matched checkpoint
     if fixed is not None:
         target = {
-            "target_retain": float(fixed),
+            "target_utility": float(fixed),
             "target_variant": "",
             "target_step": -1,
             "target_forget": float("nan"),
-            "target_rule": "given by --target-retain",
+            "target_rule": "given by --target-utility",
         }
     else:
         try:
-            target = target_retain(checkpoints)
+            target = target_utility(checkpoints)
         except ValueError as err:
-            raise InputError(f"{err}; or pass --target-retain") from None
-    if len(merged_table) and not np.isclose(merged_table["target_retain"], target["target_retain"]).all():
+            raise InputError(f"{err}; or pass --target-utility") from None
+    if len(merged_table) and not np.isclose(merged_table["target_utility"], target["target_utility"]).all():
         raise InputError(
-            "--merge: the merged run matched another target retain accuracy "
-            f"({merged_table['target_retain'].iloc[0]:.3f} vs {target['target_retain']:.3f}); rerun it"
+            "--merge: the merged run matched another target utility accuracy "
+            f"({merged_table['target_utility'].iloc[0]:.3f} vs {target['target_utility']:.3f}); rerun it"
         )
 
     # 4. the recovery suite on each matched checkpoint
     keywords = ctx.original_keywords() if todo else []
-    rcfg = ctx.recovery_config(DEFAULT_ATTACKS, n_boot=ctx.n_boot, max_control_items=ctx.args.max_control_items)
+    rcfg = ctx.recovery_config(DEFAULT_ATTACKS, max_control_items=ctx.args.max_control_items)
     forget_ids = [it.id for it in ctx.split("forget")]
     tuning, held_out = tuning_split(forget_ids, SPLIT_SEED)
     subsets = {"all": forget_ids, "tuning": tuning, "held_out": held_out}
     table_rows, rate_frames, long = [], [], []
     for v in tqdm(todo, desc="recovery", disable=not ctx.progress):
         mine = checkpoints[checkpoints["variant"] == v.name]
-        chosen = matched_checkpoint(mine, target["target_retain"])
+        chosen = matched_checkpoint(mine, target["target_utility"])
         row: dict[str, Any] = {
             "variant": v.name,
             "method": v.method,
@@ -390,6 +398,23 @@ def run(ctx: Context) -> StudyResult:
         rate_frames.append(rates)
         long.append(long_results(rec).assign(method=v.method, variant=v.name))
         table_rows.append(row | summarise(chosen, rec))
+        del model
+
+    # 5. --equal-steps: every baseline attacked at keyguard's matched step (the same training length)
+    kg_step = next(
+        (r["matched_step"] for r in table_rows if r["variant"] == "keyguard" and r.get("matched_step")), None
+    )
+    for v in [v for v in todo if v.is_baseline] if ctx.args.equal_steps and kg_step else []:
+        mine = checkpoints[(checkpoints["variant"] == v.name) & (checkpoints["step"] == kg_step)]
+        if mine.empty:
+            continue
+        name = f"{v.name}@step{kg_step}"
+        model, _ = train(ctx, v, int(kg_step), evaluate=False)
+        rec = ctx.recover(model, name, rcfg, keywords)
+        rate_frames.append(condition_rates(rec.per_item, rec.eligible_ids, subsets).assign(variant=name))
+        long.append(long_results(rec).assign(method=v.method, variant=name))
+        table_rows.append({"variant": name, "method": v.method, "baseline": True, "hyperparameters": "",
+                           "horizon_steps": steps[v.name], **target} | summarise(mine.iloc[0], rec))  # fmt: skip
         del model
 
     rates = pd.concat([merged_rates, *rate_frames], ignore_index=True)
@@ -410,10 +435,10 @@ def run(ctx: Context) -> StudyResult:
     summary = {
         "target": target,
         "forget_bound": FORGET_BOUND,
-        "retain_tolerance": RETAIN_TOLERANCE,
+        "utility_tolerance": UTILITY_TOLERANCE,
         "tuning_items": tuning,
         "held_out_items": held_out,
-        "trained_conditions": list(TRAINED_CONDITIONS),
+        "trained_families": sorted(trained_families()),
         "merged": list(ctx.args.merge),
         "goal": goal(table),
     }
@@ -425,12 +450,24 @@ def summarise(chosen: pd.Series, rec: "RecoveryResult") -> dict[str, Any]:
     return {
         "matched_step": int(chosen["step"]),
         "forget_accuracy": float(chosen["forget_accuracy"]),
-        "retain_accuracy": float(chosen["retain_accuracy"]),
+        "utility_accuracy": float(chosen["utility_accuracy"]),
         "forget_accuracy_retrained": rec.summary["unlearned_forget_accuracy"],
-        "retain_accuracy_retrained": rec.summary.get("unlearned_retain_accuracy"),
+        "utility_accuracy_retrained": rec.summary.get("unlearned_utility_accuracy"),
         "n_eligible": rec.summary["n_eligible"],
-        "destructive_rate": rec.summary.get("destructive_rate"),
+        "utility_destructive_rate": rec.summary.get("utility_destructive_rate"),
     }
+
+
+def condition_family(condition: str) -> str:
+    """The attack family of a condition label (``patch[0-29]`` -> the registry's ``patch`` family)."""
+    from unpact_mech.attacks import get_attack
+
+    return get_attack(condition.split("[")[0]).family
+
+
+def held_out_conditions(conditions, families) -> list[str]:
+    """The conditions whose family is not among the trained ``families`` (the honest held-out attacks)."""
+    return [c for c in conditions if condition_family(c) not in families]
 
 
 def worst_columns(rates: pd.DataFrame) -> dict[str, Any]:
@@ -439,7 +476,7 @@ def worst_columns(rates: pd.DataFrame) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for subset in ("all", "tuning", "held_out"):
         row[f"worst_recovery_{subset}"], row[f"worst_condition_{subset}"] = worst_case(rates, subset)
-    held_out_attacks = [c for c in rates["condition"].unique() if c.split("[")[0] not in TRAINED_CONDITIONS]
+    held_out_attacks = held_out_conditions(rates["condition"].unique(), trained_families())
     row["worst_recovery_held_out_attacks"], row["worst_condition_held_out_attacks"] = worst_case(
         rates, "all", held_out_attacks
     )
@@ -451,7 +488,7 @@ def worst_columns(rates: pd.DataFrame) -> dict[str, Any]:
 
 
 def goal(table: pd.DataFrame) -> dict[str, Any]:
-    """The issue's goal for keyguard: worst-case recovery <= 0.10, forget accuracy <= 0.15, retain >= the target."""
+    """The issue's goal for keyguard: worst-case recovery <= 0.10, forget accuracy <= 0.15, utility >= the target."""
     kg = table[table["variant"] == "keyguard"]
     if kg.empty or pd.isna(kg.iloc[0].get("matched_step")):
         return {"evaluated": False}
@@ -459,7 +496,7 @@ def goal(table: pd.DataFrame) -> dict[str, Any]:
     checks = {
         "worst_recovery_le_0.10": bool(r["worst_recovery_all"] <= 0.10 + 1e-12),
         "forget_le_0.15": bool(r["forget_accuracy"] <= FORGET_BOUND + 1e-12),
-        "retain_ge_target": bool(r["retain_accuracy"] >= r["target_retain"] - 1e-12),
+        "utility_ge_target": bool(r["utility_accuracy"] >= r["target_utility"] - 1e-12),
     }
     return {
         "evaluated": True,
@@ -468,8 +505,8 @@ def goal(table: pd.DataFrame) -> dict[str, Any]:
         "worst_recovery": float(r["worst_recovery_all"]),
         "worst_condition": r["worst_condition_all"],
         "forget_accuracy": float(r["forget_accuracy"]),
-        "retain_accuracy": float(r["retain_accuracy"]),
-        "target_retain": float(r["target_retain"]),
+        "utility_accuracy": float(r["utility_accuracy"]),
+        "target_utility": float(r["target_utility"]),
     }
 
 
@@ -493,30 +530,30 @@ def plot_tradeoff(table: pd.DataFrame, target: dict[str, Any], path: Path) -> No
     for r in done.itertuples():
         colour = "tab:gray" if r.baseline else ("tab:red" if r.variant == "keyguard" else "tab:orange")
         ax.scatter(
-            r.retain_accuracy, r.worst_recovery_all, s=20 + 160 * (1 - r.forget_accuracy), color=colour, alpha=0.8
+            r.utility_accuracy, r.worst_recovery_all, s=20 + 160 * (1 - r.forget_accuracy), color=colour, alpha=0.8
         )
         ax.annotate(
             f"{r.variant} (f={r.forget_accuracy:.2f})",
-            (r.retain_accuracy, r.worst_recovery_all),
+            (r.utility_accuracy, r.worst_recovery_all),
             fontsize=7,
             xytext=(4, 3),
             textcoords="offset points",
         )
     ax.axvline(
-        target["target_retain"] - RETAIN_TOLERANCE, color="k", ls=":", lw=0.8, label="matched retain (R* - 0.02)"
+        target["target_utility"] - UTILITY_TOLERANCE, color="k", ls=":", lw=0.8, label="matched utility (R* - 0.02)"
     )
     ax.axhline(0.10, color="tab:red", ls="--", lw=0.8, label="goal: worst-case recovery 0.10")
-    ax.set_xlabel("retain accuracy at the matched checkpoint")
+    ax.set_xlabel("utility accuracy (held out) at the matched checkpoint")
     ax.set_ylabel("worst-case recovery rate (eligible forget items)")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Recovery suite at matched retain accuracy (marker size ~ 1 - forget accuracy)", fontsize=9)
+    ax.set_title("Recovery suite at matched utility accuracy (marker size ~ 1 - forget accuracy)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 
 
 def plot_checkpoints(checkpoints: pd.DataFrame, table: pd.DataFrame, target: dict[str, Any], path: Path) -> None:
-    """Forget vs retain accuracy of every checkpoint, one line per variant; the matched checkpoints circled."""
+    """Forget vs utility accuracy of every checkpoint, one line per variant; the matched checkpoints circled."""
     from unpact_mech.report.plots import save_figure
 
     plt = _plt()
@@ -526,7 +563,7 @@ def plot_checkpoints(checkpoints: pd.DataFrame, table: pd.DataFrame, target: dic
         g = g.sort_values("step")
         new = str(name).startswith("keyguard")
         ax.plot(
-            g["retain_accuracy"],
+            g["utility_accuracy"],
             g["forget_accuracy"],
             marker=".",
             label=name,
@@ -536,10 +573,10 @@ def plot_checkpoints(checkpoints: pd.DataFrame, table: pd.DataFrame, target: dic
         )
     if "matched_step" in table:
         for r in table[table["matched_step"].notna()].itertuples():
-            ax.scatter(r.retain_accuracy, r.forget_accuracy, s=80, facecolors="none", edgecolors="k")
-    ax.axvline(target["target_retain"] - RETAIN_TOLERANCE, color="k", ls=":", lw=0.8)
+            ax.scatter(r.utility_accuracy, r.forget_accuracy, s=80, facecolors="none", edgecolors="k")
+    ax.axvline(target["target_utility"] - UTILITY_TOLERANCE, color="k", ls=":", lw=0.8)
     ax.axhline(FORGET_BOUND, color="tab:red", ls="--", lw=0.8)
-    ax.set_xlabel("retain accuracy")
+    ax.set_xlabel("utility accuracy (held out)")
     ax.set_ylabel("forget accuracy")
     ax.set_title("Checkpoints (matched ones circled)", fontsize=9)
     ax.legend(fontsize=6, ncol=2)

@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from unpact_mech.data.splits import SPLITS
 from unpact_mech.pipeline.presets import (
     BATCH_SIZE,
     DEFAULT_METHODS,
@@ -53,7 +54,6 @@ class DemoConfig:
     interventions: Sequence[str] = DEMO_INTERVENTIONS
     layer_items: int = 8
     max_control_items: int = MAX_CONTROL_ITEMS
-    n_boot: int = 1000
     batch_size: int = BATCH_SIZE
     max_new_tokens: int = MAX_NEW_TOKENS
 
@@ -163,9 +163,7 @@ def run_demo(
         )
         keywords = session.keywords(occlusion, items)
 
-        rcfg = session.recovery_config(
-            [*cfg.strategies, *interventions], n_boot=cfg.n_boot, max_control_items=cfg.max_control_items
-        )
+        rcfg = session.recovery_config([*cfg.strategies, *interventions], max_control_items=cfg.max_control_items)
         headline, long_rows = [], []
         for method in cfg.methods:
             stage(f"{method}: unlearning a fresh copy of {cfg.model}")
@@ -220,118 +218,104 @@ def keytoken_row(comparison: dict[str, Any], split: str = "forget") -> dict[str,
     return row
 
 
-def best_condition(rec, kind: str) -> tuple[str, float, float | None]:
-    """``(condition, recovery rate, its random-word control rate)`` of the best non-control condition of ``kind``."""
+def best_condition(rec, kind: str) -> dict[str, Any]:
+    """The best non-control condition of ``kind``: its name, recovery rate, random-control rate, the number K of
+    conditions it was picked from, and its exact McNemar p-value against the random control, Holm-adjusted over every
+    condition of the run (so a best-of-K pick is not reported as if it were the only test)."""
     controls = {a.label for a in rec.attacks if a.is_control}
     rates = rec.rates
-    sub = rates[(rates["kind"] == kind) & ~rates["condition"].isin(controls)].dropna(subset=["recovery_rate"])
-    if not len(sub):
-        return "", float("nan"), None
-    row = sub.loc[sub["recovery_rate"].idxmax()]
-    control = row.get("random_control_rate")
-    return str(row["condition"]), float(row["recovery_rate"]), None if pd.isna(control) else float(control)
+    pool = rates[(rates["kind"] == kind) & ~rates["condition"].isin(controls)]
+    sub = pool.dropna(subset=["recovery_rate"])
+    out: dict[str, Any] = {"name": "", "recovery": None, "random_control": None, "of": int(len(pool)), "p_holm": None}
+    if len(sub):
+        row = sub.loc[sub["recovery_rate"].idxmax()]
+        out |= {
+            "name": str(row["condition"]),
+            "recovery": float(row["recovery_rate"]),
+            "random_control": _none(row.get("random_control_rate")),
+            "p_holm": _none(row.get("p_vs_random_holm")),
+        }
+    return out
+
+
+def _none(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def headline_row(method: str, unlearn_summary: dict[str, Any], occ: dict[str, Any], rec) -> dict[str, Any]:
-    """One row of the demo's headline table."""
+    """One row of the demo's headline table (utility = held-out facts; retain = the facts the retain loss trains on)."""
     s = unlearn_summary
-    row: dict[str, Any] = {
-        "method": method,
-        "forget_acc_before": s["forget_accuracy_before"],
-        "forget_acc_after": s["forget_accuracy_after"],
-        "retain_acc_before": s["retain_accuracy_before"],
-        "retain_acc_after": s["retain_accuracy_after"],
-    }
+    row: dict[str, Any] = {"method": method}
+    for split in SPLITS:
+        row[f"{split}_acc_before"] = s.get(f"{split}_accuracy_before")
+        row[f"{split}_acc_after"] = s.get(f"{split}_accuracy_after")
     row |= keytoken_row(occ)
     row["eligible"] = rec.summary.get("n_eligible")
     for kind, label in (("strategy", "prompt"), ("intervention", "activation")):
-        name, value, control = best_condition(rec, kind)
-        row[f"best_{label}"] = name
-        row[f"best_{label}_recovery"] = value
-        row[f"best_{label}_random_control"] = control
-    row["destructive_rate"] = rec.summary.get("destructive_rate")
+        best = best_condition(rec, kind)
+        row[f"best_{label}"] = best["name"]
+        row[f"best_{label}_recovery"] = best["recovery"]
+        row[f"best_{label}_random_control"] = best["random_control"]
+        row[f"best_{label}_of"] = best["of"]
+        row[f"best_{label}_p_holm"] = best["p_holm"]
+    row["utility_destructive_rate"] = rec.summary.get("utility_destructive_rate")
+    row["retain_destructive_rate"] = rec.summary.get("retain_destructive_rate")
     return row
 
 
 def headline_long(method: str, unlearn_summary: dict[str, Any], occ: dict[str, Any], rec) -> pd.DataFrame:
     """The headline numbers in the long ``results.csv`` format (``item_id`` "all": aggregates)."""
-    rows = []
-    for split in ("forget", "retain"):
-        for when in ("before", "after"):
-            rows.append(
-                {
-                    "item_id": "all",
-                    "split": split,
-                    "metric": f"accuracy_{when}",
-                    "value": unlearn_summary[f"{split}_accuracy_{when}"],
-                    "method": method,
-                    "stage": "unlearn",
-                }
-            )
-    for key, value in keytoken_row(occ).items():
-        rows.append(
-            {
-                "item_id": "all",
-                "split": "forget",
-                "metric": key,
-                "value": value,
-                "method": method,
-                "stage": "attribution",
-            }
-        )
+    base = {"item_id": "all", "method": method}
+    rows = [
+        base | {"split": split, "metric": f"accuracy_{when}", "value": unlearn_summary.get(f"{split}_accuracy_{when}"),
+                "stage": "unlearn"}
+        for split in SPLITS for when in ("before", "after")
+    ]  # fmt: skip
+    rows += [
+        base | {"split": "forget", "metric": key, "value": value, "stage": "attribution"}
+        for key, value in keytoken_row(occ).items()
+    ]
     for r in rec.rates.itertuples():
-        for metric in ("recovery_rate", "random_control_rate"):
-            rows.append(
-                {
-                    "item_id": "all",
-                    "split": "forget",
-                    "metric": metric,
-                    "value": getattr(r, metric, float("nan")),
-                    "method": method,
-                    "stage": "recovery",
-                    "kind": r.kind,
-                    "condition": r.condition,
-                }
-            )
-    if rec.summary.get("destructive_rate") is not None:
-        rows.append(
-            {
-                "item_id": "all",
-                "split": "retain",
-                "metric": "destructive_rate",
-                "value": rec.summary["destructive_rate"],
-                "method": method,
-                "stage": "recovery",
-            }
-        )
+        for metric in ("recovery_rate", "random_control_rate", "p_vs_random_holm"):
+            rows.append(base | {"split": "forget", "metric": metric, "value": getattr(r, metric), "stage": "recovery",
+                                "kind": r.kind, "condition": r.condition})  # fmt: skip
+    for split in ("utility", "retain"):
+        rows.append(base | {"split": split, "metric": "destructive_rate", "stage": "recovery",
+                            "value": rec.summary.get(f"{split}_destructive_rate")})  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def format_headline(headline: pd.DataFrame) -> str:
-    """Plain-text headline table for the terminal."""
+    """Plain-text headline table for the terminal (``—`` for a value that does not exist)."""
+    from unpact_mech.commands.common import fmt
+
     lines = []
     for r in headline.to_dict("records"):
         kt = ""
         if r.get("keytoken_contribution_before") is not None:
-            kt = (
-                f"; KeyToken contribution {r['keytoken_contribution_before']:.2f} -> "
-                f"{r['keytoken_contribution_after']:.2f} (other words "
-                f"{r.get('other_contribution_before', float('nan')):.2f} -> "
-                f"{r.get('other_contribution_after', float('nan')):.2f})"
-            )
+            kt = (f"; KeyToken contribution {fmt(r['keytoken_contribution_before'])} -> "
+                  f"{fmt(r['keytoken_contribution_after'])} (other words {fmt(r.get('other_contribution_before'))} -> "
+                  f"{fmt(r.get('other_contribution_after'))})")  # fmt: skip
         lines.append(
-            f"  {r['method']}: forget acc {r['forget_acc_before']:.2f} -> {r['forget_acc_after']:.2f}, "
-            f"retain acc {r['retain_acc_before']:.2f} -> {r['retain_acc_after']:.2f}{kt}"
+            f"  {r['method']}: forget acc {fmt(r['forget_acc_before'])} -> {fmt(r['forget_acc_after'])}, "
+            f"utility acc {fmt(r['utility_acc_before'])} -> {fmt(r['utility_acc_after'])}, "
+            f"retain acc (trained on) {fmt(r['retain_acc_before'])} -> {fmt(r['retain_acc_after'])}{kt}"
         )
         for label in ("prompt", "activation"):
             name = r.get(f"best_{label}")
             if name:
-                ctrl = r.get(f"best_{label}_random_control")
-                ctrl_txt = f" (random-word control {ctrl:.2f})" if ctrl is not None else ""
                 lines.append(
-                    f"      best {label} recovery: {name} {r[f'best_{label}_recovery']:.2f} of "
-                    f"{r['eligible']} forgotten items{ctrl_txt}"
+                    f"      best {label} recovery (best of {r[f'best_{label}_of']}): {name} "
+                    f"{fmt(r[f'best_{label}_recovery'])} of {r['eligible']} forgotten items (random control "
+                    f"{fmt(r.get(f'best_{label}_random_control'))}, McNemar p vs control "
+                    f"{fmt(r.get(f'best_{label}_p_holm'), '.3f')} "
+                    "Holm-adjusted)"
                 )
-        if r.get("destructive_rate") is not None:
-            lines.append(f"      destructive rate on retain items: {r['destructive_rate']:.2f}")
+            elif r.get("eligible") == 0:
+                lines.append(f"      {label} recovery: — (0 eligible forget items: nothing was forgotten)")
+                break
+        lines.append(
+            f"      destructive rate: utility items {fmt(r.get('utility_destructive_rate'))}, "
+            f"retain (trained-on) items {fmt(r.get('retain_destructive_rate'))}"
+        )
     return "\n".join(lines)

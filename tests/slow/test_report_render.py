@@ -52,7 +52,7 @@ def _render(browser: str, html, png, profile, height: int) -> str:
 
 def test_demo_report_renders_in_headless_chromium(tmp_path):
     browser = _chromium()
-    run = run_demo(DemoConfig(model="tiny", n_boot=200), tmp_path / "run", progress=False, log=lambda _: None)
+    run = run_demo(DemoConfig(model="tiny"), tmp_path / "run", progress=False, log=lambda _: None)
     png = tmp_path / "shot.png"
     log = _render(browser, run.report, png, tmp_path / "profile", 2400)
     console = [line for line in log.splitlines() if ":CONSOLE" in line]

@@ -66,6 +66,4 @@ def tiny_demo(tmp_path_factory):
     from unpact_mech.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("tiny_demo") / "run"
-    return run_demo(
-        DemoConfig(model="tiny", methods=("ga_gdr", "npo_gdr"), n_boot=200), out, progress=False, log=lambda _: None
-    )
+    return run_demo(DemoConfig(model="tiny", methods=("ga_gdr", "npo_gdr")), out, progress=False, log=lambda _: None)

@@ -35,7 +35,7 @@ def test_evaluate_tiny_end_to_end(tmp_path, capsys):
     assert list(results.columns[:4]) == ["item_id", "split", "metric", "value"]
     assert set(results.metric) == {"correct", "rouge_l", "logprob", "first_prob", "rank"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["accuracy"] == 1.0 and summary["accuracy_by_split"] == {"forget": 1.0, "retain": 1.0}
+    assert summary["accuracy"] == 1.0 and summary["accuracy_by_split"] == {"forget": 1.0, "retain": 1.0, "utility": 1.0}
     run = json.loads((out / "run.json").read_text())
     assert run["command"] == "evaluate" and run["seed"] == 0 and run["config"]["model"] == "tiny"
     assert run["lineage"][0]["role"] == "base" and len(run["inputs"]["model"]["sha256"]) == 64

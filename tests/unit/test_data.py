@@ -114,11 +114,15 @@ def test_wmdp_becomes_multiple_choice(tmp_path):
 
 def test_builtins():
     synth = load_items("builtin:synthetic_facts")
-    assert len(synth) == 32 and {i.split for i in synth} == {"forget", "retain"}
+    assert len(synth) == 32 and {i.split for i in synth} == {"forget", "retain", "utility"}
+    assert [sum(i.split == s for i in synth) for s in ("forget", "retain", "utility")] == [8, 12, 12]
     assert [r["answer"] for r in synthetic_records()] == [i.answer for i in synth]  # deterministic
     real = load_items("builtin:real_facts")
     assert len(real) >= 60
-    assert all(i.keywords for i in real) and {i.split for i in real} == {"forget", "retain"}
+    assert all(i.keywords for i in real) and {i.split for i in real} == {"forget", "retain", "utility"}
+    utility = [i for i in real if i.split == "utility"]
+    assert len(utility) >= 40 and len({i.extra["category"] for i in utility}) >= 5
+    assert not any("capital" in (i.question + i.answer).lower() for i in utility)  # nothing about the forget topic
     assert len({i.extra["category"] for i in real}) >= 4
 
 

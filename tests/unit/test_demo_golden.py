@@ -24,7 +24,6 @@ import pytest
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "demo_tiny"
 METHODS = ("ga_gdr", "npo_gdr")
-N_BOOT = 200
 #: Keys that are not numbers of the study (wall-clock time).
 VOLATILE_KEYS = ("seconds",)
 #: The pinned tables (relative glob patterns inside the run directory).
@@ -93,9 +92,7 @@ def assert_same_table(now: pd.DataFrame, pinned: pd.DataFrame, name: str) -> Non
 def run_tiny_demo(out: Path) -> Path:
     from unpact_mech.demo import DemoConfig, run_demo
 
-    return run_demo(
-        DemoConfig(model="tiny", methods=METHODS, n_boot=N_BOOT), out, progress=False, log=lambda _: None
-    ).out
+    return run_demo(DemoConfig(model="tiny", methods=METHODS), out, progress=False, log=lambda _: None).out
 
 
 @pytest.fixture(scope="module")

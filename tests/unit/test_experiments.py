@@ -72,7 +72,8 @@ def assert_ci(df: pd.DataFrame, col: str) -> None:
     sub = df.dropna(subset=[col])
     assert len(sub), col
     assert sub[col].between(0, 1).all() if "rate" in col else True
-    assert (sub[f"{col}_ci_lo"] <= sub[col] + 1e-12).all() and (sub[col] <= sub[f"{col}_ci_hi"] + 1e-12).all(), col
+    low, high = ("ci_low", "ci_high") if col == "recovery_rate" else (f"{col}_ci_low", f"{col}_ci_high")
+    assert (sub[low] <= sub[col] + 1e-12).all() and (sub[col] <= sub[high] + 1e-12).all(), col
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -121,8 +122,8 @@ def test_finding2_recovery_rates(run_dir):
         "random_control_rate",
         "original_accuracy_before",
         "original_accuracy_after",
-        "retain_accuracy_before",
-        "retain_accuracy_after",
+        "utility_accuracy_before",
+        "utility_accuracy_after",
         "top1_before",
         "top1_after",
     ):
@@ -138,12 +139,15 @@ def test_finding2_recovery_rates(run_dir):
 def test_finding3_destruction(run_dir):
     out = run_dir("finding3_destruction")
     df, summary = table(out), json.loads((out / "summary.json").read_text())
-    assert list(df["method"]) == list(DEMO_METHODS)
+    # the held-out utility items first, the retain (trained-on) items beside them, per method
+    assert [(r["method"], r["split"]) for r in df.to_dict("records")] == [
+        (m, s) for m in DEMO_METHODS for s in ("utility", "retain")
+    ]
     assert_ci(df, "destructive_rate")
     assert_ci(df, "diff_change")
-    assert (df["n_paired"] > 0).all() and (df["n_retain"] == 24).all()
+    assert (df["n_paired"] > 0).all() and (df["n_items"] == 12).all()
     assert summary["function_words"] == list(load("finding3_destruction").FUNCTION_WORDS)
-    assert set(summary["function_word_change"]["ga_gdr"]) <= set(summary["function_words"])
+    assert set(summary["function_word_change"]["ga_gdr/utility"]) <= set(summary["function_words"])
 
 
 def test_finding3_word_classes():

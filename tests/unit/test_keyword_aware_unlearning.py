@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -20,10 +21,10 @@ def kau():
 
 
 def ckpt(rows):
-    return pd.DataFrame(rows, columns=["variant", "baseline", "step", "forget_accuracy", "retain_accuracy"])
+    return pd.DataFrame(rows, columns=["variant", "baseline", "step", "forget_accuracy", "utility_accuracy"])
 
 
-def test_target_retain_is_the_best_baseline_point_under_the_forget_bound(kau):
+def test_target_utility_is_the_best_baseline_point_under_the_forget_bound(kau):
     table = ckpt(
         [
             ("a", True, 0, 1.0, 1.0),
@@ -34,13 +35,13 @@ def test_target_retain_is_the_best_baseline_point_under_the_forget_bound(kau):
             ("new", False, 2, 0.0, 1.0),  # not a baseline: never the target
         ]
     )
-    t = kau.target_retain(table)
-    assert (t["target_retain"], t["target_variant"], t["target_step"]) == (0.90, "b", 3)
+    t = kau.target_utility(table)
+    assert (t["target_utility"], t["target_variant"], t["target_step"]) == (0.90, "b", 3)
     # no baseline reaches the bound: the lowest-forget baseline checkpoint
-    t = kau.target_retain(ckpt([("a", True, 2, 0.5, 0.7), ("a", True, 4, 0.4, 0.6), ("b", True, 1, 0.4, 0.65)]))
-    assert (t["target_retain"], t["target_variant"]) == (0.65, "b") and "no baseline" in t["target_rule"]
+    t = kau.target_utility(ckpt([("a", True, 2, 0.5, 0.7), ("a", True, 4, 0.4, 0.6), ("b", True, 1, 0.4, 0.65)]))
+    assert (t["target_utility"], t["target_variant"]) == (0.65, "b") and "no baseline" in t["target_rule"]
     with pytest.raises(ValueError):
-        kau.target_retain(ckpt([("new", False, 2, 0.0, 1.0)]))
+        kau.target_utility(ckpt([("new", False, 2, 0.0, 1.0)]))
 
 
 def test_matched_checkpoint_lowest_forget_within_two_points(kau):
@@ -80,17 +81,47 @@ def test_worst_case_over_conditions(kau):
     assert kau.worst_case(rates, "all", ["focus", "patch[0-29]"]) == (0.3, "patch[0-29]")
     assert kau.worst_case(rates, "all", emphasis=("keywords", "random")) == (0.9, "focus (random words)")
     cols = kau.worst_columns(rates)
-    # neutral is held out; focus and patch are trained against
-    assert cols["worst_recovery_held_out_attacks"] == 0.4 and cols["n_eligible_tuning"] == 0
+    # by FAMILY: neutral (instruction, imitated by train_instruction), focus (keywords named) and patch are trained
+    # against, so none of these three conditions is a held-out attack
+    assert np.isnan(cols["worst_recovery_held_out_attacks"]) and cols["n_eligible_tuning"] == 0
+    rates.loc[len(rates)] = ("steer[0-14]c1.0", "intervention", "keywords", "all", 10, 0.1)
+    assert kau.worst_columns(rates)["worst_recovery_held_out_attacks"] == 0.1
+
+
+def test_held_out_attacks_share_no_family_with_any_training_rewrite(kau):
+    """The family rule, for keyguard and every ablation variant: a held-out condition's family is never a family
+    keyguard trains on (its training rewrites included), and the imitating rewrites carry the imitated family."""
+    from unpact_mech.attacks import ATTACKS, attack_names
+    from unpact_mech.unlearning.methods.keyguard import TRAIN_PROMPTS, trained_families
+
+    by_name = {a.name: a for a in TRAIN_PROMPTS}
+    assert by_name["train_instruction"].family == ATTACKS["neutral"].family
+    assert by_name["train_suffix"].family == ATTACKS["repeat_keywords"].family
+    labels = attack_names()
+    for variant in kau.variants(["keyguard"], ablations=True):
+        families = trained_families(variant.hyperparameters)
+        held_out = kau.held_out_conditions(labels, families)
+        assert all(ATTACKS[c].family not in families for c in held_out), variant.name
+        trained = (
+            {a.family for a in TRAIN_PROMPTS}
+            if (
+                variant.hyperparameters.get("prompt_attacks", 1) > 0
+                or variant.hyperparameters.get("retain_attacks", 1) > 0
+            )
+            else set()
+        )
+        assert not set(held_out) & {c for c in labels if ATTACKS[c].family in trained}, variant.name
+    default = kau.held_out_conditions(labels, trained_families())
+    assert default == ["repeat_question", "scale", "steer", "pasta"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Baselines in one run; keyguard + ablations in another, matched to the baselines' R* given by --target-retain;
+    """Baselines in one run; keyguard + ablations in another, matched to the baselines' R* given by --target-utility;
     then the two combined by --merge alone (no --methods)."""
     base = tmp_path_factory.mktemp("kau") / "baselines"
     assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "ga", "rmu", "--out", base) == 0
-    target = json.loads((base / "summary.json").read_text())["target"]["target_retain"]
+    target = json.loads((base / "summary.json").read_text())["target"]["target_utility"]
     kg = base.parent / "keyguard"
     assert (
         run_script(
@@ -99,7 +130,7 @@ def runs(tmp_path_factory):
             "--methods",
             "keyguard",
             "--ablations",
-            "--target-retain",
+            "--target-utility",
             str(target),
             "--out",
             kg,
@@ -127,21 +158,21 @@ def test_the_script_on_tiny(runs, kau):
         assert (new / rel).is_file(), rel
     table = pd.read_csv(new / "variants.csv")
     assert list(table["variant"]) == ["ga", "rmu", "keyguard"] + [f"keyguard-no_{i}" for i in kau.INGREDIENTS]
-    assert table["target_retain"].nunique() == 1
-    target = float(table["target_retain"].iloc[0])
+    assert table["target_utility"].nunique() == 1
+    target = float(table["target_utility"].iloc[0])
     done = table[table["matched_step"].notna()]
     assert len(done) >= 5
-    # matched = retain within 2 points of the target; re-training to the step reproduces the recorded accuracies
-    assert (done["retain_accuracy"] >= target - 0.02 - 1e-9).all()
+    # matched = utility within 2 points of the target; re-training to the step reproduces the recorded accuracies
+    assert (done["utility_accuracy"] >= target - 0.02 - 1e-9).all()
     assert (done["forget_accuracy"] - done["forget_accuracy_retrained"]).abs().max() < 1e-9
-    assert (done["retain_accuracy"] - done["retain_accuracy_retrained"]).abs().max() < 1e-9
-    for col in ("worst_recovery_all", "worst_recovery_any", "destructive_rate"):
+    assert (done["utility_accuracy"] - done["utility_accuracy_retrained"]).abs().max() < 1e-9
+    for col in ("worst_recovery_all", "worst_recovery_any", "utility_destructive_rate"):
         assert done[col].between(0, 1).all(), col
     assert (done["worst_recovery_any"] >= done["worst_recovery_all"] - 1e-12).all()
     ckpts = pd.read_csv(new / "checkpoints.csv")
     assert set(ckpts["variant"]) == set(table["variant"]) and (ckpts.groupby("variant")["step"].min() == 0).all()
     summary = json.loads((new / "summary.json").read_text())
-    assert summary["target"]["target_retain"] == target and summary["goal"]["evaluated"] in (True, False)
+    assert summary["target"]["target_utility"] == target and summary["goal"]["evaluated"] in (True, False)
     assert set(summary["tuning_items"]).isdisjoint(summary["held_out_items"])
     for v in done["variant"]:  # merged variants keep their recovery files in their own run
         assert ((base if v in ("ga", "rmu") else kg) / "recovery" / v / "rates.csv").is_file()
@@ -156,7 +187,7 @@ def test_from_run_and_clashing_merge_are_refused(runs, tmp_path, capsys):
     base, kg, _ = runs
     for argv, message in (
         (["--methods"], "at least one method"),
-        (["--methods", "rmu", "--target-retain", "1.5"], "--target-retain"),
+        (["--methods", "rmu", "--target-utility", "1.5"], "--target-utility"),
         (["--methods", "keyguard", "--ablations", "--variants", "keyguard-no_nothing"], "--variants"),
         (["--from-run", base], "--from-run"),
         (["--methods", "ga", "--merge", base], "variant(s) ga"),

@@ -160,7 +160,7 @@ def test_evaluate_tiny_model_tables(tiny_model, synthetic_items):
     assert (per_item["rank"] == 0).all() and (per_item["logprob"] > -0.1).all()
     assert (per_item["generation"] == per_item["answer"]).all()
     s = summarize_evaluation(per_item)
-    assert s["accuracy"] == 1.0 and s["n_by_split"] == {"forget": 8, "retain": 24}
+    assert s["accuracy"] == 1.0 and s["n_by_split"] == {"forget": 8, "retain": 12, "utility": 12}
     long = to_long(per_item, model="tiny")
     assert list(long.columns[:4]) == ["item_id", "split", "metric", "value"] and len(long) == 32 * 5
     wrong = [QAItem("w", synthetic_items[0].question, "Kravi" if synthetic_items[0].answer != "Kravi" else "Lumos")]

@@ -93,6 +93,10 @@ class Attack:
     kind: ClassVar[str] = ""
     #: The fields a user may set with :meth:`configure` or a spec string ``name:key=value,...``.
     options: ClassVar[tuple[str, ...]] = ()
+    #: What the random control of an attack that uses keywords draws: ``words`` (as many random non-keyword words
+    #: as keywords — prompt rewrites act on words) or ``positions`` (as many random non-keyword question TOKENS as
+    #: keyword tokens — activation edits act on positions).
+    control_unit: ClassVar[str] = "words"
 
     @property
     def label(self) -> str:
@@ -166,6 +170,7 @@ class ActivationAttack(Attack):
 
     kind: ClassVar[str] = "intervention"
     options: ClassVar[tuple[str, ...]] = ("layers",)
+    control_unit: ClassVar[str] = "positions"
 
     def default_layers(self, n_layers: int) -> tuple[int, ...]:
         """The first half of the layers (subclasses choose their own)."""
@@ -198,12 +203,16 @@ class ActivationAttack(Attack):
     def check(self, model: "HookedLM") -> None:
         """Validate the attack's own options against ``model`` (:class:`InputError`); default: nothing to check."""
 
-    def interventions(self, positions: Positions, env: AttackEnv) -> "InterventionFactory":
-        """The factory of interventions that emphasise ``positions`` (per evaluated item) — the one way it acts."""
+    def interventions(
+        self, positions: Positions, env: AttackEnv, item_ids: Sequence[str] | None = None
+    ) -> "InterventionFactory":
+        """The factory of interventions that emphasise ``positions`` (per evaluated item; ``item_ids`` names those
+        items when known) — the one way it acts."""
         raise NotImplementedError
 
     def treat(self, model, items, emphasis, env) -> Treatment:
-        return Treatment(model, interventions=self.interventions([kw.positions for kw in emphasis], env))
+        positions = [kw.positions for kw in emphasis]
+        return Treatment(model, interventions=self.interventions(positions, env, [it.id for it in items]))
 
 
 # -- model transforms --------------------------------------------------------------------------------------------

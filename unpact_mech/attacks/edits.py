@@ -3,17 +3,18 @@
 
 :func:`edit_at_positions` turns an :data:`Edit` into an intervention factory: for every batch it builds the
 per-row position mask, optionally runs a SOURCE model on the same tokens (caching the edited hooks), and at every
-chosen layer replaces the activations at the masked positions by ``edit(act, source_act, layer)``. Positions are
-prompt positions; generated tokens are never edited (their positions lie beyond the prompt mask). An edit sees only
-the selected vectors, shape (N, ...), and returns new ones of the same shape.
+chosen layer replaces the activations at the masked positions by ``edit(act, ctx)``. Positions are prompt
+positions; generated tokens are never edited (their positions lie beyond the prompt mask). An edit sees only the
+selected vectors, shape (N, ...), and an :class:`EditContext` (the layer, the source model's activations at the same
+positions, and which evaluated item each vector belongs to), and returns new vectors of the same shape.
 
-==================  =======================================================================  ==================
-edit                new activation at an emphasised position (h: this model, h_src: source)  used by
-==================  =======================================================================  ==================
-:func:`scale_by`     ``factor * h``                                                          ``scale``
-:func:`copy_source`  ``h_src``                                                               ``patch``
-:func:`add_per_layer` ``h + c * d_L``                                                        ``steer``
-==================  =======================================================================  ==================
+====================  =====================================================================  ==================
+edit                  new activation at an emphasised position (h: this model, h_src: source)  used by
+====================  =====================================================================  ==================
+:func:`scale_by`       ``factor * h``                                                        ``scale``
+:func:`copy_source`    ``h_src``                                                             ``patch``
+:func:`add_per_item`   ``h + c * d_L[i]`` (a direction per layer and evaluated item i)       ``steer``
+====================  =====================================================================  ==================
 
 :func:`reweight_attention` is the attention-side counterpart (PASTA): it acts on the key axis of a pattern.
 """
@@ -21,6 +22,7 @@ edit                new activation at an emphasised position (h: this model, h_s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,9 +34,20 @@ if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
     from unpact_mech.scoring.batching import BatchLayout, InterventionFactory
 
-Edit = Callable[[Tensor, "Tensor | None", int], Tensor]
-"""``edit(act, source_act, layer) -> new act``: the activations at the selected positions (N, ...), the source
-model's activations at the same positions (N, ...) or None, and the layer."""
+
+@dataclass(frozen=True)
+class EditContext:
+    """What an edit knows about the N vectors it edits: ``layer``; ``source`` — the source model's activations at the
+    same positions (N, ...), or None without a source; ``items`` — (N,) the evaluated item (index into the
+    ``positions`` the factory was built with) each vector belongs to."""
+
+    layer: int
+    source: Tensor | None
+    items: Tensor
+
+
+Edit = Callable[[Tensor, EditContext], Tensor]
+"""``edit(act, ctx) -> new act`` for the activations at the selected positions (N, ...)."""
 
 
 def edit_at_positions(
@@ -64,21 +77,24 @@ def edit_at_positions(
                 donor = source.forward(
                     layout.input_ids, attention_mask=layout.attention_mask, cache=list(names.values())
                 ).cache
+        items = torch.as_tensor(list(layout.items), dtype=torch.long)
         return [
-            Intervention(name, _apply(mask, edit, L, donor.get(name)), f"{label}@{name}") for L, name in names.items()
+            Intervention(name, _apply(mask, edit, L, donor.get(name), items), f"{label}@{name}")
+            for L, name in names.items()
         ]
 
     return build
 
 
-def _apply(mask: Tensor, edit: Edit, layer: int, donor: Tensor | None):
+def _apply(mask: Tensor, edit: Edit, layer: int, donor: Tensor | None, items: Tensor):
     def fn(act: Tensor, ctx: HookContext) -> Tensor | None:
         sel = query_mask(mask, ctx)  # (B, T): emphasised prompt positions among this forward's queries
         if not sel.any():
             return None
         src = None if donor is None else donor[:, ctx.query_positions.clamp(max=donor.shape[1] - 1)][sel]
+        rows = sel.nonzero()[:, 0].cpu()  # batch row of every selected vector
         out = act.clone()
-        out[sel] = edit(act[sel], src, layer)
+        out[sel] = edit(act[sel], EditContext(layer, src, items[rows]))
         return out
 
     return fn
@@ -86,19 +102,19 @@ def _apply(mask: Tensor, edit: Edit, layer: int, donor: Tensor | None):
 
 def scale_by(factor: float) -> Edit:
     """``h <- factor * h``."""
-    return lambda act, source, layer: act * factor
+    return lambda act, ctx: act * factor
 
 
-def copy_source(act: Tensor, source: Tensor | None, layer: int) -> Tensor:
+def copy_source(act: Tensor, ctx: EditContext) -> Tensor:
     """``h <- h_src`` (activation patching from the source model)."""
-    if source is None:
+    if ctx.source is None:
         raise ValueError("copy_source needs a source model")
-    return source
+    return ctx.source
 
 
-def add_per_layer(directions: Mapping[int, Tensor], coefficient: float) -> Edit:
-    """``h <- h + coefficient * d_L`` with one direction (d_model,) per layer."""
-    return lambda act, source, layer: act + coefficient * directions[layer].to(act)
+def add_per_item(directions: Mapping[int, Tensor], coefficient: float) -> Edit:
+    """``h <- h + coefficient * d_L[i]``: ``directions[L]`` is (n_items, d_model), one row per evaluated item."""
+    return lambda act, ctx: act + coefficient * directions[ctx.layer][ctx.items].to(act)
 
 
 def reweight_attention(pattern: Tensor, key_mask: Tensor, factor: float, heads: Sequence[int] | None) -> Tensor:

@@ -51,17 +51,21 @@ def data_keywords(item: "QAItem", enc: "EncodedQA") -> ItemKeywords:
 
 def keytoken_keywords(
     model: "HookedLM",
+    items: Sequence["QAItem"],
     encoded: Sequence["EncodedQA"],
     *,
     keytoken_alpha: float = DEFAULT_KEYTOKEN_ALPHA,
     keytoken_beta: int = DEFAULT_KEYTOKEN_BETA,
     batch_size: int = 16,
 ) -> list[ItemKeywords]:
-    """KeyTokens (word level) of the occlusion attribution on ``model`` (the ORIGINAL model)."""
-    from unpact_mech.attribution.occlusion import occlusion
+    """KeyTokens of word-level occlusion on ``model`` (the ORIGINAL model), with the default target (the answer in
+    the model's own sentence for chat-format prompts) — what :meth:`~unpact_mech.pipeline.session.Session.keywords`
+    computes from a run."""
+    from unpact_mech.attribution.run import AttributionConfig, attribute_items
 
-    results = [occlusion(model, enc, level="word", batch_size=batch_size) for enc in encoded]
-    return keywords_from_attribution(encoded, results, keytoken_alpha=keytoken_alpha, keytoken_beta=keytoken_beta)
+    cfg = AttributionConfig(method="occlusion", level="word", options={"batch_size": max(batch_size, 1)})
+    run = attribute_items(model, items, cfg)
+    return keywords_from_attribution(encoded, run.units, keytoken_alpha=keytoken_alpha, keytoken_beta=keytoken_beta)
 
 
 def keywords_from_attribution(
@@ -105,7 +109,7 @@ def select_keywords(
             raise InputError("--keywords data: no item has annotated 'keywords'")
         return data
     attr = keytoken_keywords(
-        model, encoded, keytoken_alpha=keytoken_alpha, keytoken_beta=keytoken_beta, batch_size=batch_size
+        model, items, encoded, keytoken_alpha=keytoken_alpha, keytoken_beta=keytoken_beta, batch_size=batch_size
     )
     if source == "attribution":
         return attr

@@ -43,20 +43,54 @@ def in_place(wrap: Callable[[str], str]):
     return rewrite
 
 
+#: Families: what the rewrite does, so that a method trained on one rewrite is not credited with resisting a
+#: near-copy of it (a condition is "held out" only if no training rewrite shares its family).
+KEYWORDS_NAMED = "keywords_named"  # added text names the keywords (before or after the question)
+KEYWORDS_MARKED = "keywords_marked"  # the keywords are marked in place (quotes, case)
+QUESTION_REPEATED = "question_repeated"
+INSTRUCTION = "instruction"  # an instruction without keywords
+
 PROMPT_ATTACKS: tuple[PromptAttack, ...] = (
-    PromptAttack("focus", "instruction naming the keywords", template="Focus on the key words: {keywords}. {question}"),
+    PromptAttack(
+        "focus",
+        "instruction naming the keywords",
+        family=KEYWORDS_NAMED,
+        template="Focus on the key words: {keywords}. {question}",
+    ),
     PromptAttack(
         "repeat_keywords",
         "keywords repeated after the question",
+        family=KEYWORDS_NAMED,
         template="{question} Key words: {keywords}, {keywords}.",
     ),
-    PromptAttack("repeat_question", "the question repeated", template="{question} {question}", uses_keywords=False),
-    PromptAttack("quote", "keywords quoted in place", template="", rewrite_fn=in_place(lambda w: f'"{w}"')),
-    PromptAttack("uppercase", "keywords upper-cased in place", template="", rewrite_fn=in_place(str.upper)),
-    PromptAttack("keywords_first", "keywords moved to the front", template="{keywords}: {question}"),
+    PromptAttack(
+        "repeat_question",
+        "the question repeated",
+        family=QUESTION_REPEATED,
+        template="{question} {question}",
+        uses_keywords=False,
+    ),
+    PromptAttack(
+        "quote",
+        "keywords quoted in place",
+        family=KEYWORDS_MARKED,
+        template="",
+        rewrite_fn=in_place(lambda w: f'"{w}"'),
+    ),
+    PromptAttack(
+        "uppercase",
+        "keywords upper-cased in place",
+        family=KEYWORDS_MARKED,
+        template="",
+        rewrite_fn=in_place(str.upper),
+    ),
+    PromptAttack(
+        "keywords_first", "keywords moved to the front", family=KEYWORDS_NAMED, template="{keywords}: {question}"
+    ),
     PromptAttack(
         "neutral",
         "control: an instruction without keywords",
+        family=INSTRUCTION,
         template="Answer the following question. {question}",
         uses_keywords=False,
         is_control=True,

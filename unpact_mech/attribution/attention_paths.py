@@ -36,13 +36,13 @@ from unpact_mech.attribution.forward import cached_row_forward
 from unpact_mech.attribution.math import head_source_contributions, sum_over_units
 from unpact_mech.attribution.residual import frozen_readout
 from unpact_mech.attribution.results import AttentionPaths, TokenAttribution
-from unpact_mech.attribution.targets import Target, get_target
+from unpact_mech.attribution.targets import Target, scored_mask
 from unpact_mech.attribution.units import (
     ItemLike,
     PreparedItem,
     keyword_unit_mask,
     position_labels,
-    prepare_item,
+    prepare_for,
     prompt_units,
 )
 from unpact_mech.errors import InputError
@@ -68,19 +68,18 @@ def attention_paths(
     model: "HookedLM",
     item: ItemLike,
     *,
-    target: str | Target = "logprob",
+    target: str | Target = "answer",
     layers: Sequence[int] | None = None,
     interventions: InterventionFactory | None = None,
 ) -> AttentionPaths:
     """Direct contributions per (layer, head, source position) for the item (module docstring)."""
     chosen = check_layers(model, layers)
-    prepared = prepare_item(model, item)
-    tgt = get_target(target)
+    prepared, tgt = prepare_for(model, item, target)
     last = hook_name(model.shape.n_layers - 1, "hook_resid_post")
     names = [last] + [hook_name(L, k) for L in chosen for k in ("attn.hook_v", "attn.hook_pattern", "hook_attn_out")]
     tf, c, logits = cached_row_forward(model, prepared, names, interventions)
     with torch.no_grad():
-        fr = frozen_readout(model, tgt.readout(prepared.prompt_len, prepared.answer_ids), c[last], logits, tf.start)
+        fr = frozen_readout(model, tgt.readout(prepared.prefix_len, prepared.answer_ids), c[last], logits, tf.start)
         q = fr.readout.positions
         contributions, bias_terms, layer_direct = [], [], []
         for L in chosen:
@@ -91,7 +90,7 @@ def attention_paths(
             b_O = model.weights.b_O(L)
             bias_terms.append(fr.directions.sum(0) @ b_O.float() if b_O is not None else torch.zeros(()))
             layer_direct.append((c[hook_name(L, "hook_attn_out")][q].float() * fr.directions).sum())
-        target_value = float(tgt.value(logits[None], tf.targets, tf.answer_mask)[0])
+        target_value = float(tgt.value(logits[None], tf.targets, scored_mask(tf.answer_mask, prepared.n_context))[0])
     return AttentionPaths(
         item_id=prepared.item_id,
         split=prepared.split,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from unpact_mech.attribution.targets import Target
+from unpact_mech.attribution.targets import Target, scored_mask
 from unpact_mech.attribution.units import PreparedItem
 from unpact_mech.scoring.batching import BatchLayout, InterventionFactory, TeacherForcedBatch, right_pad_teacher_forced
 
@@ -33,6 +33,7 @@ def target_of_prompts(
     *,
     batch_size: int = 64,
     interventions: InterventionFactory | None = None,
+    n_context: int = 0,
 ) -> Tensor:
     """Target value (R,) of ``answer`` teacher-forced after each of ``prompts`` (R token-id lists).
 
@@ -47,13 +48,14 @@ def target_of_prompts(
             tf = right_pad_teacher_forced([prompts[i] for i in idx], [answer] * len(idx), model.pad_token_id, idx)
             ivs = interventions(tf.layout) if interventions else ()
             logits = model.forward(tf.input_ids, interventions=ivs, logits_to_keep=tf.keep).logits
-            values[start : start + len(idx)] = target.value(logits, tf.targets, tf.answer_mask).float()
+            scored = scored_mask(tf.answer_mask, n_context)
+            values[start : start + len(idx)] = target.value(logits, tf.targets, scored).float()
     return values
 
 
 def single_row_batch(model: "HookedLM", prepared: PreparedItem) -> TeacherForcedBatch:
     """The item's teacher-forced row (1, N): targets and answer mask of the last ``keep`` positions."""
-    return right_pad_teacher_forced([prepared.prompt.ids], [prepared.answer_ids], model.pad_token_id, [0])
+    return right_pad_teacher_forced([prepared.prompt.ids], [prepared.continuation], model.pad_token_id, [0])
 
 
 def cached_row_forward(
@@ -134,5 +136,6 @@ def forward_embeddings(
         kwargs = {"past_key_values": prefix.cache_for(rows), "use_cache": True, "query_offset": prefix.length}
     ivs = interventions(row_layout(prepared, rows)) if interventions else ()
     out = model.forward(inputs_embeds=embeds, logits_to_keep=keep, cache=cache, interventions=ivs, **kwargs)
-    values = target.value(out.logits, tf.targets[:, :keep].expand(rows, -1), tf.answer_mask[:, :keep].expand(rows, -1))
+    scored = scored_mask(tf.answer_mask[:, :keep], prepared.n_context).expand(rows, -1)
+    values = target.value(out.logits, tf.targets[:, :keep].expand(rows, -1), scored)
     return values, out.cache

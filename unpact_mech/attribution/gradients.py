@@ -19,8 +19,14 @@ import torch
 from unpact_mech.attribution.forward import forward_embeddings, input_ids
 from unpact_mech.attribution.math import grad_times_input, sum_over_units
 from unpact_mech.attribution.results import ActivationAttribution, TokenAttribution
-from unpact_mech.attribution.targets import Target, get_target
-from unpact_mech.attribution.units import ItemLike, keyword_unit_mask, position_labels, prepare_item, prompt_units
+from unpact_mech.attribution.targets import Target
+from unpact_mech.attribution.units import (
+    ItemLike,
+    keyword_unit_mask,
+    position_labels,
+    prepare_for,
+    prompt_units,
+)
 from unpact_mech.models.hooks import parse_hook
 from unpact_mech.scoring.batching import InterventionFactory
 
@@ -33,7 +39,7 @@ def grad_x_input(
     item: ItemLike,
     *,
     level: str = "token",
-    target: str | Target = "logprob",
+    target: str | Target = "answer",
     interventions: InterventionFactory | None = None,
 ) -> TokenAttribution:
     """Gradient x input of the target with respect to the prompt's token embeddings.
@@ -41,8 +47,7 @@ def grad_x_input(
     ``position_scores`` (T_prompt,) holds every prompt position (template and BOS included); ``scores`` the
     question units (a word = the sum over its tokens).
     """
-    prepared = prepare_item(model, item)
-    tgt = get_target(target)
+    prepared, tgt = prepare_for(model, item, target)
     units = prompt_units(prepared.prompt, level)
     with model.frozen(), torch.enable_grad():
         emb = model.embed(input_ids(prepared)).detach().requires_grad_(True)
@@ -75,15 +80,14 @@ def grad_x_activation(
     item: ItemLike,
     hooks: Sequence[str],
     *,
-    target: str | Target = "logprob",
+    target: str | Target = "answer",
     interventions: InterventionFactory | None = None,
 ) -> ActivationAttribution:
     """Gradient x activation of the target at each hook in ``hooks`` (validated: unknown names raise
     :class:`~unpact_mech.errors.InputError`). Scores cover every input position of the teacher-forced sequence
     (all but the last answer token, which no target logit reads)."""
     sites = [parse_hook(h, model.shape.n_layers) for h in hooks]
-    prepared = prepare_item(model, item)
-    tgt = get_target(target)
+    prepared, tgt = prepare_for(model, item, target)
     names = [s.name for s in sites]
     with model.frozen(), torch.enable_grad():
         emb = model.embed(input_ids(prepared)).detach().requires_grad_(True)

@@ -39,8 +39,8 @@ from unpact_mech.attribution.math import (
 )
 from unpact_mech.attribution.occlusion import resolve_baseline_token
 from unpact_mech.attribution.results import TokenAttribution
-from unpact_mech.attribution.targets import Target, get_target
-from unpact_mech.attribution.units import ItemLike, keyword_unit_mask, prepare_item, prompt_units
+from unpact_mech.attribution.targets import Target
+from unpact_mech.attribution.units import ItemLike, keyword_unit_mask, prepare_for, prompt_units
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.batching import InterventionFactory
 
@@ -70,7 +70,7 @@ def integrated_gradients(
     rule: str = "gausslegendre",
     baseline: str | int = "zero",
     positions: str = "question",
-    target: str | Target = "logprob",
+    target: str | Target = "answer",
     batch_size: int | None = None,
     share_prefix: bool = True,
     interventions: InterventionFactory | None = None,
@@ -82,8 +82,7 @@ def integrated_gradients(
     ``"zero"`` or a token (id or one-token text) whose embedding replaces the interpolated positions.
     """
     check_ig_options(steps, positions)
-    prepared = prepare_item(model, item)
-    tgt = get_target(target)
+    prepared, tgt = prepare_for(model, item, target)
     units = prompt_units(prepared.prompt, level)
     chosen = prepared.prompt.question_positions if positions == "question" else range(prepared.prompt_len)
     interp = sorted(p for p in chosen if p > 0)  # the first token keeps its real embedding

@@ -33,8 +33,13 @@ from unpact_mech.attribution.forward import target_of_prompts
 from unpact_mech.attribution.math import occlusion_scores, tree_attention_mask
 from unpact_mech.attribution.packing import OCCLUSION_MODES, pack_variants, packed_length, variant_prompts
 from unpact_mech.attribution.results import TokenAttribution
-from unpact_mech.attribution.targets import Target, get_target
-from unpact_mech.attribution.units import ItemLike, PreparedItem, keyword_unit_mask, prepare_item, prompt_units
+from unpact_mech.attribution.targets import Target, scored_mask
+from unpact_mech.attribution.units import (
+    ItemLike,
+    keyword_unit_mask,
+    prepare_for,
+    prompt_units,
+)
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.batching import InterventionFactory
 
@@ -121,8 +126,10 @@ def target_of_variants_packed(
     mode: str,
     baseline_id: int | None = None,
     batch_size: int = 64,
+    n_context: int = 0,
 ) -> Tensor:
-    """Target values (n+1,) of the original and each unit's variant, from packed rows (tree attention mask)."""
+    """Target values (n+1,) of the original and each unit's variant, from packed rows (tree attention mask);
+    ``answer`` is the whole teacher-forced continuation, of which the first ``n_context`` tokens are not scored."""
     groups = _packed_groups(len(prompt), len(answer), units, mode, batch_size)
     values = torch.zeros(len(units) + 1)
     dtype = model.weights.W_E.dtype
@@ -140,7 +147,8 @@ def target_of_variants_packed(
             ).logits[0]
             rows = logits[inverse].view(*packed.predictors.shape, -1)  # (R, A, V)
             targets = answer_t.expand(rows.shape[0], -1)
-            v = target.value(rows, targets, torch.ones_like(targets, dtype=torch.bool)).float()
+            scored = scored_mask(torch.ones_like(targets, dtype=torch.bool), n_context)
+            v = target.value(rows, targets, scored).float()
             if g == 0:
                 values[0] = v[0]
             values[torch.tensor(group) + 1] = v[1:]
@@ -154,7 +162,7 @@ def occlusion(
     level: str = "token",
     mode: str = "delete",
     baseline_token: int | str | None = None,
-    target: str | Target = "logprob",
+    target: str | Target = "answer",
     batching: str = "auto",
     batch_size: int = 64,
     interventions: InterventionFactory | None = None,
@@ -170,13 +178,12 @@ def occlusion(
     >>> res = occlusion(model, item, level="word")          # doctest: +SKIP
     >>> res.scores, res.to_frame()                          # doctest: +SKIP
     """
-    prepared: PreparedItem = prepare_item(model, item)
-    tgt = get_target(target)
+    prepared, tgt = prepare_for(model, item, target)
     check_occlusion_options(mode, batching)
     units = prompt_units(prepared.prompt, level)
     positions = [u.positions for u in units]
     baseline_id = resolve_baseline_token(model, baseline_token) if mode == "replace" else None
-    prompt, answer = list(prepared.prompt.ids), list(prepared.answer_ids)
+    prompt, answer = list(prepared.prompt.ids), list(prepared.continuation)
     if batching == "auto":
         batching = (
             "batched"
@@ -187,11 +194,27 @@ def occlusion(
         raise ValueError("interventions need batching='batched' (packed rows have no per-variant layout)")
     if batching == "packed" and positions:
         values = target_of_variants_packed(
-            model, prompt, answer, positions, tgt, mode=mode, baseline_id=baseline_id, batch_size=batch_size
+            model,
+            prompt,
+            answer,
+            positions,
+            tgt,
+            mode=mode,
+            baseline_id=baseline_id,
+            batch_size=batch_size,
+            n_context=prepared.n_context,
         )
     else:
         variants = variant_prompts(prompt, positions, mode, baseline_id)
-        values = target_of_prompts(model, variants, answer, tgt, batch_size=batch_size, interventions=interventions)
+        values = target_of_prompts(
+            model,
+            variants,
+            answer,
+            tgt,
+            batch_size=batch_size,
+            interventions=interventions,
+            n_context=prepared.n_context,
+        )
     return TokenAttribution(
         item_id=prepared.item_id,
         split=prepared.split,

@@ -37,8 +37,8 @@ from unpact_mech.attribution.math import (
     readout_directions,
 )
 from unpact_mech.attribution.results import ResidualContributions
-from unpact_mech.attribution.targets import Readout, Target, get_target
-from unpact_mech.attribution.units import ItemLike, PreparedItem, prepare_item
+from unpact_mech.attribution.targets import Readout, Target, scored_mask
+from unpact_mech.attribution.units import ItemLike, PreparedItem, prepare_for
 from unpact_mech.models.hooks import hook_name
 from unpact_mech.scoring.batching import InterventionFactory
 from unpact_mech.scoring.logprob import masked_mean, token_logprobs, token_rank
@@ -76,26 +76,25 @@ def frozen_readout(
 
 
 def answer_positions(prepared: PreparedItem) -> Tensor:
-    """Positions whose logits predict the answer tokens: ``len(prompt) - 1 + k``."""
-    return torch.arange(prepared.prompt_len - 1, prepared.prompt_len - 1 + len(prepared.answer_ids))
+    """Positions whose logits predict the scored answer tokens: ``prefix_len - 1 + k`` (prompt + context)."""
+    return torch.arange(prepared.prefix_len - 1, prepared.prefix_len - 1 + len(prepared.answer_ids))
 
 
 def residual_contributions(
     model: "HookedLM",
     item: ItemLike,
     *,
-    target: str | Target = "logprob",
+    target: str | Target = "answer",
     interventions: InterventionFactory | None = None,
 ) -> ResidualContributions:
     """DLA of embeddings and each layer's attention and MLP output, and the logit lens (module docstring)."""
-    prepared = prepare_item(model, item)
-    tgt = get_target(target)
+    prepared, tgt = prepare_for(model, item, target)
     n_layers = model.shape.n_layers
     names = ["hook_embed", hook_name(0, "hook_resid_pre")]
     names += [hook_name(L, k) for L in range(n_layers) for k in ("hook_attn_out", "hook_mlp_out", "hook_resid_post")]
     tf, c, logits = cached_row_forward(model, prepared, names, interventions)
     final = c[hook_name(n_layers - 1, "hook_resid_post")]
-    fr = frozen_readout(model, tgt.readout(prepared.prompt_len, prepared.answer_ids), final, logits, tf.start)
+    fr = frozen_readout(model, tgt.readout(prepared.prefix_len, prepared.answer_ids), final, logits, tf.start)
     pos = fr.readout.positions
 
     comps: list[tuple[str, int, Tensor]] = [("embed", -1, c["hook_embed"][pos])]
@@ -123,7 +122,7 @@ def residual_contributions(
         first = lens_logits[:, 0]
         first_prob = torch.softmax(first, -1)[:, answer[0]]
         first_rank = token_rank(first, answer[:1].expand(n_layers))
-        target_value = float(tgt.value(logits[None], tf.targets, tf.answer_mask)[0])
+        target_value = float(tgt.value(logits[None], tf.targets, scored_mask(tf.answer_mask, prepared.n_context))[0])
     return ResidualContributions(
         item_id=prepared.item_id,
         split=prepared.split,

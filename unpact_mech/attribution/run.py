@@ -8,8 +8,8 @@ from :class:`AttributionConfig`; it wraps a per-item function of its own module 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -30,6 +30,7 @@ from unpact_mech.attribution.results import CONTRIBUTION, TokenAttribution
 from unpact_mech.attribution.targets import get_target
 from unpact_mech.attribution.units import PreparedItem, check_level, prepare_item
 from unpact_mech.errors import InputError
+from unpact_mech.scoring.own_answer import OwnAnswer
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
@@ -46,12 +47,13 @@ class AttributionConfig:
 
     ``method``: a registered method (:data:`~unpact_mech.attribution.methods.ATTRIBUTION_METHODS`); ``options``:
     its own options by name (e.g. ``{"batching": "packed", "batch_size": 64}`` for occlusion; the others keep the
-    method's defaults); ``keytoken_alpha`` / ``keytoken_beta``: the KeyTokens rule (:mod:`.keytokens`).
+    method's defaults); ``keytoken_alpha`` / ``keytoken_beta``: the KeyTokens rule (:mod:`.keytokens`); ``target``:
+    what is attributed (:mod:`.targets`; ``auto`` = ``answer_in_context`` for chat-format prompts, else ``answer``).
     """
 
     method: str = "occlusion"
     level: str = "token"
-    target: str = "logprob"
+    target: str = "auto"
     keytoken_alpha: float = DEFAULT_KEYTOKEN_ALPHA
     keytoken_beta: int = DEFAULT_KEYTOKEN_BETA
     options: dict[str, Any] = field(default_factory=dict)
@@ -85,15 +87,40 @@ class AttributionRun:
     frame: pd.DataFrame
     summary: dict[str, Any]
     extras: list[Any] = field(default_factory=list)
+    own_answers: dict[str, OwnAnswer | None] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        """The resolved target name (``auto`` resolved for the model the run attributed)."""
+        return str(self.summary.get("target", self.config.target))
 
     def unit_frame(self) -> pd.DataFrame:
         """Rows of the unit contributions only (``metric == "contribution"``)."""
         return self.frame[self.frame["metric"] == CONTRIBUTION]
 
 
-def prepare_items(model: "HookedLM", items: Sequence["QAItem"]) -> list[PreparedItem]:
-    """Encode every item first, so bad items (empty answer tokens, too long) fail before any work."""
-    return [prepare_item(model, it) for it in items]
+def prepare_items(
+    model: "HookedLM", items: Sequence["QAItem"], own: Mapping[str, OwnAnswer | None] | None = None
+) -> list[PreparedItem]:
+    """Encode every item first, so bad items (empty answer tokens, too long) fail before any work; ``own``: the
+    own answer sentence per item id for the ``answer_in_context`` target."""
+    own = own or {}
+    return [prepare_item(model, it, own.get(getattr(it, "id", None) or getattr(it, "item_id", ""))) for it in items]
+
+
+def own_answers_of(
+    model: "HookedLM", items: Sequence["QAItem"] | Sequence[PreparedItem], batch_size: int = 16
+) -> dict[str, OwnAnswer | None]:
+    """``model``'s own answer sentence per item id (:func:`~unpact_mech.scoring.own_answer.own_answers`; items
+    already carrying one keep it)."""
+    from unpact_mech.data.record import QAItem
+    from unpact_mech.scoring.own_answer import own_answers
+    from unpact_mech.scoring.tokens import encode_item
+
+    out = {it.item_id: it.own for it in items if isinstance(it, PreparedItem) and it.own is not None}
+    todo = [it for it in items if isinstance(it, QAItem) and it.id not in out]
+    found = own_answers(model, todo, [encode_item(model, it) for it in todo], batch_size=batch_size)
+    return out | {it.id: own for it, own in zip(todo, found)}
 
 
 def attribute_items(
@@ -103,28 +130,37 @@ def attribute_items(
     *,
     label: str | None = None,
     progress: bool = False,
+    own_answers: Mapping[str, OwnAnswer | None] | None = None,
 ) -> AttributionRun:
     """Attribute every item with ``config.method``; returns an :class:`AttributionRun`.
 
     Per item: the method's result, its token view (if any) with KeyTokens by the α/β rule, and its extra results.
     The long frame holds every method's rows (see :mod:`unpact_mech.attribution.results`) plus ``model`` (=
     ``label`` or the model's name) and, on unit rows, ``is_keytoken``.
+
+    ``own_answers``: for the ``answer_in_context`` target, the ORIGINAL model's own answer sentence per item id —
+    pass the original run's :attr:`AttributionRun.own_answers` when attributing the unlearned model, so both score the
+    same tokens; default: computed on ``model`` (right for the original).
     """
     cfg = config or AttributionConfig()
     cfg.validate()
     cfg.validate_for(model)
     method = cfg.method_object()
-    prepared = prepare_items(model, items)
+    tgt = get_target(cfg.target, model)
+    own = dict(own_answers) if own_answers is not None else own_answers_of(model, items) if tgt.in_context else {}
+    prepared = prepare_items(model, items, own)
+    if tgt.in_context:  # no own answer (the sentence lacks the gold answer): the bare answer, said explicitly
+        prepared = [p if p.own is not None else replace(p, own=OwnAnswer((), p.encoded.answer_ids)) for p in prepared]
     results, units, extras, frames = [], [], [], []
     for p in tqdm(prepared, desc=f"{cfg.method} ({label or model.name})", disable=not progress, leave=False):
-        res = method.attribute(model, p, level=cfg.level, target=cfg.target)
+        res = method.attribute(model, p, level=cfg.level, target=tgt.name)
         results.append(res)
         view = method.token_view(res, p, level=cfg.level)
         keytokens = None if view is None else keytoken_mask(view.scores, cfg.keytoken_alpha, cfg.keytoken_beta)
         frames += method.frames(res, view, keytokens)
         if view is not None:
             units.append(view)
-        for extra in method.extra_results(model, p, target=cfg.target):
+        for extra in method.extra_results(model, p, target=tgt.name):
             extras.append(extra)
             frames.append(extra.to_frame())
     frame = (
@@ -135,8 +171,11 @@ def attribute_items(
     frame.insert(2, "model", label or model.name)
     frame = frame.astype({c: "Int64" for c in INT_COLUMNS if c in frame.columns})
     frame = frame.astype({c: "boolean" for c in BOOL_COLUMNS if c in frame.columns})
-    summary = summarize_attribution(method, results, units, cfg)
-    return AttributionRun(label or model.name, cfg, results, units, frame, summary, extras)
+    summary = summarize_attribution(method, results, units, replace(cfg, target=tgt.name))
+    if tgt.in_context:
+        fallback = sum(own.get(p.item_id) is None for p in prepared)
+        summary["n_in_context"], summary["n_bare_fallback"] = len(prepared) - fallback, fallback
+    return AttributionRun(label or model.name, cfg, results, units, frame, summary, extras, own)
 
 
 def summarize_attribution(
@@ -187,6 +226,13 @@ def compare_runs(before: AttributionRun, after: AttributionRun) -> Comparison:
     head view), per layer (methods with a layer view); KeyToken change summary (α/β of ``before``)."""
     if before.config.method != after.config.method:
         raise InputError(f"cannot compare a {before.config.method} run with a {after.config.method} run")
+    if before.target != after.target:
+        raise InputError(f"cannot compare a run of target {before.target} with one of target {after.target}")
+    if before.own_answers != after.own_answers:
+        raise InputError(
+            "the two runs scored different own-answer contexts: attribute the second with "
+            "own_answers=<first run>.own_answers"
+        )
     method = before.config.method_object()
     b, a = (
         before.frame.drop(columns=["model", "is_keytoken"], errors="ignore"),

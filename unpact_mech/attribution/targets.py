@@ -3,16 +3,26 @@
 A target maps the teacher-forced logits of a batch to one number per row, and names its linear *readout* — the
 weighted answer-token logits that the direct-path methods (attention paths, residual stream) decompose.
 
-=================  =======================================================  =======================================
-name               value f (per row)                                        readout decomposed by direct paths
-=================  =======================================================  =======================================
-``logprob``        LP(x, y) = mean_k log p(y_k | x, y_<k) (the paper's)     mean_k logit_{y_k} at the same positions
-``first_logit``    logit of the first answer token y_1                      logit_{y_1} (the same: exact)
-=================  =======================================================  =======================================
+=====================  ==========================================================  ==================================
+name                   value f (per row)                                           readout decomposed by direct paths
+=====================  ==========================================================  ==================================
+``answer``             LP(x, y) = mean_k log p(y_k | x, y_<k): the BARE gold       mean_k logit_{y_k} at the same
+                       answer right after the prompt (the paper's target)          positions
+``answer_in_context``  mean_k log p(a_k | x, c, a_<k): the answer's tokens a       mean_k logit_{a_k}
+                       inside the ORIGINAL model's own greedy sentence, after its
+                       own words c (:mod:`unpact_mech.scoring.own_answer`)
+``first_logit``        logit of the first bare answer token y_1                    logit_{y_1} (the same: exact)
+=====================  ==========================================================  ==================================
+
+``answer_in_context`` is the default for chat-format prompts (``auto``): an instruct model answers in a sentence
+("The capital of France is Paris."), so the bare answer right after the prompt is a continuation it never writes.
+Its context c is recorded once per item on the ORIGINAL model and teacher-forced unchanged on the unlearned one
+(same tokens); an item whose sentence lacks the answer falls back to the bare answer. The batch's answer mask
+covers the whole teacher-forced continuation c + a; :func:`scored_mask` keeps the answer part.
 
 LP is not linear in the residual stream (its log-sum-exp normaliser mixes every vocabulary entry), so the
-direct-path methods decompose the answer-token logits that LP is built from; the normaliser is shared by all
-components and not attributed. LP itself is computed only through :mod:`unpact_mech.scoring.logprob`.
+direct-path methods decompose the answer-token logits (LOGIT units, not nats) that LP is built from; the normaliser
+is shared by all components and not attributed. LP itself is computed only through :mod:`unpact_mech.scoring.logprob`.
 Add a target by subclassing :class:`Target` and registering it in :data:`TARGETS`.
 """
 
@@ -34,13 +44,21 @@ from unpact_mech.scoring.logprob import masked_mean, token_logprobs
 class Readout:
     """A linear readout ``sum_j weights[j] * logit_{tokens[j]}`` at sequence ``positions[j]`` (all (J,)).
 
-    Positions index the teacher-forced sequence ``prompt + answer``: the logit predicting answer token k sits
-    at position ``len(prompt) - 1 + k``.
+    Positions index the teacher-forced sequence ``prompt + context + answer``: the logit predicting answer token k
+    sits at position ``prefix_len - 1 + k`` with ``prefix_len = len(prompt) + len(context)``.
     """
 
     positions: Tensor
     tokens: Tensor
     weights: Tensor
+
+
+def scored_mask(answer_mask: Tensor, n_context: int) -> Tensor:
+    """The answer positions a target scores: ``answer_mask`` (B, K) without each row's first ``n_context`` True
+    entries (the teacher-forced context before the answer)."""
+    if n_context <= 0:
+        return answer_mask
+    return answer_mask & (answer_mask.long().cumsum(-1) > n_context)
 
 
 def first_answer_index(answer_mask: Tensor) -> Tensor:
@@ -54,6 +72,8 @@ class Target(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     readout_description: ClassVar[str]
+    #: Whether the answer is scored inside the original model's own answer sentence (needs its context).
+    in_context: ClassVar[bool] = False
 
     @abstractmethod
     def value(self, logits: Tensor, targets: Tensor, answer_mask: Tensor) -> Tensor:
@@ -61,25 +81,33 @@ class Target(ABC):
         marks the answer targets. Returns (B,). Differentiable."""
 
     @abstractmethod
-    def readout(self, prompt_len: int, answer_ids: Sequence[int]) -> Readout:
-        """The linear readout (answer-token logits) that direct-path methods decompose for this target."""
+    def readout(self, prefix_len: int, answer_ids: Sequence[int]) -> Readout:
+        """The linear readout (answer-token logits) that direct-path methods decompose for this target
+        (``prefix_len``: the tokens before the scored answer, prompt + context)."""
 
 
-class LogProbTarget(Target):
-    name = "logprob"
-    description = "teacher-forced mean log-prob of the gold answer tokens (the paper's LP)"
+class AnswerTarget(Target):
+    name = "answer"
+    description = "teacher-forced mean log-prob of the bare gold answer right after the prompt (the paper's LP)"
     readout_description = "mean logit of the gold answer tokens at their teacher-forced positions"
 
     def value(self, logits: Tensor, targets: Tensor, answer_mask: Tensor) -> Tensor:
         return masked_mean(token_logprobs(logits, targets), answer_mask)
 
-    def readout(self, prompt_len: int, answer_ids: Sequence[int]) -> Readout:
+    def readout(self, prefix_len: int, answer_ids: Sequence[int]) -> Readout:
         n = len(answer_ids)
         return Readout(
-            positions=torch.arange(prompt_len - 1, prompt_len - 1 + n),
+            positions=torch.arange(prefix_len - 1, prefix_len - 1 + n),
             tokens=torch.tensor(list(answer_ids), dtype=torch.long),
             weights=torch.full((n,), 1.0 / n),
         )
+
+
+class AnswerInContextTarget(AnswerTarget):
+    name = "answer_in_context"
+    description = "teacher-forced mean log-prob of the answer's tokens inside the original model's own answer sentence"
+    readout_description = "mean logit of the answer tokens inside the original's own sentence"
+    in_context = True
 
 
 class FirstLogitTarget(Target):
@@ -92,21 +120,33 @@ class FirstLogitTarget(Target):
         first = first_answer_index(answer_mask)
         return logits[rows, first].float().gather(-1, targets[rows, first][:, None]).squeeze(-1)
 
-    def readout(self, prompt_len: int, answer_ids: Sequence[int]) -> Readout:
+    def readout(self, prefix_len: int, answer_ids: Sequence[int]) -> Readout:
         return Readout(
-            positions=torch.tensor([prompt_len - 1]),
+            positions=torch.tensor([prefix_len - 1]),
             tokens=torch.tensor([answer_ids[0]], dtype=torch.long),
             weights=torch.ones(1),
         )
 
 
-TARGETS: dict[str, Target] = {t.name: t for t in (LogProbTarget(), FirstLogitTarget())}
+TARGETS: dict[str, Target] = {t.name: t for t in (AnswerTarget(), AnswerInContextTarget(), FirstLogitTarget())}
+#: The default: ``answer_in_context`` for chat-format prompts, ``answer`` otherwise (:func:`resolve_target_name`).
+AUTO = "auto"
 
 
-def get_target(target: "str | Target") -> Target:
-    """A :class:`Target` by name (or pass one through); unknown names raise :class:`InputError`."""
+def resolve_target_name(target: str, model=None) -> str:
+    """``auto`` -> ``answer_in_context`` when ``model`` formats prompts with a chat template, else ``answer``."""
+    if target != AUTO:
+        return target
+    chat = model is not None and getattr(model.prompt_format, "kind", "") == "chat"
+    return "answer_in_context" if chat else "answer"
+
+
+def get_target(target: "str | Target", model=None) -> Target:
+    """A :class:`Target` by name (``auto`` resolved for ``model``), or pass one through; unknown names raise
+    :class:`InputError`."""
     if isinstance(target, Target):
         return target
-    if target not in TARGETS:
-        raise InputError(f"unknown target {target!r}; choose one of: {', '.join(TARGETS)}")
-    return TARGETS[target]
+    name = resolve_target_name(target, model)
+    if name not in TARGETS:
+        raise InputError(f"unknown target {target!r}; choose one of: {', '.join([AUTO, *TARGETS])}")
+    return TARGETS[name]

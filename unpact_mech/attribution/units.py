@@ -9,14 +9,16 @@ keywords are matched by ``EncodedPrompt.keyword_words`` / ``positions_of``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from unpact_mech.data.record import UNSPLIT, QAItem
 from unpact_mech.errors import InputError
+from unpact_mech.scoring.own_answer import OwnAnswer, own_answers
 from unpact_mech.scoring.tokens import EncodedPrompt, EncodedQA, encode_item
 
 if TYPE_CHECKING:
+    from unpact_mech.attribution.targets import Target
     from unpact_mech.models.hooked import HookedLM
 
 LEVELS = ("token", "word")
@@ -35,11 +37,16 @@ class Unit:
 
 @dataclass(frozen=True)
 class PreparedItem:
-    """An item encoded for one model: prompt, answer tokens, split and annotated keywords."""
+    """An item encoded for one model: prompt, the scored answer tokens, split and annotated keywords.
+
+    ``own``: the ORIGINAL model's own answer sentence (context + answer tokens, :mod:`unpact_mech.scoring.own_answer`)
+    for the ``answer_in_context`` target; None scores the bare gold answer right after the prompt. The teacher-forced
+    ``continuation`` after the prompt is ``context_ids + answer_ids``; targets score the ``answer_ids`` only."""
 
     encoded: EncodedQA
     split: str = UNSPLIT
     keywords: tuple[str, ...] = ()
+    own: OwnAnswer | None = None
 
     @property
     def item_id(self) -> str:
@@ -50,34 +57,57 @@ class PreparedItem:
         return self.encoded.prompt
 
     @property
+    def context_ids(self) -> tuple[int, ...]:
+        """The teacher-forced tokens between the prompt and the scored answer (empty for the bare answer)."""
+        return self.own.context_ids if self.own is not None else ()
+
+    @property
     def answer_ids(self) -> tuple[int, ...]:
-        return self.encoded.answer_ids
+        """The scored answer tokens: inside the own sentence, or the bare gold answer."""
+        return self.own.answer_ids if self.own is not None else self.encoded.answer_ids
+
+    @property
+    def n_context(self) -> int:
+        return len(self.context_ids)
+
+    @property
+    def continuation(self) -> tuple[int, ...]:
+        """Everything teacher-forced after the prompt: ``context_ids + answer_ids``."""
+        return self.context_ids + self.answer_ids
 
     @property
     def prompt_len(self) -> int:
         return len(self.encoded.prompt.ids)
 
     @property
+    def prefix_len(self) -> int:
+        """Tokens before the scored answer: prompt + context (readout positions start at ``prefix_len - 1``)."""
+        return self.prompt_len + self.n_context
+
+    @property
     def sequence(self) -> list[int]:
-        """The teacher-forced sequence ``prompt + answer`` (token ids)."""
-        return list(self.encoded.prompt.ids) + list(self.encoded.answer_ids)
+        """The teacher-forced sequence ``prompt + context + answer`` (token ids)."""
+        return list(self.encoded.prompt.ids) + list(self.continuation)
 
 
 ItemLike = QAItem | EncodedQA | PreparedItem
 
 
-def prepare_item(model: "HookedLM", item: ItemLike) -> PreparedItem:
-    """Encode a :class:`QAItem` for ``model`` (or wrap an already encoded item).
+def prepare_item(model: "HookedLM", item: ItemLike, own: OwnAnswer | None = None) -> PreparedItem:
+    """Encode a :class:`QAItem` for ``model`` (or wrap an already encoded item), scoring the answer inside ``own``
+    (the original's own answer sentence) when given.
 
     Raises :class:`InputError` when the answer tokenises to nothing or the item exceeds the context.
     """
     if isinstance(item, PreparedItem):
-        return item
+        return item if own is None else replace(item, own=own)
     if isinstance(item, EncodedQA):
         if not item.answer_ids:
             raise InputError(f"item {item.item_id!r}: the answer tokenises to nothing")
-        return PreparedItem(item)
-    return PreparedItem(encode_item(model, item), item.split, tuple(item.keywords))
+        return PreparedItem(item, own=own)
+    prepared = PreparedItem(encode_item(model, item), item.split, tuple(item.keywords), own)
+    model.check_length(len(prepared.sequence), f"item {item.id!r}")
+    return prepared
 
 
 def check_level(level: str) -> str:
@@ -119,5 +149,24 @@ def position_labels(model: "HookedLM", prepared: PreparedItem) -> list[str]:
     labels = []
     for p, (s, e) in enumerate(prompt.offsets):
         labels.append(prompt.text[s:e] if e > s else model.tokenizer.convert_ids_to_tokens(prompt.ids[p]))
-    labels.extend(model.tokenizer.decode([t]) for t in prepared.answer_ids)
+    labels.extend(model.tokenizer.decode([t]) for t in prepared.continuation)
     return labels
+
+
+def prepare_for(model: "HookedLM", item: ItemLike, target: "str | Target") -> tuple[PreparedItem, "Target"]:
+    """The item prepared for ``target`` (``auto`` resolved for ``model``) and the target: for ``answer_in_context``
+    the answer is scored inside the own answer sentence carried by a :class:`PreparedItem`, else inside ``model``'s
+    own greedy answer (so pass items prepared on the ORIGINAL model to score an unlearned one — :func:`attribute_items`
+    does; an item whose sentence lacks the answer falls back to the bare answer)."""
+    from unpact_mech.attribution.targets import get_target
+
+    tgt = get_target(target, model)
+    prepared = prepare_item(model, item)
+    if tgt.in_context and prepared.own is None:
+        if not isinstance(item, QAItem):
+            raise ValueError(
+                "target answer_in_context needs a QAItem, or a PreparedItem carrying the original's own answer"
+            )
+        own = own_answers(model, [item], [prepared.encoded])[0]
+        prepared = replace(prepared, own=own)
+    return prepared, tgt

@@ -85,10 +85,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--target",
-        default="logprob",
-        choices=list(TARGETS),
-        help="logprob = teacher-forced mean log-prob of the answer (the paper's LP); first_logit = the "
-        "answer's first-token logit (default: logprob)",
+        default="auto",
+        choices=["auto", *TARGETS],
+        help="answer = teacher-forced mean log-prob of the bare answer right after the prompt (the paper's LP); "
+        "answer_in_context = the same for the answer's tokens inside the original model's own answer sentence "
+        "(recorded once, teacher-forced for --compare-to too); first_logit = the bare answer's first-token logit; "
+        "auto (default) = answer_in_context for chat-format prompts, else answer",
     )
     p.add_argument(
         "--mode",
@@ -178,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.attribution.outputs import attribution_summary, write_attribution
     from unpact_mech.attribution.run import AttributionConfig, attribute_items, compare_runs, prepare_items
     from unpact_mech.data import load_items
-    from unpact_mech.io import RunWriter, atomic_output_dir, prepare_output_path
+    from unpact_mech.io import atomic_output_dir, prepare_output_path, run_record
     from unpact_mech.models import load_model
     from unpact_mech.recovery.run import check_compatible
     from unpact_mech.runtime import seed_everything
@@ -203,19 +205,22 @@ def run(args: argparse.Namespace) -> int:
     for model in models:
         model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
         cfg.validate_for(model)
-    prepared = [prepare_items(m, items) for m in models]  # empty answers / too long: before any work
+    for m in models:
+        prepare_items(m, items)  # empty answers / too long: before any work
 
     labels = [models[0].name] + ([_label(models[1].name, models[0].name)] if len(models) > 1 else [])
-    runs = [
-        attribute_items(m, p, cfg, label=lab, progress=not args.quiet) for m, p, lab in zip(models, prepared, labels)
-    ]
+    runs = [attribute_items(models[0], items, cfg, label=labels[0], progress=not args.quiet)]
+    if len(models) > 1:  # the same own-answer contexts (the first model's) for the compared model
+        runs.append(
+            attribute_items(
+                models[1], items, cfg, label=labels[1], progress=not args.quiet, own_answers=runs[0].own_answers
+            )
+        )
     comparison = compare_runs(runs[0], runs[1]) if len(runs) > 1 else None
 
     summary = attribution_summary(runs, comparison, labels, args.backend)
-    config = {k: v for k, v in vars(args).items() if k != "run"} | {"options": cfg.method_object().options()}
-    run_meta = RunWriter("attribute", config=config, seed=args.seed)
-    run_meta.add_input("data", None if str(args.data).startswith("builtin:") else args.data)
-    run_meta.lineage = models[-1].lineage
+    config = vars(args) | {"options": cfg.method_object().options(), "resolved_target": runs[0].target}
+    run_meta = run_record("attribute", config=config, seed=args.seed, data=args.data, lineage=models[-1].lineage)
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_attribution(
             tmp,
@@ -224,18 +229,19 @@ def run(args: argparse.Namespace) -> int:
             items,
             run_meta,
             summary,
-            title=f"{args.method} attribution ({args.level} level, target {args.target})",
+            title=f"{args.method} attribution ({args.level} level, target {runs[0].target})",
             subtitle=" vs ".join(labels),
         )
 
     hit = summary.get("keyword_hit_rate")
     hit_txt = f"keyword hit rate {hit:.2f}" if hit is not None else "no keyword hit rate (no token view or no keywords)"
-    print(f"{args.method} ({args.level}, {args.target}) on {len(items)} items: {hit_txt} -> {args.out}")
+    print(f"{args.method} ({args.level}, target {runs[0].target}) on {len(items)} items: {hit_txt} -> {args.out}")
     if comparison is not None and comparison.summary.get("keytoken_change"):
-        kt = comparison.summary["keytoken_change"]
-        if "keytokens" in kt and "other" in kt:
-            print(
-                f"  KeyTokens {kt['keytokens']['before']:.3f} -> {kt['keytokens']['after']:.3f}; "
-                f"other units {kt['other']['before']:.3f} -> {kt['other']['after']:.3f}"
-            )
+        by_split = comparison.summary["keytoken_change"].get("by_split") or {}
+        for split, kt in by_split.items():  # forget and retain/utility apart: they answer different questions
+            if "keytokens" in kt and "other" in kt:
+                print(
+                    f"  {split}: KeyTokens {kt['keytokens']['before']:.3f} -> {kt['keytokens']['after']:.3f}; "
+                    f"other units {kt['other']['before']:.3f} -> {kt['other']['after']:.3f}"
+                )
     return 0

@@ -104,3 +104,13 @@ def load_run_inputs(args: argparse.Namespace, *, spec_attr: str = "model") -> tu
     model = load_model(getattr(args, spec_attr), backend=args.backend, allow_pickle=args.allow_pickle)
     model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
     return model, items
+
+
+def fmt(value, spec: str = ".2f") -> str:
+    """A number for the terminal; ``—`` for a missing one (None or NaN), never ``nan``."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "—"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)

@@ -84,7 +84,6 @@ def add_parser(sub) -> None:
         help="layers for --ablation, e.g. 0-29 or 0+5+10 (default: 10 evenly spaced)",
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=12, help="greedy answer length (default: 12)")
-    p.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap resamples for CIs (default: 2000)")
     p.set_defaults(run=run)
 
 
@@ -143,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
         controls=not args.no_controls,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
-        n_boot=args.n_boot,
         seed=args.seed,
     )
     result = run_recovery(original, unlearned, items, cfg, progress=not args.quiet)
@@ -180,15 +178,31 @@ def run(args: argparse.Namespace) -> int:
     }
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_recovery(tmp, result, run_meta, summary, sweep)
-    print(
-        f"{summary['n_eligible']} of {summary['n_forget']} forget items forgotten; destructive rate "
-        f"{summary.get('destructive_rate', float('nan')):.2f}"
-    )
-    for r in result.rates.itertuples():
-        ctrl = getattr(r, "random_control_rate", float("nan"))
-        print(
-            f"  {r.kind:<12} {r.condition:<24} recovery {r.recovery_rate:.2f} "
-            f"[{r.recovery_rate_ci_lo:.2f}, {r.recovery_rate_ci_hi:.2f}]  random control {ctrl:.2f}"
-        )
+    for line in summary_lines(summary, result.rates):
+        print(line)
     print(f"-> {args.out}")
     return 0
+
+
+def summary_lines(summary: dict, rates) -> list[str]:
+    """The terminal summary: eligibility, collateral damage on utility and retain items apart, and one line per
+    condition (rate [exact 95% interval], random control, exact McNemar p against it, Holm-adjusted)."""
+    from unpact_mech.commands.common import fmt
+
+    lines = []
+    if summary.get("utility_note"):
+        lines.append(f'warning: {summary["utility_note"]} (add items with "split": "utility")')
+    lines.append(
+        f"{summary['n_eligible']} of {summary['n_forget']} forget items forgotten (eligible for recovery); "
+        f"destructive rate on utility items {fmt(summary.get('utility_destructive_rate'))}, "
+        f"on retain (trained-on) items {fmt(summary.get('retain_destructive_rate'))}"
+    )
+    if summary.get("eligible_note"):
+        lines.append(f"note: {summary['eligible_note']}")
+    for r in rates.itertuples():
+        lines.append(
+            f"  {r.kind:<12} {r.condition:<24} recovery {fmt(r.recovery_rate)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
+            f"  random control {fmt(r.random_control_rate)}  p {fmt(r.p_vs_random, '.3f')}"
+            f" (Holm {fmt(r.p_vs_random_holm, '.3f')})"
+        )
+    return lines

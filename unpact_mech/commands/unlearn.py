@@ -81,6 +81,22 @@ def add_parser(sub) -> None:
     t.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default: 0)")
     t.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm, 0 = off (default: 1.0)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
+    s = p.add_argument_group("stop rules (evaluate after every step; the recipe's --steps is then the most it trains)")
+    s.add_argument(
+        "--stop-when-forget-below",
+        type=float,
+        default=None,
+        metavar="ACC",
+        help="stop at the first step whose forget accuracy is <= ACC (e.g. 0.15)",
+    )
+    s.add_argument(
+        "--max-utility-drop",
+        type=float,
+        default=None,
+        metavar="DROP",
+        help='stop before the first step whose accuracy on the held-out "utility" items falls more than DROP below '
+        "its start (that step is undone), e.g. 0.05",
+    )
     t.add_argument(
         "--trainable",
         default=None,
@@ -164,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     # cheap checks first: nothing is loaded or written for bad names/values
     method = get_unlearning_method(args.method, **{k: getattr(args, k) for k in HP_FLAGS})
-    eval_every = args.eval_every if args.eval_every is not None else args.checkpoint_every
+    stop_rule = args.stop_when_forget_below is not None or args.max_utility_drop is not None
+    eval_every = args.eval_every if args.eval_every is not None else (1 if stop_rule else args.checkpoint_every)
     config = resolve_config(
         method,
         steps=args.steps,
@@ -178,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         eval_every=eval_every,
         checkpoint_every=args.checkpoint_every,
+        stop_when_forget_below=args.stop_when_forget_below,
+        max_utility_drop=args.max_utility_drop,
     )
     prepare_output_path(args.out, overwrite=args.overwrite)
     ckpt_dir = _checkpoint_dir(args) if (args.checkpoint_every or args.resume) else None
@@ -227,12 +246,26 @@ def run(args: argparse.Namespace) -> int:
     write_unlearned(model, result, args.out, run=run_meta, overwrite=args.overwrite)
     if ckpt_dir is not None and not args.keep_checkpoints:
         CheckpointStore(ckpt_dir, {}).clear()
-    s = result.summary
-    if s["forget_accuracy_before"] is not None:
-        print(
-            f"{method.name}: forget accuracy {s['forget_accuracy_before']:.2f} -> {s['forget_accuracy_after']:.2f}, "
-            f"retain accuracy {s['retain_accuracy_before']:.2f} -> {s['retain_accuracy_after']:.2f}, "
-            f"weight delta {s['weight_delta_norm']:.3g} ({config.steps} steps, {s['train_seconds']:.0f} s) "
-            f"-> {args.out}"
-        )
+    for line in summary_lines(method.name, result.summary, args.out):
+        print(line)
     return 0
+
+
+def summary_lines(name: str, s: dict, out) -> list[str]:
+    """The terminal summary: forget, held-out utility and retain (trained-on) accuracy before -> after, how long it
+    trained and why it stopped, and a warning when the data has no utility items."""
+    from unpact_mech.commands.common import fmt
+
+    lines = []
+    if s.get("utility_note"):
+        lines.append(f'warning: {s["utility_note"]} (add items with "split": "utility")')
+    if s["forget_accuracy_before"] is not None:
+        lines.append(
+            f"{name}: forget accuracy {fmt(s['forget_accuracy_before'])} -> {fmt(s['forget_accuracy_after'])}, "
+            f"utility {fmt(s['utility_accuracy_before'])} -> {fmt(s['utility_accuracy_after'])}, "
+            f"retain (trained on) {fmt(s['retain_accuracy_before'])} -> {fmt(s['retain_accuracy_after'])}, "
+            f"weight delta {s['weight_delta_norm']:.3g} ({s['steps_run']} steps, {s['train_seconds']:.0f} s) -> {out}"
+        )
+    if s.get("stop_reason"):
+        lines.append(f"stopped: {s['stop_reason']}")
+    return lines

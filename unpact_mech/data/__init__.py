@@ -2,6 +2,6 @@
 
 from unpact_mech.data.loaders import SCHEMAS, load_items
 from unpact_mech.data.record import QAItem
-from unpact_mech.data.splits import FORGET, RETAIN, require_split, split_items
+from unpact_mech.data.splits import FORGET, RETAIN, SPLITS, UTILITY, require_split, split_items
 
-__all__ = ["FORGET", "QAItem", "RETAIN", "SCHEMAS", "load_items", "require_split", "split_items"]
+__all__ = ["FORGET", "QAItem", "RETAIN", "SCHEMAS", "SPLITS", "UTILITY", "load_items", "require_split", "split_items"]

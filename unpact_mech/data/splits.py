@@ -1,7 +1,8 @@
 """Which items belong to which split — the one helper every stage filters through.
 
 ``forget``: what unlearning removes and recovery tries to bring back; ``retain``: what retain losses may train on
-and where the destructive rate and the retain controls are measured. Items keep the order of the data file.
+(the training anchor); ``utility``: facts that must survive and that NOTHING trains on — collateral damage (utility
+accuracy, the destructive rate) is measured on them. Items keep the order of the data file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 
 FORGET = "forget"
 RETAIN = "retain"
+UTILITY = "utility"
+SPLITS = (FORGET, RETAIN, UTILITY)
 
 
 def split_items(items: Sequence["QAItem"], split: str) -> list["QAItem"]:

@@ -1,7 +1,9 @@
 """Synthetic facts about made-up countries, for the ``tiny`` model (trained on them in-process).
 
 8 countries x 4 relations = 32 facts. Each answer depends on both the country and the relation word, so both are
-annotated keywords. Facts about the first two countries form the ``forget`` split, the rest ``retain``.
+annotated keywords. Facts about the first two countries form the ``forget`` split, the next three ``retain`` (what
+retain losses may train on) and the last three ``utility`` (held out: nothing trains on them). The tiny model learns
+all 32 facts whatever their split.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import random
 
 COUNTRIES = ("Zorblat", "Quenara", "Mirovia", "Tashkel", "Brunvik", "Olendra", "Pexaro", "Vantrel")
 FORGET_COUNTRIES = COUNTRIES[:2]
+UTILITY_COUNTRIES = COUNTRIES[5:]
 RELATIONS = {
     # relation: (question template, relation keyword, answer pool)
     "capital": (
@@ -45,7 +48,11 @@ def synthetic_records(seed: int = 0) -> list[dict]:
                     "question": template.format(c=country),
                     "answer": answer,
                     "keywords": [keyword, country],
-                    "split": "forget" if country in FORGET_COUNTRIES else "retain",
+                    "split": "forget"
+                    if country in FORGET_COUNTRIES
+                    else "utility"
+                    if country in UTILITY_COUNTRIES
+                    else "retain",
                     "category": rel,
                 }
             )

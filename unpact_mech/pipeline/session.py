@@ -152,7 +152,9 @@ class Session:
         from unpact_mech.attribution.outputs import attribution_summary, write_attribution
         from unpact_mech.attribution.run import attribute_items, compare_runs
 
-        after = attribute_items(unlearned, items, before.config, label=label, progress=self.progress)
+        after = attribute_items(
+            unlearned, items, before.config, label=label, progress=self.progress, own_answers=before.own_answers
+        )
         comparison = compare_runs(before, after)
         summary = attribution_summary([before, after], comparison, [before.model, label], self.backend)
         out = self.out / "attribution" / label / name
@@ -220,7 +222,7 @@ class Session:
 
     # -- recovery ------------------------------------------------------------------------------------------------
     def recovery_config(
-        self, attacks: Sequence[Any], *, n_boot: int, max_control_items: int | None = MAX_CONTROL_ITEMS, **options: Any
+        self, attacks: Sequence[Any], *, max_control_items: int | None = MAX_CONTROL_ITEMS, **options: Any
     ) -> "RecoveryConfig":
         """A :class:`~unpact_mech.recovery.run.RecoveryConfig` with this session's batch size, answer length and
         seed (``options``: any other field)."""
@@ -230,7 +232,6 @@ class Session:
             attacks=list(attacks),
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
-            n_boot=n_boot,
             seed=self.seed,
             max_control_items=max_control_items,
             **options,

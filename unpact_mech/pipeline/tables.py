@@ -12,7 +12,7 @@ import pandas as pd
 
 def mean_ci(values: Sequence[float] | np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float]:
     """Mean of ``values`` and its percentile-bootstrap 95% CI (resampling items; NaN if empty)."""
-    from unpact_mech.recovery.metrics import bootstrap_ci
+    from unpact_mech.stats import bootstrap_ci
 
     x = np.asarray(values, dtype=float)
     if not x.size:
@@ -38,21 +38,26 @@ def paired_contrast(per_item: pd.DataFrame, a: str, b: str, *, n_boot: int, seed
     diffs = (
         (wide[changes[0]] - wide[changes[1]]).dropna().to_numpy() if set(changes) <= set(wide.columns) else np.array([])
     )
-    row["diff_change"], row["diff_change_ci_lo"], row["diff_change_ci_hi"] = mean_ci(diffs, n_boot=n_boot, seed=seed)
+    row["diff_change"], row["diff_change_ci_low"], row["diff_change_ci_high"] = mean_ci(diffs, n_boot=n_boot, seed=seed)
     row["n_paired"] = int(diffs.size)
     return row
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """Terminal view: ``x``, ``x_ci_lo``, ``x_ci_hi`` columns shown as one ``x [lo, hi]`` column; 3 decimals."""
+    """Terminal view: ``x``, ``x_ci_low``, ``x_ci_high`` columns (and a recovery rate's ``ci_low``, ``ci_high``)
+    shown as one ``x [low, high]`` column; 3 decimals; ``—`` for missing values."""
     view = table.copy()
-    for col in [c for c in table.columns if f"{c}_ci_lo" in table.columns and f"{c}_ci_hi" in table.columns]:
+    pairs = {c: (f"{c}_ci_low", f"{c}_ci_high") for c in table.columns}
+    pairs["recovery_rate"] = ("ci_low", "ci_high")
+    for col, (lo_col, hi_col) in pairs.items():
+        if col not in table.columns or lo_col not in table.columns or hi_col not in table.columns:
+            continue
         view[col] = [
-            f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) else "nan"
-            for v, lo, hi in zip(table[col], table[f"{col}_ci_lo"], table[f"{col}_ci_hi"])
+            f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) else "—"
+            for v, lo, hi in zip(table[col], table[lo_col], table[hi_col])
         ]
-        view = view.drop(columns=[f"{col}_ci_lo", f"{col}_ci_hi"])
-    return view.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+        view = view.drop(columns=[lo_col, hi_col])
+    return view.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="—")
 
 
 def long_rows(frame: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str], **labels: Any) -> pd.DataFrame:

@@ -2,16 +2,14 @@
 model with controls — the runner (:mod:`.run`), controls (:mod:`.controls`), rates (:mod:`.metrics`), the layer
 ablation (:mod:`.ablation`) and outputs (:mod:`.outputs`)."""
 
-from unpact_mech.recovery.metrics import Rate, bootstrap_ci, destructive_rate, recovery_rate
+from unpact_mech.recovery.metrics import eligible_for_recovery, recovery_rate
 from unpact_mech.recovery.run import RecoveryConfig, RecoveryResult, check_compatible, recovered_lineage, run_recovery
 
 __all__ = [
-    "Rate",
     "RecoveryConfig",
     "RecoveryResult",
-    "bootstrap_ci",
     "check_compatible",
-    "destructive_rate",
+    "eligible_for_recovery",
     "recovered_lineage",
     "recovery_rate",
     "run_recovery",

@@ -1,9 +1,13 @@
-"""Controls of the recovery experiment: random non-keyword words, and the seeded samples of control items.
+"""Controls of the recovery experiment: random non-keyword words or positions, and the seeded control samples.
 
-* random words: per item, as many non-keyword words of the question as it has keywords, drawn at random (seeded;
-  one generator drawn in data order, so the draw of an item does not depend on which conditions run);
-* control items: the original-model control runs on a seeded sample of at most ``cap`` forget + retain items, the
-  retain control on at most ``cap`` retain items (both kept in data order).
+* random words (for prompt rewrites): per item, as many non-keyword words of the question as it has keywords;
+* random positions (for activation edits, which act on token positions): per item, as many non-keyword QUESTION
+  token positions as it has keyword tokens — matched in token count, not word count;
+  both drawn at random from one seeded generator each, in data order, so an item's draw does not depend on which
+  conditions run;
+* control items: the original-model control runs on a seeded sample of at most ``cap`` of all items, the general
+  control (does the condition lift answers in general?) on at most ``cap`` held-out utility items — retain items
+  when the data has no utility split (both kept in data order).
 """
 
 from __future__ import annotations
@@ -24,6 +28,16 @@ def random_words(enc: EncodedQA, keywords: ItemKeywords, rng: random.Random) -> 
     return from_word_indices(enc, sorted(rng.sample(pool, n)), "random")
 
 
+def random_positions(enc: EncodedQA, keywords: ItemKeywords, rng: random.Random) -> ItemKeywords:
+    """As many non-keyword question token positions as there are keyword tokens, drawn at random (``words``: the
+    words those tokens belong to, for the keywords table)."""
+    taken = set(keywords.positions)
+    pool = [p for p in enc.prompt.question_positions if p not in taken]
+    chosen = sorted(rng.sample(pool, min(len(keywords.positions), len(pool))))
+    words = [w.text for w in enc.prompt.words() if set(w.positions) & set(chosen)]
+    return ItemKeywords(enc.item_id, tuple(words), tuple(chosen), "random_positions")
+
+
 def random_word_controls(
     encoded: Sequence[EncodedQA], keywords: Sequence[ItemKeywords], seed: int
 ) -> list[ItemKeywords]:
@@ -32,16 +46,24 @@ def random_word_controls(
     return [random_words(enc, kw, rng) for enc, kw in zip(encoded, keywords)]
 
 
+def random_position_controls(
+    encoded: Sequence[EncodedQA], keywords: Sequence[ItemKeywords], seed: int
+) -> list[ItemKeywords]:
+    """:func:`random_positions` for every item (aligned lists), from its own generator (``seed + 2``)."""
+    rng = random.Random(seed + 2)
+    return [random_positions(enc, kw, rng) for enc, kw in zip(encoded, keywords)]
+
+
 def control_items(
     everything: Sequence[str],
-    retain: Sequence[str],
+    general: Sequence[str],
     order: Sequence[str],
     cap: int | None,
     seed: int,
 ) -> tuple[list[str], list[str]]:
-    """``(original-control ids, retain-control ids)``: seeded samples of at most ``cap`` of ``everything`` and of
-    ``retain``, each sorted by position in ``order``; a pool no larger than ``cap`` (or ``cap`` None) is kept whole,
-    in its own order."""
+    """``(original-control ids, general-control ids)``: seeded samples of at most ``cap`` of ``everything`` and of
+    ``general``, each sorted by position in ``order``; a pool no larger than ``cap`` (or ``cap`` None) is kept
+    whole, in its own order."""
     position = {item_id: i for i, item_id in enumerate(order)}
     sample = random.Random(seed + 1)
 
@@ -50,4 +72,4 @@ def control_items(
             return list(pool)
         return sorted(sample.sample(list(pool), cap), key=position.__getitem__)
 
-    return pick(everything), pick(retain)
+    return pick(everything), pick(general)

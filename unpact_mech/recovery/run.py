@@ -1,28 +1,35 @@
 """The recovery experiment: apply every condition of the attack registry and ask again, with controls.
 
-For an ORIGINAL and an UNLEARNED model (same tokenizer and architecture) and items with a forget/retain split:
+For an ORIGINAL and an UNLEARNED model (same tokenizer and architecture) and items with a forget / retain / utility
+split:
 
 1. keywords per item from one source (:mod:`unpact_mech.attacks.keywords`), aligned on the original prompt;
-2. baselines: both models, no attack, every forget and retain item -> the ELIGIBLE forget items (original right,
-   unlearned wrong) and the destructive rate on retain items;
+2. baselines: both models, no attack, every item -> the ELIGIBLE forget items (original right, unlearned wrong) and
+   the destructive rates on the held-out utility items and on the retain (training) items;
 3. one loop over the conditions (:class:`~unpact_mech.attacks.base.Attack` objects); each is evaluated in up to four
    arms, all through :meth:`Attack.treat` and :func:`~unpact_mech.scoring.evaluate.evaluate_items`:
 
-   ====================  =================  ==========================  =========================================
-   arm                   model              items                       emphasised words
-   ====================  =================  ==========================  =========================================
-   ``emphasis``          unlearned          eligible forget items       the keywords
-   ``random_control``    unlearned          eligible forget items       random non-keyword words (same count);
-                                                                        only for conditions that use keywords
-   ``original_control``  original           sample of forget + retain   the keywords (skipped where meaningless)
-   ``retain_control``    unlearned          sample of retain items      the keywords
-   ====================  =================  ==========================  =========================================
+   ====================  =========  =============================  =============================================
+   arm                   model      items                          emphasised
+   ====================  =========  =============================  =============================================
+   ``emphasis``          unlearned  eligible forget items          the keywords
+   ``random_control``    unlearned  eligible forget items          random non-keyword words (same word count) for
+                                                                   prompt rewrites, random non-keyword question
+                                                                   tokens (same TOKEN count) for activation edits;
+                                                                   only for conditions that use keywords
+   ``original_control``  original   sample of every item           the keywords (skipped where meaningless)
+   ``general_control``   unlearned  sample of utility items        the keywords (retain items when the data has
+                                                                   no utility split)
+   ====================  =========  =============================  =============================================
 
-   -> one row of ``rates`` per condition (:func:`condition_row`: recovery rate with CI, top-1/top-k, LP gain,
-   controls). Items are addressed by their id throughout.
+   -> one row of ``rates`` per condition (:func:`condition_row`): the recovery rate with its exact interval, the
+   top-1/top-k shares, the LP gain, the controls, and exact McNemar p-values against the random control
+   (``p_vs_random``, Holm-adjusted over the conditions in ``p_vs_random_holm``) and against the neutral instruction
+   (``p_vs_neutral``) on the same eligible items. Items are addressed by their id throughout; the columns of
+   ``rates`` are the same whatever the data (missing values are NaN).
 
 Everything is scored by :func:`~unpact_mech.scoring.evaluate.evaluate_items` (greedy answer + judge, teacher-forced
-LP and rank), so "correct" means the same everywhere.
+LP and rank), so "correct" means the same everywhere. Definitions: docs/concepts.md §9 and §13.
 """
 
 from __future__ import annotations
@@ -37,25 +44,35 @@ from tqdm.auto import tqdm
 
 from unpact_mech.attacks import DEFAULT_ATTACKS, Attack, AttackEnv, ItemKeywords, resolve_attacks, select_keywords
 from unpact_mech.attribution.keytokens import DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA
-from unpact_mech.data.splits import FORGET, RETAIN, split_items
+from unpact_mech.data.splits import FORGET, RETAIN, UTILITY, split_items
 from unpact_mech.errors import InputError
-from unpact_mech.recovery.controls import control_items, random_word_controls
-from unpact_mech.recovery.metrics import destructive_rate, eligible_for_recovery, rate
+from unpact_mech.recovery.controls import control_items, random_position_controls, random_word_controls
+from unpact_mech.recovery.metrics import eligible_for_recovery
 from unpact_mech.scoring.evaluate import evaluate_items
 from unpact_mech.scoring.tokens import encode_item
+from unpact_mech.stats import destructive_rate, holm, mcnemar_exact, rate
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
 
 BASELINE = "baseline"
+#: The columns of ``rates`` (always present, NaN where a value does not apply).
+RATE_COLUMNS = (
+    "kind", "condition", "family", "is_control", "recovery_rate", "ci_low", "ci_high", "recovered", "n_eligible",
+    "top1_before", "top1_after", "top5_before", "top5_after", "mean_logprob_gain",
+    "random_control_rate", "random_control_ci_low", "random_control_ci_high", "p_vs_random", "p_vs_random_holm",
+    "p_vs_neutral", "original_accuracy_before", "original_accuracy_after",
+    "utility_accuracy_before", "utility_accuracy_after", "retain_accuracy_before", "retain_accuracy_after",
+)  # fmt: skip
 
 
 @dataclass
 class RecoveryConfig:
     """What a recovery run does. ``attacks``: registered names, spec strings (``scale:factor=3``) or
     :class:`~unpact_mech.attacks.base.Attack` objects, run in this order (one string counts as one condition);
-    ``templates``: prompt templates by strategy name."""
+    ``templates``: prompt templates by strategy name; ``max_control_items``: cap (seeded sample) on the items of the
+    original-model and general controls."""
 
     attacks: Sequence["str | Attack"] = DEFAULT_ATTACKS
     templates: dict[str, str] = field(default_factory=dict)
@@ -66,18 +83,17 @@ class RecoveryConfig:
     judge: str = "contains"
     max_new_tokens: int = 12
     batch_size: int = 16
-    n_boot: int = 2000
     top_k: int = 5
     seed: int = 0
-    max_control_items: int | None = None  # cap (seeded sample) on the original-model and retain controls
+    max_control_items: int | None = None
 
 
 @dataclass
 class RecoveryResult:
-    """``per_item``: one row per (model, condition, emphasis, item); ``rates``: one row per condition;
-    ``keywords``: the emphasised words per item (table; ``item_keywords`` the objects, aligned with the items);
-    ``summary``: headline numbers; ``eligible_ids``: forget items the original knows and the unlearned does not;
-    ``attacks``: the resolved conditions, in the order of ``rates``."""
+    """``per_item``: one row per (model, condition, emphasis, item); ``rates``: one row per condition
+    (:data:`RATE_COLUMNS`); ``keywords``: the emphasised words per item (table; ``item_keywords`` the objects, aligned
+    with the items); ``summary``: headline numbers; ``eligible_ids``: forget items the original knows and the
+    unlearned model does not; ``attacks``: the resolved conditions, in the order of ``rates``."""
 
     per_item: pd.DataFrame
     rates: pd.DataFrame
@@ -92,15 +108,10 @@ def recovered_lineage(
     unlearned: "HookedLM", attacks: Sequence[Attack], keyword_source: str, original: str
 ) -> list[dict[str, Any]]:
     """The unlearned model's lineage extended by the recovery step (no weight changes)."""
-    return list(unlearned.lineage) + [
-        {
-            "role": "recovered",
-            "weights_changed": False,
-            "attacks": [a.label for a in attacks],
-            "keyword_source": keyword_source,
-            "original": str(original),
-        }
-    ]
+    return list(unlearned.lineage) + [{
+        "role": "recovered", "weights_changed": False, "attacks": [a.label for a in attacks],
+        "keyword_source": keyword_source, "original": str(original),
+    }]  # fmt: skip
 
 
 def check_compatible(original: "HookedLM", unlearned: "HookedLM") -> None:
@@ -117,13 +128,28 @@ def check_compatible(original: "HookedLM", unlearned: "HookedLM") -> None:
 
 @dataclass(frozen=True)
 class Arm:
-    """One evaluation of a condition: ``role`` (which model), the item ids, the emphasis label and words."""
+    """One evaluation of a condition: ``role`` (which model), the item ids, the emphasis label and the words or
+    positions emphasised per item."""
 
     name: str
     role: str
     ids: list[str]
     emphasis: str
     words: dict[str, ItemKeywords]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The items of one recovery run, by role: eligible forget items, the control samples and the general
+    control's split (``utility``, or ``retain`` without utility items)."""
+
+    eligible: list[str]
+    original_control: list[str]
+    general_control: list[str]
+    general_split: str
+    keywords: dict[str, ItemKeywords]
+    random_words: dict[str, ItemKeywords]
+    random_positions: dict[str, ItemKeywords]
 
 
 class _Evaluator:
@@ -139,21 +165,13 @@ class _Evaluator:
             return None
         items = [self.items[i] for i in arm.ids]
         treated = attack.treat(self.models[arm.role], items, [arm.words[i] for i in arm.ids], env)
-        encoded = (
-            None
-            if treated.questions is None
-            else [encode_item(treated.model, it, question=q) for it, q in zip(items, treated.questions)]
-        )
+        encoded = None
+        if treated.questions is not None:
+            encoded = [encode_item(treated.model, it, question=q) for it, q in zip(items, treated.questions)]
         df = evaluate_items(
-            treated.model,
-            items,
-            encoded=encoded,
-            judge=self.cfg.judge,
-            max_new_tokens=self.cfg.max_new_tokens,
-            batch_size=self.cfg.batch_size,
-            interventions=treated.interventions,
-            progress=False,
-        )
+            treated.model, items, encoded=encoded, judge=self.cfg.judge, max_new_tokens=self.cfg.max_new_tokens,
+            batch_size=self.cfg.batch_size, interventions=treated.interventions, progress=False,
+        )  # fmt: skip
         return self.keep(df, role=arm.role, kind=attack.kind, condition=attack.label, emphasis=arm.emphasis)
 
     def baseline(self, role: str, ids: list[str], known: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -161,13 +179,9 @@ class _Evaluator:
         if known is None:
             items = [self.items[i] for i in ids]
             known = evaluate_items(
-                self.models[role],
-                items,
-                judge=self.cfg.judge,
-                max_new_tokens=self.cfg.max_new_tokens,
-                batch_size=self.cfg.batch_size,
-                progress=False,
-            )
+                self.models[role], items, judge=self.cfg.judge, max_new_tokens=self.cfg.max_new_tokens,
+                batch_size=self.cfg.batch_size, progress=False,
+            )  # fmt: skip
         else:
             have = set(known["item_id"])
             missing = [i for i in ids if i not in have]
@@ -178,60 +192,63 @@ class _Evaluator:
 
     def keep(self, df: pd.DataFrame, *, role: str, kind: str, condition: str, emphasis: str) -> pd.DataFrame:
         df = df.copy()
-        for pos, (col, value) in enumerate(
-            (("model", role), ("kind", kind), ("condition", condition), ("emphasis", emphasis)), start=2
-        ):
+        labels = (("model", role), ("kind", kind), ("condition", condition), ("emphasis", emphasis))
+        for pos, (col, value) in enumerate(labels, start=2):
             df.insert(pos, col, value)
         self.frames.append(df)
         return df
 
 
-def arms(
-    attack: Attack,
-    cfg: RecoveryConfig,
-    eligible: list[str],
-    original_control: list[str],
-    retain_control: list[str],
-    keywords: dict[str, ItemKeywords],
-    controls: dict[str, ItemKeywords],
-) -> list[Arm]:
+def arms(attack: Attack, cfg: RecoveryConfig, plan: Plan) -> list[Arm]:
     """The arms of one condition (see the module docstring), in the order they are evaluated."""
-    out = [Arm("emphasis", "unlearned", eligible, "keywords", keywords)]
+    out = [Arm("emphasis", "unlearned", plan.eligible, "keywords", plan.keywords)]
     if cfg.controls:
         if attack.uses_keywords:
-            out.append(Arm("random_control", "unlearned", eligible, "random", controls))
+            random = plan.random_positions if attack.control_unit == "positions" else plan.random_words
+            out.append(Arm("random_control", "unlearned", plan.eligible, "random", random))
         if attack.runs_on_original:
-            out.append(Arm("original_control", "original", original_control, "keywords", keywords))
-        out.append(Arm("retain_control", "unlearned", retain_control, "keywords", keywords))
+            out.append(Arm("original_control", "original", plan.original_control, "keywords", plan.keywords))
+        out.append(Arm("general_control", "unlearned", plan.general_control, "keywords", plan.keywords))
     return out
 
 
+def _outcomes(frame: pd.DataFrame | None, ids: list[str]) -> np.ndarray:
+    """Correctness of ``ids`` (in that order) in an arm's frame; empty when the arm did not run."""
+    if frame is None or not len(frame):
+        return np.zeros(0, dtype=bool)
+    return frame.set_index("item_id").loc[ids, "correct"].to_numpy(bool)
+
+
 def condition_row(
-    attack: Attack,
-    frames: dict[str, pd.DataFrame | None],
-    eligible: list[str],
-    base_o: pd.DataFrame,
-    base_u: pd.DataFrame,
+    attack: Attack, frames: dict[str, pd.DataFrame | None], plan: Plan, base_o: pd.DataFrame, base_u: pd.DataFrame,
     cfg: RecoveryConfig,
-) -> dict[str, Any]:
-    """One ``rates`` row: recovery rate R on the eligible items (under emphasis, with CI), top-1/top-k of the gold
-    first token before and after, mean LP gain, and the controls (random-word rate; original-model and retain
-    accuracy before -> after on the same items)."""
-    row: dict[str, Any] = {"kind": attack.kind, "condition": attack.label}
+) -> dict[str, Any]:  # fmt: skip
+    """One ``rates`` row: recovery rate R on the eligible items with its exact interval, top-1/top-k of the gold
+    first token before and after, mean LP gain, the random control with its interval and the exact McNemar p-value
+    against it (paired on the same eligible items), and the original-model and general controls (accuracy before ->
+    after on the same items)."""
+    eligible = plan.eligible
+    row: dict[str, Any] = {"kind": attack.kind, "condition": attack.label, "family": attack.family,
+                           "is_control": attack.is_control}  # fmt: skip
     emph = frames.get("emphasis")
     e = emph.set_index("item_id").loc[eligible] if emph is not None else base_u.iloc[:0]
-    row |= rate(e["correct"].to_numpy(bool), n_boot=cfg.n_boot, seed=cfg.seed).as_dict("recovery_rate")
+    r = rate(e["correct"].to_numpy(bool))
+    row |= {"recovery_rate": r.value, "ci_low": r.low, "ci_high": r.high, "recovered": r.k, "n_eligible": r.n}
     before = base_u.loc[eligible] if eligible else base_u.iloc[:0]
-    for label, frame in (("before", before), ("after", e)):
-        row[f"top1_{label}"] = float((frame["rank"] == 0).mean()) if len(frame) else float("nan")
-    for label, frame in (("before", before), ("after", e)):
-        row[f"top{cfg.top_k}_{label}"] = float((frame["rank"] < cfg.top_k).mean()) if len(frame) else float("nan")
+    for k, name in ((1, "top1"), (cfg.top_k, f"top{cfg.top_k}")):
+        row[f"{name}_before"] = float((before["rank"] < k).mean()) if len(before) else float("nan")
+        row[f"{name}_after"] = float((e["rank"] < k).mean()) if len(e) else float("nan")
     gain = e["logprob"].to_numpy() - before["logprob"].to_numpy()
     row["mean_logprob_gain"] = float(gain.mean()) if len(e) else float("nan")
     rand = frames.get("random_control")
     if rand is not None and len(rand):
-        row |= rate(rand["correct"].to_numpy(bool), n_boot=cfg.n_boot, seed=cfg.seed).as_dict("random_control_rate")
-    for arm, base, prefix in (("original_control", base_o, "original"), ("retain_control", base_u, "retain")):
+        row |= rate(rand["correct"].to_numpy(bool)).as_dict("random_control_rate")
+        row.pop("random_control_rate_k"), row.pop("random_control_rate_n")
+        row["random_control_ci_low"] = row.pop("random_control_rate_ci_low")
+        row["random_control_ci_high"] = row.pop("random_control_rate_ci_high")
+        row["p_vs_random"] = mcnemar_exact(_outcomes(emph, eligible), _outcomes(rand, eligible))
+    controls = (("original_control", base_o, "original"), ("general_control", base_u, plan.general_split))
+    for arm, base, prefix in controls:
         frame = frames.get(arm)
         if frame is not None and len(frame):  # before/after on the same (possibly sampled) items
             row[f"{prefix}_accuracy_before"] = float(base.loc[list(frame["item_id"]), "correct"].mean())
@@ -240,22 +257,14 @@ def condition_row(
 
 
 def _item_keywords(
-    cfg: RecoveryConfig,
-    original: "HookedLM",
-    items: Sequence["QAItem"],
-    encoded,
+    cfg: RecoveryConfig, original: "HookedLM", items: Sequence["QAItem"], encoded,
     keywords: Sequence[ItemKeywords] | None,
-) -> list[ItemKeywords]:
+) -> list[ItemKeywords]:  # fmt: skip
     if keywords is None:
         return select_keywords(
-            cfg.keyword_source,
-            original,
-            items,
-            encoded,
-            keytoken_alpha=cfg.keytoken_alpha,
-            keytoken_beta=cfg.keytoken_beta,
-            batch_size=cfg.batch_size,
-        )
+            cfg.keyword_source, original, items, encoded, keytoken_alpha=cfg.keytoken_alpha,
+            keytoken_beta=cfg.keytoken_beta, batch_size=cfg.batch_size,
+        )  # fmt: skip
     if [k.item_id for k in keywords] != [it.id for it in items]:
         raise ValueError("precomputed keywords must be aligned with the items")
     return list(keywords)
@@ -280,93 +289,110 @@ def run_recovery(
     cfg = config or RecoveryConfig()
     check_compatible(original, unlearned)
     attacks = resolve_attacks(cfg.attacks, unlearned, cfg.templates)
-    forget = [it.id for it in split_items(items, FORGET)]
-    retain = [it.id for it in split_items(items, RETAIN)]
-    if not forget:
+    split = {name: [it.id for it in split_items(items, name)] for name in (FORGET, RETAIN, UTILITY)}
+    if not split[FORGET]:
         raise InputError("recovery needs items with split 'forget'")
     encoded = [encode_item(original, it) for it in items]
     kw_list = _item_keywords(cfg, original, items, encoded, keywords)
-    control_list = random_word_controls(encoded, kw_list, cfg.seed)
-    kws = {k.item_id: k for k in kw_list}
-    controls = {it.id: c for it, c in zip(items, control_list)}
-    original_control, retain_control = control_items(
-        forget + retain, retain, [it.id for it in items], cfg.max_control_items, cfg.seed
+    words = random_word_controls(encoded, kw_list, cfg.seed)
+    positions = random_position_controls(encoded, kw_list, cfg.seed)
+    everything = split[FORGET] + split[RETAIN] + split[UTILITY]
+    general_split = UTILITY if split[UTILITY] else RETAIN
+    original_control, general_control = control_items(
+        everything, split[general_split], [it.id for it in items], cfg.max_control_items, cfg.seed
     )
     evaluator = _Evaluator({"original": original, "unlearned": unlearned}, {it.id: it for it in items}, cfg)
 
     bar = tqdm(total=2 + len(attacks), desc="recovery", disable=not progress)
-    base_o = evaluator.baseline("original", forget + retain, original_baseline)
+    base_o = evaluator.baseline("original", everything, original_baseline)
     bar.update()
-    base_u = evaluator.baseline("unlearned", forget + retain)
+    base_u = evaluator.baseline("unlearned", everything)
     bar.update()
+    forget = split[FORGET]
     mask = eligible_for_recovery(base_o.loc[forget, "correct"].to_numpy(), base_u.loc[forget, "correct"].to_numpy())
-    eligible = [i for i, ok in zip(forget, mask) if ok]
-    env = AttackEnv(original, unlearned, {e.item_id: e for e in encoded}, kws, tuple(forget), cfg.batch_size)
+    ids = [it.id for it in items]
+    plan = Plan(
+        [i for i, ok in zip(forget, mask) if ok], original_control, general_control, general_split,
+        {k.item_id: k for k in kw_list}, dict(zip(ids, words)), dict(zip(ids, positions)),
+    )  # fmt: skip
+    env = AttackEnv(original, unlearned, {e.item_id: e for e in encoded}, plan.keywords, tuple(forget), cfg.batch_size)
 
-    rate_rows = []
+    rate_rows, emphasis_outcomes = [], {}
     for attack in attacks:
-        frames = {
-            arm.name: evaluator.run(arm, attack, env)
-            for arm in arms(attack, cfg, eligible, original_control, retain_control, kws, controls)
-        }
-        rate_rows.append(condition_row(attack, frames, eligible, base_o, base_u, cfg))
+        frames = {arm.name: evaluator.run(arm, attack, env) for arm in arms(attack, cfg, plan)}
+        rate_rows.append(condition_row(attack, frames, plan, base_o, base_u, cfg))
+        emphasis_outcomes[attack.label] = _outcomes(frames.get("emphasis"), plan.eligible)
         bar.update()
     bar.close()
+    rates = _paired_tests(pd.DataFrame(rate_rows), attacks, emphasis_outcomes)
 
-    kw_table = pd.DataFrame(
-        [
-            {
-                "item_id": it.id,
-                "split": it.split,
-                "source": k.source,
-                "keywords": " | ".join(k.words),
-                "positions": " ".join(map(str, k.positions)),
-                "random_control": " | ".join(c.words),
-            }
-            for it, k, c in zip(items, kw_list, control_list)
-        ]
-    )
-    summary = _summary(cfg, forget, retain, eligible, base_o, base_u, rate_rows)
+    kw_table = pd.DataFrame([
+        {"item_id": it.id, "split": it.split, "source": k.source, "keywords": " | ".join(k.words),
+         "positions": " ".join(map(str, k.positions)), "random_words": " | ".join(w.words),
+         "random_positions": " ".join(map(str, p.positions))}
+        for it, k, w, p in zip(items, kw_list, words, positions)
+    ])  # fmt: skip
+    summary = _summary(cfg, split, plan, base_o, base_u, rates)
     return RecoveryResult(
-        pd.concat(evaluator.frames, ignore_index=True),
-        pd.DataFrame(rate_rows),
-        kw_table,
-        summary,
-        kw_list,
-        eligible,
-        attacks,
+        pd.concat(evaluator.frames, ignore_index=True), rates, kw_table, summary, kw_list, plan.eligible, attacks
     )
+
+
+def _paired_tests(rates: pd.DataFrame, attacks: Sequence[Attack], outcomes: dict[str, np.ndarray]) -> pd.DataFrame:
+    """``p_vs_neutral`` (exact McNemar against the first control condition's emphasis arm on the same eligible
+    items), ``p_vs_random_holm`` (Holm over the conditions), and the fixed column order."""
+    rates = rates.reindex(columns=[*RATE_COLUMNS, *[c for c in rates.columns if c not in RATE_COLUMNS]])
+    control = next((a.label for a in attacks if a.is_control), None)
+    if control is not None and len(outcomes[control]):
+        rates["p_vs_neutral"] = [
+            float("nan") if label == control or not len(outcomes[label])
+            else mcnemar_exact(outcomes[label], outcomes[control])
+            for label in rates["condition"]
+        ]  # fmt: skip
+    rates["p_vs_random_holm"] = holm(rates["p_vs_random"].astype(float).tolist())
+    return rates
 
 
 def _summary(
-    cfg: RecoveryConfig,
-    forget: list[str],
-    retain: list[str],
-    eligible: list[str],
-    base_o: pd.DataFrame,
-    base_u: pd.DataFrame,
-    rate_rows: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """Headline numbers: counts, baseline accuracies, destructive rate, rate per condition, best condition."""
-    summary: dict[str, Any] = {
-        "n_forget": len(forget),
-        "n_retain": len(retain),
-        "n_eligible": len(eligible),
-        "original_forget_accuracy": float(base_o.loc[forget, "correct"].mean()),
-        "unlearned_forget_accuracy": float(base_u.loc[forget, "correct"].mean()),
-        "keyword_source": cfg.keyword_source,
-    }
-    if retain:
-        o, u = base_o.loc[retain, "correct"].to_numpy(), base_u.loc[retain, "correct"].to_numpy()
-        summary |= destructive_rate(o, u, n_boot=cfg.n_boot, seed=cfg.seed).as_dict("destructive_rate")
-        summary["original_retain_accuracy"] = float(o.mean())
-        summary["unlearned_retain_accuracy"] = float(u.mean())
-    summary["recovery_rate"] = {r["condition"]: r["recovery_rate"] for r in rate_rows}
-    summary["random_control_rate"] = {
-        r["condition"]: r.get("random_control_rate") for r in rate_rows if "random_control_rate" in r
-    }
-    if rate_rows:
-        best = max(rate_rows, key=lambda r: -1 if np.isnan(r["recovery_rate"]) else r["recovery_rate"])
-        summary["best_condition"] = best["condition"]
-        summary["best_recovery_rate"] = best["recovery_rate"]
+    cfg: RecoveryConfig, split: dict[str, list[str]], plan: Plan, base_o: pd.DataFrame, base_u: pd.DataFrame,
+    rates: pd.DataFrame,
+) -> dict[str, Any]:  # fmt: skip
+    """Headline numbers: counts, baseline accuracies per split, destructive rates (utility: held out; retain: the
+    training anchor), the rate per condition and the best of the K conditions with its Holm-adjusted p-value."""
+    summary: dict[str, Any] = {f"n_{name}": len(ids) for name, ids in split.items()}
+    summary["n_eligible"] = len(plan.eligible)
+    summary["keyword_source"] = cfg.keyword_source
+    for name, ids in split.items():
+        o, u = base_o.loc[ids, "correct"].to_numpy(bool), base_u.loc[ids, "correct"].to_numpy(bool)
+        summary[f"original_{name}_accuracy"] = float(o.mean()) if len(ids) else None
+        summary[f"unlearned_{name}_accuracy"] = float(u.mean()) if len(ids) else None
+        if name != FORGET:
+            d = destructive_rate(o, u)
+            summary |= {f"{name}_destructive_rate": d.value if d.n else None,
+                        f"{name}_destructive_rate_ci_low": d.low if d.n else None,
+                        f"{name}_destructive_rate_ci_high": d.high if d.n else None,
+                        f"{name}_destructive_rate_k": d.k, f"{name}_destructive_rate_n": d.n}  # fmt: skip
+    if not split[UTILITY]:
+        summary["utility_note"] = "no utility items: collateral damage is measured on retain items only"
+    if not plan.eligible:
+        summary["eligible_note"] = (
+            f"0 eligible forget items: the unlearned model still answers all {len(split[FORGET])} forget items the "
+            "original answers"
+        )
+    summary["recovery_rate"] = {r.condition: _none(r.recovery_rate) for r in rates.itertuples()}
+    summary["random_control_rate"] = {r.condition: _none(r.random_control_rate) for r in rates.itertuples()}
+    valid = rates.dropna(subset=["recovery_rate"])
+    summary["best_of"] = int(len(rates))
+    if len(valid):
+        best = valid.loc[valid["recovery_rate"].idxmax()]
+        summary["best_condition"] = str(best["condition"])
+        summary["best_recovery_rate"] = float(best["recovery_rate"])
+        summary["best_p_vs_random_holm"] = _none(best["p_vs_random_holm"])
+    else:
+        summary["best_condition"], summary["best_recovery_rate"], summary["best_p_vs_random_holm"] = None, None, None
     return summary
+
+
+def _none(value: Any) -> Any:
+    """NaN -> None (JSON null) for summary values."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)

@@ -222,19 +222,27 @@ def _attribute(d: Path, meta: dict[str, Any]) -> str:
 
 def _recover(d: Path) -> str:
     s = _read_json(d / "summary.json")
+
+    def destruction(split: str) -> str:
+        value = s.get(f"{split}_destructive_rate")
+        if value is None:
+            return "—"
+        return (f"<b>{_fmt(value, '.3f')}</b> [{_fmt(s.get(f'{split}_destructive_rate_ci_low'), '.3f')}, "
+                f"{_fmt(s.get(f'{split}_destructive_rate_ci_high'), '.3f')}]")  # fmt: skip
+
     parts = [
         f"<p>{s.get('n_eligible', '?')} of {s.get('n_forget', '?')} forget items were forgotten (original right, "
-        f"unlearned wrong). Destructive rate on retain items: <b>{s.get('destructive_rate', float('nan')):.3f}</b> "
-        f"[{s.get('destructive_rate_ci_lo', float('nan')):.3f}, {s.get('destructive_rate_ci_hi', float('nan')):.3f}]. "
-        f"Keywords: {_e(s.get('keyword_source', ''))}.</p>"
+        f"unlearned wrong). Destructive rate on the held-out utility items: {destruction('utility')}; on the retain "
+        f"items the retain loss trains on: {destruction('retain')}. Keywords: {_e(s.get('keyword_source', ''))}.</p>"
     ]
     rates = d / "rates.csv"
     if rates.is_file():
         parts.append(_table(rates_display(pd.read_csv(rates))))
         parts.append(
-            '<p class="meta">recovery: rate [95% bootstrap CI] (recovered / eligible); random control: the same '
-            "emphasis on random non-keyword words/positions; original / retain accuracy: without → with the "
-            "emphasis; top-1: share of eligible items whose gold first token is ranked first.</p>"
+            '<p class="meta">recovery: rate [exact 95% CI] (recovered / eligible); random control: the same '
+            "emphasis on random non-keyword words (prompt) or token positions (activations); p: exact McNemar test "
+            "against it on the same items, Holm-adjusted over the conditions; original / utility accuracy: without → "
+            "with the emphasis; top-1: share of eligible items whose gold first token is ranked first.</p>"
         )
     parts.append(_img(d / "recovery_rates.png", "recovery rates"))
     parts.append(_img(d / "ablation.png", "layer ablation"))
@@ -252,19 +260,16 @@ def rates_display(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"kind": df["kind"], "condition": df["condition"]})
     out["recovery"] = [
         "n/a" if pd.isna(r) else f"{r:.2f} [{lo:.2f}, {hi:.2f}] ({int(k)}/{int(n)})"
-        for r, lo, hi, k, n in zip(
-            df["recovery_rate"],
-            df["recovery_rate_ci_lo"],
-            df["recovery_rate_ci_hi"],
-            df["recovery_rate_k"],
-            df["recovery_rate_n"],
-        )
+        for r, lo, hi, k, n in zip(df["recovery_rate"], df["ci_low"], df["ci_high"], df["recovered"], df["n_eligible"])
     ]
     out["random control"] = [
         ("" if pd.isna(v) else f"{v:.2f}") for v in df.get("random_control_rate", pd.Series([float("nan")] * len(df)))
     ]
+    out["p (Holm)"] = [("" if pd.isna(v) else f"{v:.3f}") for v in df["p_vs_random_holm"]]
     out["original acc"] = _pair(df, "original_accuracy_before", "original_accuracy_after")
-    out["retain acc"] = _pair(df, "retain_accuracy_before", "retain_accuracy_after")
+    out["utility acc"] = _pair(df, "utility_accuracy_before", "utility_accuracy_after")
+    if df[["retain_accuracy_before"]].notna().any().any():
+        out["retain acc"] = _pair(df, "retain_accuracy_before", "retain_accuracy_after")
     out["top-1"] = _pair(df, "top1_before", "top1_after")
     if "mean_logprob_gain" in df:
         out["Δ LP"] = [("" if pd.isna(v) else f"{v:+.2f}") for v in df["mean_logprob_gain"]]
@@ -282,7 +287,8 @@ def headline_display(rows: list[dict[str, Any]]) -> pd.DataFrame:
         row = {
             "method": r.get("method"),
             "forget acc": f"{_fmt(r.get('forget_acc_before'))} → {_fmt(r.get('forget_acc_after'))}",
-            "retain acc": f"{_fmt(r.get('retain_acc_before'))} → {_fmt(r.get('retain_acc_after'))}",
+            "utility acc": f"{_fmt(r.get('utility_acc_before'))} → {_fmt(r.get('utility_acc_after'))}",
+            "retain acc (trained on)": f"{_fmt(r.get('retain_acc_before'))} → {_fmt(r.get('retain_acc_after'))}",
             "KeyToken contribution": f"{_fmt(r.get('keytoken_contribution_before'))} → "
             f"{_fmt(r.get('keytoken_contribution_after'))}",
             "other words": f"{_fmt(r.get('other_contribution_before'))} → {_fmt(r.get('other_contribution_after'))}",
@@ -299,7 +305,7 @@ def headline_display(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 if name
                 else ""
             )
-        row["destructive rate"] = _fmt(r.get("destructive_rate"))
+        row["destructive rate (utility)"] = _fmt(r.get("utility_destructive_rate"))
         out.append(row)
     return pd.DataFrame(out)
 

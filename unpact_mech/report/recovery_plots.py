@@ -16,15 +16,15 @@ from unpact_mech.report.plots import save_figure
 
 
 def plot_recovery_rates(rates: pd.DataFrame, path: str | Path, title: str = "Recovery by keyword emphasis") -> Path:
-    """Horizontal bars: recovery rate per condition with its bootstrap CI; the random-word/position control as a
-    hollow diamond. ``rates`` is :attr:`RecoveryResult.rates`."""
+    """Horizontal bars: recovery rate per condition with its exact (Clopper–Pearson) 95% interval; the
+    random-word/position control as a hollow diamond. ``rates`` is :attr:`RecoveryResult.rates`."""
     df = rates.reset_index(drop=True)
     y = np.arange(len(df))[::-1]
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(df) + 1.4))
     colors = ["#4C72B0" if k == "strategy" else "#DD8452" for k in df["kind"]]
     val = df["recovery_rate"].to_numpy(float)
-    lo = np.clip(val - df["recovery_rate_ci_lo"].to_numpy(float), 0, None)
-    hi = np.clip(df["recovery_rate_ci_hi"].to_numpy(float) - val, 0, None)
+    lo = np.clip(val - df["ci_low"].to_numpy(float), 0, None)
+    hi = np.clip(df["ci_high"].to_numpy(float) - val, 0, None)
     ax.barh(y, np.nan_to_num(val), xerr=[np.nan_to_num(lo), np.nan_to_num(hi)], color=colors, alpha=0.85, capsize=3)
     if "random_control_rate" in df:
         ax.scatter(

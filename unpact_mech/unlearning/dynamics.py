@@ -71,8 +71,8 @@ def plot_dynamics(dynamics: pd.DataFrame, loss_log: pd.DataFrame, path: str | Pa
     from unpact_mech.io.atomic import atomic_write_bytes
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
-    colors = {"forget": "tab:red", "retain": "tab:blue"}
-    for split in ("forget", "retain"):
+    colors = {"forget": "tab:red", "retain": "tab:blue", "utility": "tab:green"}
+    for split in ("forget", "retain", "utility"):
         col = f"{split}_accuracy"
         if col in dynamics:
             ax_acc.plot(dynamics["step"], dynamics[col], "o-", color=colors[split], label=f"{split} accuracy")

@@ -70,6 +70,8 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0
     checkpoint_every: int = 0
+    stop_when_forget_below: float | None = None
+    max_utility_drop: float | None = None
 
     def __post_init__(self) -> None:
         def bad(flag: str, why: str, value: Any) -> InputError:
@@ -95,6 +97,65 @@ class TrainConfig:
             raise bad("--max-grad-norm", "must be >= 0 (0 = no clipping)", self.max_grad_norm)
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
             raise bad("--weight-decay", "must be >= 0", self.weight_decay)
+        for flag, value in (
+            ("--stop-when-forget-below", self.stop_when_forget_below),
+            ("--max-utility-drop", self.max_utility_drop),
+        ):
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise bad(flag, "must be an accuracy in [0, 1]", value)
+        if self.stop_rule is not None and self.eval_every not in (0, 1):
+            raise bad("--eval-every", "must be 1 with a stop rule (it evaluates after every step)", self.eval_every)
+
+    @property
+    def stop_rule(self) -> "StopRule | None":
+        """The stop rule, if either limit is set."""
+        if self.stop_when_forget_below is None and self.max_utility_drop is None:
+            return None
+        return StopRule(self.stop_when_forget_below, self.max_utility_drop)
+
+    @property
+    def evaluation_interval(self) -> int:
+        """Evaluate every this many steps (0 = only at the start and the end); 1 whenever a stop rule is set."""
+        return 1 if self.stop_rule is not None else self.eval_every
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When to stop before the last step, judged on the evaluation after every step (accuracies of the ``forget``
+    and ``utility`` items, greedy + contains judge):
+
+    * ``forget_below``: stop at the FIRST step whose forget accuracy is <= this (the target is met);
+    * ``max_utility_drop``: stop BEFORE the first step whose utility accuracy is more than this below step 0's — that
+      step's update is undone (the weights of the step before are kept, and its evaluation is recorded apart).
+    """
+
+    forget_below: float | None = None
+    max_utility_drop: float | None = None
+
+    def check(self, first: dict[str, Any], row: dict[str, Any]) -> tuple[str, bool] | None:
+        """``(reason, undo_this_step)`` if training must stop after the step evaluated in ``row``, else None."""
+        if self.max_utility_drop is not None:
+            drop = first["utility_accuracy"] - row["utility_accuracy"]
+            if drop > self.max_utility_drop + 1e-12:
+                return (
+                    f"utility accuracy fell by {drop:.3f} (> {self.max_utility_drop:g}) at step {row['step']}: "
+                    f"kept step {row['step'] - 1}",
+                    True,
+                )
+        if self.forget_below is not None and row["forget_accuracy"] <= self.forget_below + 1e-12:
+            return f"forget accuracy {row['forget_accuracy']:.3f} <= {self.forget_below:g} at step {row['step']}", False
+        return None
+
+
+def rule_not_met(rule: StopRule, dynamics: Sequence[dict[str, Any]], steps: int) -> str | None:
+    """Why a forget target was not reached within ``steps`` (None when the rule has no forget target)."""
+    if rule.forget_below is None:
+        return None
+    last = dynamics[-1]["forget_accuracy"] if dynamics else float("nan")
+    return (
+        f"forget accuracy {last:.3f} after all {steps} steps is above the target {rule.forget_below:g}: give more "
+        "--steps or a larger --lr"
+    )
 
 
 def lr_factor(step: int, *, steps: int, warmup: int, schedule: str) -> float:
@@ -128,6 +189,9 @@ class TrainResult:
     changed: list[str] = field(repr=False)
     resumed_from: int | None = None
     train_seconds: float = 0.0
+    steps_run: int = 0
+    stop_reason: str | None = None
+    rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
 def policy_forward(model: "HookedLM", method: UnlearningMethod, batch) -> PolicyOutput:
@@ -188,6 +252,8 @@ class Trainer:
         self.item_rows: list[dict[str, Any]] = []
         self.base: dict[str, Tensor] = {}
         self.resumed_store = False
+        self.stop_reason: str | None = None
+        self.rejected: list[dict[str, Any]] = []
 
     # -- batches ----------------------------------------------------------------------------------------------------
     def batch(self, step: int, micro: int):
@@ -214,6 +280,28 @@ class Trainer:
             yield
         finally:
             self.model.load_state_dict(trained)
+
+    def stop_check(self, rule: StopRule) -> tuple[str, bool] | None:
+        """The stop rule on the latest evaluation (decided on the main process, shared with every process)."""
+        decision = None
+        if self.acc.is_main_process and self.dynamics:
+            decision = rule.check(self.dynamics[0], self.dynamics[-1])
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [decision]
+            broadcast_object_list(box)
+            decision = box[0]
+        return decision
+
+    def undo_step(self, previous: dict[str, Tensor]) -> dict[str, Any] | None:
+        """Restore the trainable weights of the step before and move its evaluation out of the dynamics."""
+        self.model.load_state_dict(previous)
+        if not self.dynamics:
+            return None
+        rejected = self.dynamics.pop()
+        self.item_rows = [r for r in self.item_rows if r["step"] != rejected["step"]]
+        return rejected
 
     def run_evaluation(self, step: int, *, view: bool = True) -> None:
         if self.evaluate is not None and self.acc.is_main_process:
@@ -337,7 +425,9 @@ class Trainer:
                     leave=False,
                     disable=not self.progress or not acc.is_main_process,
                 )
+                rule, done = cfg.stop_rule, start
                 for step in range(start, cfg.steps):
+                    previous = P.snapshot(model, self.trainable) if rule and rule.max_utility_drop is not None else None
                     t_step = time.perf_counter()
                     row = self.step(step, session)
                     row["seconds"] = time.perf_counter() - t_step
@@ -348,13 +438,24 @@ class Trainer:
                         forget=f"{row['forget_loss']:.3f}", retain=f"{row['retain_loss']:.3f}", refresh=False
                     )
                     done = step + 1
-                    if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                    every = cfg.evaluation_interval
+                    if every and done % every == 0 and (done < cfg.steps or rule is not None):
                         self.run_evaluation(done)
+                    decision = self.stop_check(rule) if rule is not None else None
+                    if decision is not None:
+                        self.stop_reason, undo = decision
+                        if undo and previous is not None:
+                            rejected = self.undo_step(previous)
+                            self.rejected += [rejected] if rejected else []
+                            done -= 1
+                        break
                     if cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
                         self.save(done, session)
                     if self.callback is not None:
                         self.callback(done)
                 bar.close()
+                if rule is not None and self.stop_reason is None:
+                    self.stop_reason = rule_not_met(rule, self.dynamics, cfg.steps)
         finally:
             method.teardown()
         trained = P.snapshot(model, self.trainable)
@@ -366,8 +467,8 @@ class Trainer:
                 f"no weight changed after {cfg.steps} steps of {method.name} (lr {cfg.lr:g} too small for float32, or "
                 "the trainable parameters get no gradient from this loss)"
             )
-        if not self.dynamics or self.dynamics[-1]["step"] != cfg.steps:
-            self.run_evaluation(cfg.steps, view=False)  # the weights are already the unlearned ones
+        if not self.dynamics or self.dynamics[-1]["step"] != done:
+            self.run_evaluation(done, view=False)  # the weights are already the unlearned ones
         return TrainResult(
             cfg.steps,
             self.loss_log,
@@ -378,6 +479,9 @@ class Trainer:
             changed,
             resumed_from=resumed,
             train_seconds=train_seconds,
+            steps_run=done,
+            stop_reason=self.stop_reason,
+            rejected=self.rejected,
         )
 
 

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from unpact_mech.data.splits import RETAIN, SPLITS, UTILITY, split_items
 from unpact_mech.errors import InputError
 from unpact_mech.unlearning import params as P
 from unpact_mech.unlearning.batches import UnlearningSet
 from unpact_mech.unlearning.checkpoint import CheckpointStore
 from unpact_mech.unlearning.dynamics import make_evaluator, plot_dynamics
 from unpact_mech.unlearning.loop import TrainConfig, TrainResult, train
-from unpact_mech.unlearning.methods import UnlearningMethod, get_unlearning_method
+from unpact_mech.unlearning.methods import HYPERPARAMETERS, UnlearningMethod, get_unlearning_method
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
@@ -38,7 +39,15 @@ def resolve_config(method: UnlearningMethod, **options: Any) -> TrainConfig:
     """A :class:`TrainConfig` from ``options`` (None = the method's recipe / TrainConfig default)."""
     unknown = sorted(set(options) - set(TRAIN_OPTIONS))
     if unknown:
-        raise TypeError(f"unknown training options: {unknown}")
+        hp = [k for k in unknown if k in HYPERPARAMETERS]
+        hint = (
+            f"; method hyperparameters go in hyperparameters={{{', '.join(repr(k) + ': ...' for k in hp)}}}"
+            if hp
+            else ""
+        )
+        raise InputError(
+            f"unknown training option(s) {', '.join(unknown)}{hint} (training options: {', '.join(TRAIN_OPTIONS)})"
+        )
     given = {k: v for k, v in options.items() if v is not None}
     recipe = method.recipe
     given.setdefault("steps", recipe.steps)
@@ -101,11 +110,14 @@ def _summary(
     first = res.dynamics[0] if res.dynamics and res.dynamics[0]["step"] == 0 else {}
     last = res.dynamics[-1] if res.dynamics else {}
     summary: dict[str, Any] = {"method": method.name, "hyperparameters": dict(method.hp)}
-    for split in ("forget", "retain"):
+    for split in SPLITS:
         for metric in ("accuracy", "logprob"):
             key = f"{split}_{metric}"
             summary[f"{key}_before"] = first.get(key)
             summary[f"{key}_after"] = last.get(key)
+    summary |= destructive_rates(res)
+    if summary["utility_accuracy_before"] is None:
+        summary["utility_note"] = "no utility items: collateral damage is measured on retain (trained-on) items only"
     n_params = sum(v.numel() for v in res.base.values())
     summary.update(
         weight_delta_norm=P.delta_norm(res.base, after),
@@ -127,12 +139,37 @@ def _summary(
         n_retain=len(data.retain),
         n_generated_targets=sum(t.source == "generated" for t in data.forget + data.retain),
         train_seconds=res.train_seconds,
+        steps_run=res.steps_run,
+        stop_reason=res.stop_reason,
+        rejected_steps=[r["step"] for r in res.rejected],
         resumed_from_step=res.resumed_from,
         final_forget_loss=res.loss_log[-1]["forget_loss"] if res.loss_log else None,
         final_retain_loss=res.loss_log[-1]["retain_loss"] if res.loss_log else None,
         dynamics=res.dynamics,
     )
     return summary
+
+
+def destructive_rates(res: TrainResult) -> dict[str, Any]:
+    """Destructive rate per held split between the first and the last evaluation: among the items the model answered
+    correctly at the first, the share it answers wrongly at the last (utility: held out; retain: the trained-on
+    anchor), with its exact interval; None for a split without items."""
+    from unpact_mech.stats import destructive_rate
+
+    table = pd.DataFrame(res.item_rows)
+    out: dict[str, Any] = {}
+    for split in (UTILITY, RETAIN):
+        rows = table[(table["metric"] == "correct") & (table["split"] == split)] if len(table) else table
+        steps = sorted(rows["step"].unique()) if len(rows) else []
+        value = low = high = None
+        if len(steps) >= 2:
+            wide = rows.pivot_table(index="item_id", columns="step", values="value", aggfunc="first")
+            d = destructive_rate(wide[steps[0]].to_numpy(bool), wide[steps[-1]].to_numpy(bool))
+            if d.n:
+                value, low, high = d.value, d.low, d.high
+        out |= {f"{split}_destructive_rate": value, f"{split}_destructive_rate_ci_low": low,
+                f"{split}_destructive_rate_ci_high": high}  # fmt: skip
+    return out
 
 
 def unlearn(
@@ -175,6 +212,11 @@ def unlearn(
     cfg = resolve_config(m, **train_options)
     m.check_model(model)
     _, retain_items = UnlearningSet.split(items, where=data_label)
+    if cfg.max_utility_drop is not None and not split_items(items, UTILITY):
+        raise InputError(
+            f'--max-utility-drop: {data_label} has no utility items ("split": "utility"), the held-out facts the '
+            "limit is measured on"
+        )
     if m.needs_retain and not retain_items:
         raise InputError(
             f'method {m.name} has a retain term but {data_label} has no retain items ("split": "retain"); '
@@ -223,7 +265,7 @@ def unlearn(
         "role": "unlearned",
         **m.describe(),
         "target": target,
-        "steps": cfg.steps,
+        "steps": res.steps_run,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
         "grad_accum": cfg.grad_accum,

@@ -11,9 +11,8 @@ Two choices (``target=``):
   retain at 0.75; ``generated`` — see docs/unlearning.md.
 * ``gold`` — the gold answer right after the prompt (the paper's LP(x, y) target; no context).
 
-An item whose greedy answer does not contain its gold answer (or an alias) falls back to ``gold``. Token positions
-come from the generated token ids themselves (no re-tokenisation of text), so the context is exactly what the
-model produced.
+An item whose greedy answer does not contain its gold answer (or an alias) falls back to ``gold``. The own answer is
+located by :func:`unpact_mech.scoring.own_answer.own_answers` (also the attribution target ``answer_in_context``).
 """
 
 from __future__ import annotations
@@ -22,12 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
-from unpact_mech.data.text import keyword_spans
 from unpact_mech.errors import InputError
-from unpact_mech.scoring.batching import left_pad, length_batches
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
+from unpact_mech.scoring.own_answer import own_answers
 from unpact_mech.scoring.tokens import EncodedPrompt, EncodedQA
 
 if TYPE_CHECKING:
@@ -52,30 +48,6 @@ class TrainTarget:
         return tuple(self.prompt.ids) + self.context_ids
 
 
-def answer_span(text: str, answers: Sequence[str]) -> tuple[int, int] | None:
-    """Character span of the earliest (then longest) word-bounded, case-insensitive occurrence of any answer."""
-    spans = [span for a in answers for span in keyword_spans(text, a)]
-    if not spans:
-        return None
-    return min(spans, key=lambda s: (s[0], -(s[1] - s[0])))
-
-
-def locate_answer(tokenizer, tokens: Sequence[int], answers: Sequence[str]) -> tuple[int, int] | None:
-    """Token range ``[i, j)`` of ``tokens`` covering the answer's characters in their decoded text, or None.
-
-    Character offsets come from decoding growing prefixes of ``tokens`` (a token's span is what it adds to the text).
-    """
-    ends = [len(tokenizer.decode(list(tokens[: k + 1]), skip_special_tokens=True)) for k in range(len(tokens))]
-    text = tokenizer.decode(list(tokens), skip_special_tokens=True)
-    span = answer_span(text, answers)
-    if span is None:
-        return None
-    a, b = span
-    starts = [0] + ends[:-1]
-    covering = [k for k in range(len(tokens)) if starts[k] < b and ends[k] > a]
-    return (covering[0], covering[-1] + 1) if covering else None
-
-
 def build_targets(
     model: "HookedLM",
     items: Sequence["QAItem"],
@@ -92,25 +64,7 @@ def build_targets(
     if target == "gold" or not items:
         return gold
     out = list(gold)
-    stops = set(model.stop_token_ids)
-    prompts = [e.prompt.ids for e in encoded]
-    with torch.no_grad():
-        for idx in length_batches([len(p) for p in prompts], batch_size):
-            batch = left_pad([prompts[i] for i in idx], model.pad_token_id, idx)
-            new = model.generate(
-                batch.input_ids.to(model.device), batch.attention_mask.to(model.device), max_new_tokens=max_new_tokens
-            )
-            for row, i in enumerate(idx):
-                tokens: list[int] = []
-                for t in new[row].tolist():
-                    if t in stops:
-                        break
-                    tokens.append(t)
-                where = locate_answer(model.tokenizer, tokens, (items[i].answer, *items[i].aliases))
-                if where is not None:
-                    a, b = where
-                    model.check_length(len(prompts[i]) + b, f"item {items[i].id!r}")
-                    out[i] = TrainTarget(
-                        items[i].id, encoded[i].prompt, tuple(tokens[:a]), tuple(tokens[a:b]), "generated"
-                    )
+    for i, own in enumerate(own_answers(model, items, encoded, max_new_tokens=max_new_tokens, batch_size=batch_size)):
+        if own is not None:
+            out[i] = TrainTarget(items[i].id, encoded[i].prompt, own.context_ids, own.answer_ids, "generated")
     return out

@@ -31,8 +31,8 @@ def _attack(text, model):
 
 def _logits(model, batch, attack=None, positions=None, source=None, directions=None):
     env = AttackEnv(original=source, unlearned=model)
-    if directions is not None:  # steer: directions given by the test instead of fitted
-        env.memo[("steer_directions", attack.label)] = directions
+    if directions is not None and attack.name == "steer":  # one direction per layer given instead of fitted
+        env.memo[("steer_directions", attack.label, attack.folds)] = ({}, {L: d[None] for L, d in directions.items()})
     ivs = attack.interventions(positions, env)(batch.layout) if attack else []
     with torch.no_grad():
         return model.forward(batch.input_ids, attention_mask=batch.layout.attention_mask, interventions=ivs).logits
@@ -177,3 +177,47 @@ def test_spec_syntax_and_labels(original):
     assert spec.label == "pasta[0,1,2,5]x0.2"
     assert _attack("scale", original).label == "scale[0]x2.0" and _attack("patch", original).label == "patch[0,1]"
     assert _attack("steer:coefficient=2", original).label == "steer[0]c2.0"
+
+
+def test_steering_is_cross_fitted(original, blocks_perturbed, synthetic_items):
+    """An item is steered with the direction fitted on the OTHER folds only; an item outside the fit set with the
+    direction of every fit item; both checked against :func:`steering_directions` on the right items."""
+    from unpact_mech.attacks.activation import fold_of
+
+    fit = [it for it in synthetic_items if it.split == "forget"][:6]
+    outside = [it for it in synthetic_items if it.split == "utility"][0]
+    encoded = {it.id: encode_item(original, it) for it in fit + [outside]}
+    from unpact_mech.attacks import ItemKeywords
+
+    keywords = {i: ItemKeywords(i, ("q",), tuple(e.prompt.question_positions[:2]), "test") for i, e in encoded.items()}
+    env = AttackEnv(original, blocks_perturbed, encoded, keywords, tuple(it.id for it in fit))
+    steer = _attack("steer:layers=1,folds=3", blocks_perturbed)
+    folds, directions = steer.fold_directions(env)
+    assert folds == fold_of([it.id for it in fit], 3) and sorted(set(folds.values())) == [0, 1, 2]
+
+    def fitted(items):
+        prompts = [encoded[it.id].prompt.ids for it in items]
+        return steering_directions(
+            original, blocks_perturbed, prompts, [keywords[it.id].positions for it in items], [1]
+        )[1]
+
+    for it in fit[:3]:
+        others = [o for o in fit if folds[o.id] != folds[it.id]]
+        assert torch.allclose(directions[1][folds[it.id]], fitted(others), atol=1e-5)
+        assert not torch.allclose(directions[1][folds[it.id]], fitted(fit), atol=1e-5)  # not the in-sample mean
+    assert torch.allclose(directions[1][-1], fitted(fit), atol=1e-5)  # outside the fit set: every fit item
+
+    # the intervention adds coefficient * (its item's fold direction) at the emphasised positions
+    ids = [fit[0].id, outside.id]
+    enc, batch = [encoded[i] for i in ids], None
+    prompts = [e.prompt.ids for e in enc]
+    batch = right_pad_teacher_forced(prompts, [e.answer_ids for e in enc], blocks_perturbed.pad_token_id, [0, 1])
+    name = "blocks.1.hook_resid_post"
+    ivs = steer.interventions([keywords[i].positions for i in ids], env, ids)(batch.layout)
+    with torch.no_grad():
+        plain = blocks_perturbed.forward(batch.input_ids, cache=[name]).cache[name]
+        steered = blocks_perturbed.forward(batch.input_ids, interventions=ivs, cache=[name]).cache[name]
+    for row, i in enumerate(ids):
+        pos = list(keywords[i].positions)
+        expected = directions[1][folds.get(i, 3)]
+        assert torch.allclose(steered[row, pos] - plain[row, pos], expected.expand(len(pos), -1), atol=1e-5)

@@ -54,7 +54,7 @@ def test_occlusion_end_to_end_and_backend_determinism(tmp_path, capsys):
     units = results[results.metric == "contribution"]
     assert set(units.method) == {"occlusion"} and units.item_id.nunique() == 32
     assert set(results.metric) == {"contribution", "target_value"}
-    assert set(units.split) == {"forget", "retain"}
+    assert set(units.split) == {"forget", "retain", "utility"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_items"] == 32 and summary["method"] == "occlusion" and summary["level"] == "word"
     # the tiny model answers from the country name: the top word is a keyword for most items

@@ -20,10 +20,10 @@ def hf_readout(model, enc, target):
         logits = hf(input_ids=ids).logits[0]
     n, p = len(enc.answer_ids), len(enc.prompt.ids)
     rows = logits[torch.arange(p - 1, p - 1 + n), torch.tensor(enc.answer_ids)]
-    return float(rows.mean() if target == "logprob" else rows[0])
+    return float(rows.mean() if target == "answer" else rows[0])
 
 
-@pytest.mark.parametrize("target", ["logprob", "first_logit"])
+@pytest.mark.parametrize("target", ["answer", "first_logit"])
 def test_residual_components_sum_to_the_final_logit(arch_pair, random_items, target):
     model = arch_pair["nnsight"]
     for item in random_items:
@@ -52,7 +52,7 @@ def test_logit_lens_last_layer_is_the_model(arch_pair, random_items):
         assert ((res.lens_first_prob > 0) & (res.lens_first_prob <= 1)).all()
 
 
-@pytest.mark.parametrize("target", ["logprob", "first_logit"])
+@pytest.mark.parametrize("target", ["answer", "first_logit"])
 def test_attention_paths_sum_to_the_layer_direct_contribution(arch_pair, random_items, target):
     model = arch_pair["transformer_lens"]
     for item in random_items:
@@ -68,7 +68,7 @@ def test_attention_paths_sum_to_the_layer_direct_contribution(arch_pair, random_
         assert paths.contributions.abs().max() > 1e-3
         # a query can only attend to earlier positions: sources after the last readout position contribute 0
         enc = encode_item(model, item)
-        last_readout = len(enc.prompt.ids) - 1 + (len(enc.answer_ids) - 1 if target == "logprob" else 0)
+        last_readout = len(enc.prompt.ids) - 1 + (len(enc.answer_ids) - 1 if target == "answer" else 0)
         assert (
             paths.contributions.shape[-1] > last_readout + 1
             and paths.contributions[..., last_readout + 1 :].abs().sum() == 0

@@ -64,7 +64,7 @@ def test_grad_x_activation_shapes_and_consistency(llama_pair, random_items):
         grad_x_activation(model, item, ["blocks.9.hook_resid_post"])
 
 
-@pytest.mark.parametrize("target", ["logprob", "first_logit"])
+@pytest.mark.parametrize("target", ["answer", "first_logit"])
 def test_ig_completeness_on_a_tiny_gpt2(gpt2_pair, random_items, target):
     model = gpt2_pair["transformer_lens"]
     for item in random_items:

@@ -88,7 +88,7 @@ def _units(values, item="i1", split="forget", keywords=()):
             "item_id": item,
             "split": split,
             "method": "occlusion",
-            "target": "logprob",
+            "target": "answer",
             "level": "word",
             "unit": range(len(values)),
             "position": range(10, 10 + len(values)),

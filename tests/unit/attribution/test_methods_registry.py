@@ -184,7 +184,7 @@ def test_config_is_json_serialisable_and_builds_the_method():
     assert record == {
         "method": "grad_x_input",
         "level": "word",
-        "target": "logprob",
+        "target": "auto",
         "keytoken_alpha": 0.5,
         "keytoken_beta": 3,
         "options": {"hooks": ["hook_embed"]},

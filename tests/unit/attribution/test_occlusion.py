@@ -15,11 +15,11 @@ from unpact_mech.scoring.tokens import encode_item
 TOL = 1e-4
 
 
-def loop_scores(model, enc, level, mode, baseline_id, target="logprob"):
+def loop_scores(model, enc, level, mode, baseline_id, target="answer"):
     """Reference: one forward per variant, scored one at a time by the foundation's LP (or the first logit)."""
 
     def f(prompt):
-        if target == "logprob":
+        if target == "answer":
             return float(score_answers(model, [prompt], [enc.answer_ids]).logprob[0])
         ids = torch.tensor([list(prompt) + [enc.answer_ids[0]]])
         with torch.no_grad():

@@ -20,8 +20,6 @@ BASE = [
     "--keywords",
     "data",
     "--quiet",
-    "--n-boot",
-    "100",
 ]
 
 
@@ -60,7 +58,11 @@ def test_recover_end_to_end(ga_unlearned_dir, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["recovery_rate"]) == {"focus", "quote", "patch[0,1]", "pasta[0]x0.05"}
     assert all(0 <= v <= 1 for v in summary["recovery_rate"].values())
-    assert 0 <= summary["destructive_rate"] <= 1 and summary["n_eligible"] > 0
+    assert 0 <= summary["utility_destructive_rate"] <= 1 and summary["n_eligible"] > 0
+    rates = pd.read_csv(out / "rates.csv")
+    assert {"ci_low", "ci_high", "p_vs_random", "p_vs_random_holm", "p_vs_neutral"} <= set(rates.columns)
+    assert (rates["ci_low"] <= rates["recovery_rate"]).all() and (rates["recovery_rate"] <= rates["ci_high"]).all()
+    assert "recovery" in stdout and "p " in stdout and "nan" not in stdout
     lineage = json.loads((out / "run.json").read_text())["lineage"]
     assert [step["role"] for step in lineage] == ["base", "unlearned", "recovered"] and lineage[-1][
         "weights_changed"

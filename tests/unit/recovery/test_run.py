@@ -7,13 +7,15 @@ import pytest
 
 from unpact_mech.errors import InputError
 from unpact_mech.recovery import RecoveryConfig, run_recovery
+from unpact_mech.recovery.run import RATE_COLUMNS
 from unpact_mech.scoring import evaluate_items
+from unpact_mech.stats import mcnemar_exact
 
 
 @pytest.fixture(scope="module")
 def result(original, ga_unlearned, synthetic_items):
     cfg = RecoveryConfig(
-        attacks=("focus", "repeat_question", "uppercase", "patch", "scale:factor=3"), keyword_source="data", n_boot=200
+        attacks=("focus", "repeat_question", "uppercase", "patch", "scale:factor=3"), keyword_source="data"
     )
     return run_recovery(original, ga_unlearned, synthetic_items, cfg, progress=False)
 
@@ -22,21 +24,43 @@ def test_eligibility_and_destructive_rate_match_plain_evaluation(result, origina
     o = evaluate_items(original, synthetic_items, progress=False).set_index("item_id")
     u = evaluate_items(ga_unlearned, synthetic_items, progress=False).set_index("item_id")
     forget = [it.id for it in synthetic_items if it.split == "forget"]
-    retain = [it.id for it in synthetic_items if it.split == "retain"]
     eligible = [i for i in forget if o.loc[i, "correct"] == 1 and u.loc[i, "correct"] == 0]
     s = result.summary
     assert s["n_eligible"] == len(eligible) > 0  # the GA steps made the model forget something
-    lost = sum(1 for i in retain if o.loc[i, "correct"] == 1 and u.loc[i, "correct"] == 0)
-    assert s["destructive_rate_k"] == lost and s["destructive_rate_n"] == len(retain)
+    for split in ("utility", "retain"):  # the held-out facts and the trained-on anchor, apart
+        ids = [it.id for it in synthetic_items if it.split == split]
+        known = [i for i in ids if o.loc[i, "correct"] == 1]
+        lost = sum(1 for i in known if u.loc[i, "correct"] == 0)
+        assert s[f"{split}_destructive_rate_k"] == lost and s[f"{split}_destructive_rate_n"] == len(known) > 0
+        assert s[f"{split}_destructive_rate"] == pytest.approx(lost / len(known))
+        assert (
+            s[f"{split}_destructive_rate_ci_low"]
+            <= s[f"{split}_destructive_rate"]
+            <= s[f"{split}_destructive_rate_ci_high"]
+        )
+    assert s["n_utility"] == 12 and "utility_note" not in s
 
 
 def test_rates_table_and_controls(result):
     rates = result.rates.set_index("condition")
     assert list(rates.index) == ["focus", "repeat_question", "uppercase", "patch[0,1]", "scale[0]x3.0"]
     assert ((rates.recovery_rate >= 0) & (rates.recovery_rate <= 1)).all()
-    assert (rates.recovery_rate_ci_lo <= rates.recovery_rate).all() and (
-        rates.recovery_rate <= rates.recovery_rate_ci_hi
-    ).all()
+    assert (rates.ci_low <= rates.recovery_rate).all() and (rates.recovery_rate <= rates.ci_high).all()
+    assert (rates.recovered == (rates.recovery_rate * rates.n_eligible).round()).all()
+    assert list(result.rates.columns[: len(RATE_COLUMNS)]) == list(RATE_COLUMNS)
+    # paired tests: p_vs_random recomputed from the per-item table; Holm never below the raw p
+    per = result.per_item
+    emph = per[
+        (per.condition == "focus") & (per.emphasis == "keywords") & (per.split == "forget") & (per.model == "unlearned")
+    ]
+    rand = per[(per.condition == "focus") & (per.emphasis == "random")]
+    both = emph.set_index("item_id")["correct"].align(rand.set_index("item_id")["correct"], join="inner")
+    assert rates.loc["focus", "p_vs_random"] == pytest.approx(
+        mcnemar_exact(both[0].to_numpy(bool), both[1].to_numpy(bool))
+    )
+    assert (rates.p_vs_random_holm.dropna() >= rates.p_vs_random.dropna() - 1e-12).all()
+    # the general control runs on the held-out utility items (retain columns stay empty with a utility split)
+    assert rates["utility_accuracy_before"].notna().all() and rates["retain_accuracy_before"].isna().all()
     assert np.isnan(rates.loc["repeat_question"].get("random_control_rate", np.nan))  # no keywords -> no random control
     assert not np.isnan(rates.loc["focus", "random_control_rate"])
     assert "original_accuracy_after" in rates and np.isnan(
@@ -93,7 +117,7 @@ def test_attribution_keywords_are_keytokens_of_the_original(original, ga_unlearn
     from unpact_mech.attribution import keytoken_mask, occlusion
     from unpact_mech.scoring.tokens import encode_item
 
-    cfg = RecoveryConfig(attacks="focus", keyword_source="attribution", controls=False, n_boot=50)  # one name = one
+    cfg = RecoveryConfig(attacks="focus", keyword_source="attribution", controls=False)  # one name = one
     res = run_recovery(original, ga_unlearned, synthetic_items[:8] + synthetic_items[-4:], cfg, progress=False)
     for it, kw in zip(synthetic_items[:3], res.item_keywords[:3]):
         enc = encode_item(original, it)
@@ -114,7 +138,7 @@ def test_a_reused_original_baseline_gives_the_same_result(result, original, ga_u
     import pandas as pd
 
     cfg = RecoveryConfig(
-        attacks=("focus", "repeat_question", "uppercase", "patch", "scale:factor=3"), keyword_source="data", n_boot=200
+        attacks=("focus", "repeat_question", "uppercase", "patch", "scale:factor=3"), keyword_source="data"
     )
     baseline = evaluate_items(original, list(reversed(synthetic_items)), progress=False)  # any order
     reused = run_recovery(original, ga_unlearned, synthetic_items, cfg, original_baseline=baseline, progress=False)

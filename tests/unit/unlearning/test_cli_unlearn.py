@@ -30,7 +30,13 @@ def test_unlearn_tiny_end_to_end(tmp_path, capsys):
         BASE + ["--method", "ga_gdr", "--steps", "3", "--lr", "1e-3", "--eval-every", "2", "--out", out], capsys
     )
     assert code == 0, err
-    assert re.search(r"ga_gdr: forget accuracy 1\.00 -> [0-9.]+, retain accuracy 1\.00 -> [0-9.]+", stdout)
+    assert re.search(
+        r"ga_gdr: forget accuracy 1\.00 -> [0-9.]+, utility 1\.00 -> [0-9.]+, retain \(trained on\) 1\.00 -> [0-9.]+",
+        stdout,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["utility_accuracy_before"] == 1.0 and summary["utility_accuracy_after"] is not None
+    assert 0 <= summary["utility_destructive_rate"] <= 1 and "utility_note" not in summary
     files = {p.name for p in out.iterdir()}
     assert {
         "model.safetensors",

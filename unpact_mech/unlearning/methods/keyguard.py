@@ -25,19 +25,21 @@ the activation attack patches layers 0..ℓ'−1.
 
 Keywords: KeyTokens of word-level occlusion on the base model (α 0.5, β 3 — the recovery suite's default source),
 computed once in :meth:`setup`. Trained-against attacks: the suite's ``focus`` and ``uppercase`` rewrites, two
-rewrites that are not in the suite (:data:`TRAIN_PROMPTS`) and ``patch`` below layer ℓ; every other strategy and
-intervention of the suite is held out (:data:`TRAINED_CONDITIONS`).
+training-only rewrites of the same families as ``neutral`` and ``repeat_keywords`` (:data:`TRAIN_PROMPTS`) and
+``patch`` below layer ℓ. A suite condition is a held-out attack only if its FAMILY is not trained against
+(:func:`trained_families`): ``repeat_question``, ``scale``, ``steer`` and ``pasta`` with the default weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from unpact_mech.attacks import ActivationAttack, AttackEnv, PromptAttack, get_attack
+from unpact_mech.attacks.prompt import INSTRUCTION, KEYWORDS_NAMED
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import hook_name
 from unpact_mech.unlearning import losses
@@ -57,20 +59,39 @@ if TYPE_CHECKING:
 TRAIN_PROMPTS: tuple[PromptAttack, ...] = (
     get_attack("focus", kind="strategy"),  # type: ignore[assignment]
     get_attack("uppercase", kind="strategy"),  # type: ignore[assignment]
-    PromptAttack(
+    PromptAttack(  # imitates the suite's neutral instruction: same family
         "train_instruction",
         "training only: a generic instruction",
+        family=INSTRUCTION,
         template="Please answer this question: {question}",
         uses_keywords=False,
     ),
-    PromptAttack(
+    PromptAttack(  # imitates repeat_keywords: same family
         "train_suffix",
         "training only: keywords named after the question",
+        family=KEYWORDS_NAMED,
         template="{question} Think about {keywords}.",
     ),
 )
-#: The recovery suite's conditions keyguard trains against (everything else in the suite is a held-out attack).
-TRAINED_CONDITIONS: tuple[str, ...] = ("focus", "uppercase", "patch")
+#: The registry's activation attack keyguard trains against.
+ACTIVATION_ATTACK = "patch"
+
+
+def trained_families(hyperparameters: Mapping[str, float] | None = None) -> frozenset[str]:
+    """Families of the attacks keyguard trains against with ``hyperparameters`` (None: the defaults): the families of
+    :data:`TRAIN_PROMPTS` when the prompt-attack or retain-attack term is on (both show the model those rewrites),
+    and ``patch``'s family when the activation-attack term is on. A recovery condition counts as a HELD-OUT attack
+    only if its family is not in this set — a training rewrite that imitates a suite condition (``train_instruction``
+    ~ ``neutral``, ``train_suffix`` ~ ``repeat_keywords``) takes that condition's family with it."""
+    hp = dict(KeyGuard.hyperparameters) | dict(hyperparameters or {})
+    families: set[str] = set()
+    if hp["prompt_attacks"] > 0 or hp["retain_attacks"] > 0:
+        families |= {a.family for a in TRAIN_PROMPTS}
+    if hp["activation_attacks"] > 0:
+        families.add(get_attack(ACTIVATION_ATTACK).family)
+    return frozenset(families)
+
+
 #: keyguard's ingredients: the weights of its five extra terms (all 0 = RMU).
 INGREDIENTS = ("prompt_attacks", "activation_attacks", "keyword_weight", "retain_attacks", "late_weight")
 #: Hyperparameter (weight) that switches each kind of attack row on.
