@@ -50,6 +50,7 @@ def test_same_activations_through_both_backends(pair):
     _, models = pair
     model = models["transformer_lens"]
     names = ["hook_embed"] + [hook_name(L, k) for L in range(model.shape.n_layers) for k in BLOCK_KINDS]
+    names.append("ln_final.hook_normalized")
     ids = _ids()
     caches = {b: m.run_with_cache(ids, names)[1] for b, m in models.items()}
     for name in names:
@@ -83,23 +84,11 @@ def test_added_vector_changes_logits_identically(pair):
     assert changed[:, 2:].min().item() > 1e-3  # position 2 and later do
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "hook_resid_pre",
-        "attn.hook_v",
-        "attn.hook_pattern",
-        "attn.hook_z",
-        "hook_attn_out",
-        "hook_resid_mid",
-        "hook_mlp_out",
-        "hook_resid_post",
-    ],
-)
+@pytest.mark.parametrize("kind", [*BLOCK_KINDS, "ln_final.hook_normalized"])
 def test_every_hook_kind_edits_identically(pair, kind):
     _, models = pair
     ids = _ids()
-    name = hook_name(1, kind)
+    name = kind if kind.startswith("ln_final") else hook_name(1, kind)
     g = torch.Generator().manual_seed(2)
 
     if kind == "attn.hook_pattern":

@@ -27,7 +27,7 @@ from unpact_mech.attribution.units import (
     prepare_for,
     prompt_units,
 )
-from unpact_mech.models.hooks import parse_hook
+from unpact_mech.models.hooks import KEY_AXIS_KINDS, parse_hook
 from unpact_mech.scoring.batching import InterventionFactory
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def grad_x_input(
 
 def _reduce(kind: str, act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Gradient x activation of one row, reduced over the feature axis (see :class:`ActivationAttribution`)."""
-    if kind.endswith("hook_pattern"):  # (H, T_q, T_k): sum over queries -> (H, T_k)
+    if kind.endswith(KEY_AXIS_KINDS):  # scores / pattern (H, T_q, T_k): sum over queries -> (H, T_k)
         return (act * grad).sum(-2)
     return grad_times_input(grad, act)  # (T, d) -> (T,), (T, H, d_h) -> (T, H)
 

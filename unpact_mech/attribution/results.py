@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from unpact_mech.attribution.units import Unit
-from unpact_mech.models.hooks import GLOBAL_HOOKS
+from unpact_mech.models.hooks import GLOBAL_HOOKS, KEY_AXIS_KINDS
 
 CONTRIBUTION = "contribution"
 
@@ -97,8 +97,10 @@ class TokenAttribution:
 class ActivationAttribution:
     """Gradient x activation at hook points for one item.
 
-    ``scores[hook]``: (T,) for (B, T, d) hooks, (T, H) for ``attn.hook_v`` / ``attn.hook_z`` (per KV head /
-    head), (H, T_k) for ``attn.hook_pattern`` (summed over query positions). ``labels``: text of each position.
+    ``scores[hook]``: (T,) for (B, T, d) hooks, (T, H) for ``attn.hook_q`` / ``attn.hook_k`` / ``attn.hook_v`` /
+    ``attn.hook_z`` (per head or KV head), (H, T_k) for ``attn.hook_attn_scores`` / ``attn.hook_pattern`` (summed
+    over query positions). ``labels``: text of each position. In :meth:`to_frame` the two global hooks
+    (``hook_embed``, ``ln_final.hook_normalized``) have ``layer`` -1; the ``hook`` column tells them apart.
     """
 
     item_id: str
@@ -119,7 +121,7 @@ class ActivationAttribution:
                 _, layer_txt, kind = hook.split(".", 2)
                 layer = int(layer_txt)
             common = base | {"hook": hook, "layer": layer, "component": kind, "metric": self.method}
-            if kind.endswith("hook_pattern"):  # (H, T_k): key positions
+            if kind.endswith(KEY_AXIS_KINDS):  # (H, T_k): key positions
                 for h, row in enumerate(score.tolist()):
                     rows += [
                         common | {"head": h, "position": p, "token": self.labels[p], "value": v}

@@ -4,10 +4,15 @@ Two families are supported and tested: Llama-style decoders (``LlamaForCausalLM`
 ``tiny`` model) and GPT-2. Adding a family means adding one :class:`Architecture` entry and running the
 backend parity tests on it.
 
-Weight conventions returned by :func:`weights` (TransformerLens style, ``x @ W``):
+Weight conventions returned by :class:`Weights` (TransformerLens style, ``x @ W``):
 ``W_U`` (d_model, d_vocab); ``W_O[L]`` (n_heads, d_head, d_model); ``b_O[L]`` (d_model,) or None;
-final norm ``(kind, weight, bias, eps)`` with kind "rms" (x / sqrt(mean(x^2) + eps) * w) or "layer"
-((x - mean) / sqrt(var + eps) * w + b).
+``W_out[L]`` (d_mlp, d_model), ``b_out[L]`` (d_model,) or None (the MLP's output projection, reading
+``mlp.hook_post``); final norm ``(kind, weight, bias, eps)`` with kind "rms" (x / sqrt(mean(x^2) + eps) * w) or
+"layer" ((x - mean) / sqrt(var + eps) * w + b).
+
+Hook kinds an architecture cannot have are listed in :attr:`Architecture.missing_hooks` (kind -> why); asking for one
+raises a one-line :class:`~unpact_mech.errors.InputError` naming the hook and the family. Both supported families
+have the whole vocabulary.
 """
 
 from __future__ import annotations
@@ -45,11 +50,23 @@ class Architecture:
     attn_out_proj: str  # output projection inside attn (its input is z)
     v_proj: str  # module inside attn whose output holds the value vectors
     v_chunk: int | None  # None: the whole output; k: the k-th third of a fused q/k/v projection (GPT-2)
+    q_proj: str  # module inside attn whose output holds the (pre-rotary) query vectors
+    k_proj: str  # ... and the key vectors
+    q_chunk: int | None  # as v_chunk, for q and k
+    k_chunk: int | None
+    # nnsight ``.source`` op inside attn whose output is the rotated ``(q, k)``, each (B, H, T, d_head); None when the
+    # family has no rotary embedding (q and k are then the projections' outputs).
+    rotary_source: str | None
     mlp: str  # MLP submodule of a block
+    mlp_in: str  # module inside mlp whose output is ``mlp.hook_pre`` (the gate projection of a gated MLP)
+    mlp_out_proj: str  # module inside mlp whose input is ``mlp.hook_post`` (the output projection)
+    gated_mlp: bool
     final_norm: str  # final norm module
     # nnsight ``.source`` path inside attn to the op whose output is the pattern: the call of the eager
     # attention function, then its dropout op (identity in eval) whose output feeds ``attn @ V``.
     pattern_source: tuple[str, ...]
+    # ... and to the softmax op whose input is ``attn.hook_attn_scores`` (scaled scores plus the additive mask).
+    scores_source: tuple[str, ...]
     o_weight: str  # canonical param name template of the attention output weight
     o_bias: str | None
     o_is_conv1d: bool  # GPT-2 Conv1D stores (in, out); nn.Linear stores (out, in)
@@ -57,6 +74,10 @@ class Architecture:
     norm_weight: str
     norm_bias: str | None
     unembed: str
+    mlp_out_weight: str  # canonical param name template of the MLP output weight (o_is_conv1d layout applies)
+    mlp_out_bias: str | None
+    rotary: bool  # whether attention rotates q and k (RoPE)
+    missing_hooks: tuple[tuple[str, str], ...] = ()  # (hook kind, why this family cannot have it)
 
 
 LLAMA = Architecture(
@@ -67,9 +88,18 @@ LLAMA = Architecture(
     attn_out_proj="o_proj",
     v_proj="v_proj",
     v_chunk=None,
+    q_proj="q_proj",
+    k_proj="k_proj",
+    q_chunk=None,
+    k_chunk=None,
+    rotary_source="apply_rotary_pos_emb_0",
     mlp="mlp",
+    mlp_in="gate_proj",
+    mlp_out_proj="down_proj",
+    gated_mlp=True,
     final_norm="model.norm",
     pattern_source=("attention_interface_1", "nn_functional_dropout_0"),
+    scores_source=("attention_interface_1", "nn_functional_softmax_0"),
     o_weight="model.layers.{L}.self_attn.o_proj.weight",
     o_bias=None,
     o_is_conv1d=False,
@@ -77,6 +107,9 @@ LLAMA = Architecture(
     norm_weight="model.norm.weight",
     norm_bias=None,
     unembed="lm_head.weight",
+    mlp_out_weight="model.layers.{L}.mlp.down_proj.weight",
+    mlp_out_bias=None,
+    rotary=True,
 )
 
 GPT2 = Architecture(
@@ -87,9 +120,18 @@ GPT2 = Architecture(
     attn_out_proj="c_proj",
     v_proj="c_attn",
     v_chunk=2,
+    q_proj="c_attn",
+    k_proj="c_attn",
+    q_chunk=0,
+    k_chunk=1,
+    rotary_source=None,
     mlp="mlp",
+    mlp_in="c_fc",
+    mlp_out_proj="c_proj",
+    gated_mlp=False,
     final_norm="transformer.ln_f",
     pattern_source=("attention_interface_1", "nn_functional_dropout_0"),
+    scores_source=("attention_interface_1", "nn_functional_softmax_0"),
     o_weight="transformer.h.{L}.attn.c_proj.weight",
     o_bias="transformer.h.{L}.attn.c_proj.bias",
     o_is_conv1d=True,
@@ -97,6 +139,9 @@ GPT2 = Architecture(
     norm_weight="transformer.ln_f.weight",
     norm_bias="transformer.ln_f.bias",
     unembed="lm_head.weight",
+    mlp_out_weight="transformer.h.{L}.mlp.c_proj.weight",
+    mlp_out_bias="transformer.h.{L}.mlp.c_proj.bias",
+    rotary=False,
 )
 
 _BY_MODEL_TYPE = {"llama": LLAMA, "gpt2": GPT2}
@@ -169,6 +214,14 @@ class Weights:
 
     def b_O(self, layer: int) -> Tensor | None:
         return self._get(self._arch.o_bias.format(L=layer)) if self._arch.o_bias else None
+
+    def W_out(self, layer: int) -> Tensor:
+        """(d_mlp, d_model): neuron n writes ``mlp.hook_post[..., n] * W_out[n]`` into the residual stream."""
+        w = self._get(self._arch.mlp_out_weight.format(L=layer))
+        return w if self._arch.o_is_conv1d else w.T
+
+    def b_out(self, layer: int) -> Tensor | None:
+        return self._get(self._arch.mlp_out_bias.format(L=layer)) if self._arch.mlp_out_bias else None
 
     @property
     def final_norm(self) -> FinalNorm:

@@ -9,11 +9,15 @@ One small interface:
 
 * :meth:`forward` — logits for a batch, with ``interventions`` (functions at hook names) and ``cache`` (hook
   names to record); works under ``torch.enable_grad()`` so cached activations can be differentiated;
-* :meth:`run_with_cache` — shorthand returning ``(logits, cache)``;
+* :meth:`run_with_cache` — ``(logits, cache)``, every hook or those a list / predicate selects;
 * :meth:`embed` — token embeddings, to differentiate with respect to (pass them back as ``inputs_embeds``);
 * :meth:`generate` — greedy decoding with a KV cache, interventions active on every step;
 * :meth:`reference_copy`, :meth:`save` / :func:`~unpact_mech.models.loading.load_model`;
 * :meth:`forward_through` — run forwards through a distributed wrapper of ``.hf`` (``accelerator.prepare``).
+
+TransformerLens-style conveniences on top (docs/hooks.md): ``model(ids)`` returns the logits tensor,
+:meth:`hooks` (context manager) and :meth:`run_with_hooks` take ``fwd_hooks=[(name, fn(act, hook))]``,
+:meth:`hook_names` lists the vocabulary, :meth:`to_tokens` / :meth:`to_str_tokens` / :meth:`to_string` tokenise.
 """
 
 from __future__ import annotations
@@ -34,11 +38,20 @@ from unpact_mech.models.arch import Weights, architecture_for, shape_from_config
 from unpact_mech.models.backends import make_backend
 from unpact_mech.models.hooks import (
     HookContext,
+    HookSite,
     Intervention,
+    all_hook_names,
     compose,
     hook_name,
     parse_hook,
 )
+
+#: ``fwd_hooks`` entries: ``(name, fn)`` with ``fn(activation, hook) -> Tensor | None`` (``hook`` is a
+#: :class:`HookContext`: ``.name``, ``.layer``, ``.query_positions``), ``(predicate(name) -> bool, fn)``, or an
+#: :class:`Intervention`.
+FwdHook = tuple[str | Callable[[str], bool], Callable[..., Tensor | None]] | Intervention
+#: ``names_filter`` of :meth:`HookedLM.run_with_cache`: None (every hook), one name, a list of names, or a predicate.
+NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 
 
 @dataclass
@@ -90,6 +103,9 @@ class HookedLM:
         self.weights = Weights(self._params, self.arch, self.shape, hf.config)
         self.backend = make_backend(backend, hf, tokenizer, self.source_dir, self.arch, self.shape)
         self.prompt_format = prompt_format or default_prompt_format(tokenizer)
+        self._missing_hooks: dict[str, str] = dict(self.arch.missing_hooks)
+        self._hook_names: list[str] = all_hook_names(self.shape.n_layers, exclude=self._missing_hooks)
+        self._context_hooks: list[Intervention] = []  # added by ``with model.hooks(...)``
 
     # -- identity -------------------------------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -175,6 +191,149 @@ class HookedLM:
         with self.backend.calling(wrapper):
             yield self
 
+    # -- hook vocabulary -------------------------------------------------------------------------------------------
+    def hook_names(self) -> list[str]:
+        """Every hook name this model has, in execution order (see :mod:`unpact_mech.models.hooks`)."""
+        return list(self._hook_names)
+
+    def _site(self, name: str) -> HookSite:
+        """Parse ``name`` for this model: :class:`InputError` if it is unknown, out of range, or a hook this
+        architecture cannot have."""
+        site = parse_hook(name, self.shape.n_layers)
+        if site.kind in self._missing_hooks:
+            raise InputError(
+                f"hook {name!r} does not exist on {self.arch.family} models ({self._missing_hooks[site.kind]})"
+            )
+        return site
+
+    def _names(self, names_filter: NamesFilter) -> list[str]:
+        if names_filter is None:
+            return self.hook_names()
+        if isinstance(names_filter, str):
+            names = [names_filter]
+        elif callable(names_filter):
+            return [n for n in self._hook_names if names_filter(n)]
+        else:
+            names = list(names_filter)
+        for name in names:
+            self._site(name)
+        return names
+
+    def _as_interventions(self, fwd_hooks: Sequence[FwdHook]) -> list[Intervention]:
+        out: list[Intervention] = []
+        for entry in fwd_hooks:
+            if isinstance(entry, Intervention):
+                self._site(entry.hook)
+                out.append(entry)
+                continue
+            try:
+                name, fn = entry
+            except (TypeError, ValueError):
+                raise TypeError(f"fwd_hooks entries are (name, fn) pairs or Interventions, got {entry!r}") from None
+            label = getattr(fn, "__name__", "")
+            names = [n for n in self._hook_names if name(n)] if callable(name) else [self._site(name).name]
+            out += [Intervention(n, fn, label) for n in names]
+        return out
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Sequence[FwdHook] = ()) -> Iterator["HookedLM"]:
+        """Within the context, every forward (``model(ids)``, :meth:`forward`, :meth:`run_with_cache`,
+        :meth:`generate` on every step) runs ``fwd_hooks`` — TransformerLens' ``model.hooks(fwd_hooks=...)``.
+
+        An entry is ``(name, fn)`` (or ``(predicate, fn)``, applied at every hook name the predicate accepts) with
+        ``fn(activation, hook)`` returning the edited activation or None (``hook.name``, ``hook.layer``,
+        ``hook.query_positions``, see :class:`HookContext`), or an :class:`Intervention`. Names are validated on
+        entry. Context hooks run before a call's own ``interventions`` at the same hook; contexts nest.
+        """
+        added = self._as_interventions(fwd_hooks)
+        previous = self._context_hooks
+        self._context_hooks = previous + added
+        try:
+            yield self
+        finally:
+            self._context_hooks = previous
+
+    # -- tokens ----------------------------------------------------------------------------------------------------
+    def _encode(self, text: str, prepend_bos: bool | None) -> list[int]:
+        tok = self.tokenizer
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        has_bos = tok.bos_token_id is not None and tok.bos_token is not None
+        if prepend_bos is None:  # as the prompt format does: BOS unless the text already starts with it
+            prepend_bos = has_bos and not text.startswith(tok.bos_token)
+        elif prepend_bos and not has_bos:
+            raise InputError(f"to_tokens: prepend_bos=True, but the tokenizer of {self.name} has no BOS token")
+        return [tok.bos_token_id] + ids if prepend_bos else ids
+
+    def _tokenize(
+        self, text: str | Sequence[str], prepend_bos: bool | None, padding_side: str
+    ) -> tuple[Tensor, Tensor]:
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("to_tokens takes a string or a non-empty list of strings")
+        rows = [self._encode(t, prepend_bos) for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
+            ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def to_tokens(
+        self, text: str | Sequence[str], prepend_bos: bool | None = None, padding_side: str = "right"
+    ) -> Tensor:
+        """Token ids (B, T) of a string (B = 1) or a list of strings (padded with ``pad_token_id``).
+
+        ``prepend_bos``: True puts the BOS token first (:class:`InputError` if the tokenizer has none), False never;
+        None (default) does what the prompt format does: BOS when the tokenizer has one and the text does not
+        already start with it. No other special tokens are added.
+        """
+        return self._tokenize(text, prepend_bos, padding_side)[0]
+
+    def to_str_tokens(
+        self, text_or_ids: str | Sequence[str] | Tensor | Sequence[int], prepend_bos: bool | None = None
+    ) -> list[str] | list[list[str]]:
+        """One string per token: of a text (tokenised as :meth:`to_tokens`), of a 1-D id sequence, or of a (1, T)
+        tensor; a list of texts or a (B > 1, T) tensor gives one list per row. ``"".join(model.to_str_tokens(text,
+        prepend_bos=False)) == text`` for any text the tokenizer round-trips."""
+        if isinstance(text_or_ids, str):
+            return self._str_tokens(self.to_tokens(text_or_ids, prepend_bos)[0])
+        if isinstance(text_or_ids, Sequence) and text_or_ids and all(isinstance(t, str) for t in text_or_ids):
+            return [self._str_tokens(torch.tensor(self._encode(t, prepend_bos))) for t in text_or_ids]
+        ids = torch.as_tensor(text_or_ids)
+        if ids.dim() == 2:
+            if ids.shape[0] != 1:
+                return [self._str_tokens(row) for row in ids]
+            ids = ids[0]
+        if ids.dim() != 1:
+            raise ValueError(f"to_str_tokens takes text, a 1-D id sequence or a 2-D id tensor, got {ids.dim()}-D")
+        return self._str_tokens(ids)
+
+    def _str_tokens(self, ids: Tensor) -> list[str]:
+        return self.tokenizer.batch_decode([[int(i)] for i in ids.tolist()], clean_up_tokenization_spaces=False)
+
+    def to_string(self, ids: Tensor | Sequence[int]) -> str | list[str]:
+        """Decode (T,) ids to a string, (B, T) ids to one string per row (special tokens kept)."""
+        ids = torch.as_tensor(ids)
+        if ids.dim() == 2:
+            return [self.to_string(row) for row in ids]
+        return self.tokenizer.decode(ids.tolist(), clean_up_tokenization_spaces=False)
+
+    def _input_ids(self, inputs: Any, kwargs: dict[str, Any]) -> Any:
+        """Text (a string or a list of strings) -> token ids (BOS as :meth:`to_tokens`), with the attention mask of a
+        padded list unless one is given; ids and None pass through."""
+        if isinstance(inputs, str) or (
+            isinstance(inputs, Sequence) and inputs and all(isinstance(t, str) for t in inputs)
+        ):
+            ids, mask = self._tokenize(inputs, None, "right")
+            if not bool(mask.all()):
+                kwargs.setdefault("attention_mask", mask)
+            return ids
+        return inputs
+
     # -- forward ---------------------------------------------------------------------------------------------------
     def embed(self, input_ids: Tensor) -> Tensor:
         """Token embeddings (B, T, d_model) of ``input_ids`` (``W_E[input_ids]``)."""
@@ -195,11 +354,11 @@ class HookedLM:
             return mid[site.layer] if site.kind == "hook_resid_mid" else fns[site.name]
 
         for iv in interventions:
-            site = parse_hook(iv.hook, self.shape.n_layers)
+            site = self._site(iv.hook)
             ctx = HookContext(site.name, site.layer, query_positions)
             target(site).append(lambda act, f=iv.fn, c=ctx: f(act, c))
         for name in cache:
-            site = parse_hook(name, self.shape.n_layers)
+            site = self._site(name)
             target(site).append(lambda act, n=name: store.__setitem__(n, act))
         for layer, chain in mid.items():
             slot: dict[str, Tensor] = {}
@@ -236,13 +395,15 @@ class HookedLM:
         first token (non-zero only for KV-cached decoding). ``logits_to_keep=k`` computes logits for the last
         ``k`` positions only (a 1-D index tensor keeps those positions, as in HF). Interventions and cached
         activations use the shapes documented in :mod:`unpact_mech.models.hooks`; the cache holds the values
-        after interventions at the same hook.
+        after interventions at the same hook. Hooks of an enclosing :meth:`hooks` context run first.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         n_query = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         query_positions = torch.arange(query_offset, query_offset + n_query, device=self.device)
         store: dict[str, Tensor] = {}
+        if self._context_hooks:
+            interventions = [*self._context_hooks, *interventions]
         fns = self._build_hooks(interventions, cache, query_positions, store)
         embed_fns = fns.pop("hook_embed", None)
         if embed_fns is not None:  # handled here, identically for every backend
@@ -268,12 +429,41 @@ class HookedLM:
         out = self.backend.run(model_inputs, hooks)
         return ForwardOutput(out.logits, store, out.past_key_values if use_cache else None)
 
-    __call__ = forward
+    def __call__(self, input_ids: Tensor | str | Sequence[str] | None = None, **kwargs: Any) -> Tensor:
+        """``model(ids, **forward_kwargs)`` -> the logits tensor (B, T_kept, V), as TransformerLens' models return;
+        :meth:`forward` returns the whole :class:`ForwardOutput`. Text is tokenised as :meth:`to_tokens`."""
+        return self.forward(self._input_ids(input_ids, kwargs), **kwargs).logits
 
-    def run_with_cache(self, input_ids: Tensor, names: Sequence[str], **kwargs) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(logits, cache)`` with activations recorded at ``names`` (only those: full caches are huge)."""
-        out = self.forward(input_ids, cache=names, **kwargs)
+    def run_with_cache(
+        self,
+        input_ids: Tensor | str | Sequence[str] | None = None,
+        names_filter: NamesFilter = None,
+        *,
+        names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(logits, cache)`` with the activations (after any edits) at the hooks ``names_filter`` selects.
+
+        ``names_filter``: None caches every hook of :meth:`hook_names` (large: prefer a filter on real models), a
+        name or a list of names, or a predicate ``fn(name) -> bool`` over :meth:`hook_names`. ``names=`` is the older
+        spelling of a list. ``kwargs`` go to :meth:`forward` (``attention_mask``, ``interventions``, ...); under
+        ``torch.enable_grad()`` the cached tensors are graph nodes.
+        """
+        if names is not None:
+            if names_filter is not None:
+                raise ValueError("pass names_filter or names, not both")
+            names_filter = names
+        input_ids = self._input_ids(input_ids, kwargs)
+        out = self.forward(input_ids, cache=self._names(names_filter), **kwargs)
         return out.logits, out.cache
+
+    def run_with_hooks(
+        self, input_ids: Tensor | str | Sequence[str] | None = None, fwd_hooks: Sequence[FwdHook] = (), **kwargs: Any
+    ) -> Tensor:
+        """Logits of one forward with ``fwd_hooks`` active (entries as in :meth:`hooks`); the same as
+        ``forward(ids, interventions=[Intervention(name, fn), ...]).logits``."""
+        with self.hooks(fwd_hooks):
+            return self(input_ids, **kwargs)
 
     @torch.no_grad()
     def generate(

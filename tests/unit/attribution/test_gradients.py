@@ -103,3 +103,34 @@ def test_ig_first_token_and_template_stay_fixed(tiny_model, synthetic_items):
     assert not torch.allclose(token.scores, res.scores)
     with pytest.raises(InputError, match="at least 2 steps"):
         integrated_gradients(tiny_model, item, steps=1)
+
+
+@pytest.mark.parametrize("kind", ["attn.hook_attn_scores", "attn.hook_q", "mlp.hook_post", "ln_final"])
+def test_grad_x_activation_at_the_new_hooks_equals_autograd(llama_pair, random_items, kind):
+    """(act * d target / d act) reduced as documented, against autograd through a hook that keeps the tensor:
+    scores sum over query positions (H, T_k), q over d_head (T, H), (T, d) hooks over d (T,)."""
+    model = llama_pair["transformer_lens"]
+    item = random_items[0]
+    name = "ln_final.hook_normalized" if kind == "ln_final" else f"blocks.1.{kind}"
+    enc = encode_item(model, item)
+    ids = torch.tensor([list(enc.prompt.ids) + list(enc.answer_ids)])[:, :-1]
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(act, hook):
+        kept["act"] = act
+        return act
+
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(name, keep)]):
+        logits = model(ids)[0]
+        p = len(enc.prompt.ids)
+        lp = torch.log_softmax(logits[p - 1 : p - 1 + len(enc.answer_ids)], -1)
+        target = lp[torch.arange(len(enc.answer_ids)), torch.tensor(enc.answer_ids)].mean()
+        (grad,) = torch.autograd.grad(target, kept["act"])
+    prod = (kept["act"] * grad).detach()[0]
+    want = prod.sum(-2) if kind == "attn.hook_attn_scores" else prod.sum(-1)
+    got = grad_x_activation(model, item, [name]).scores[name]
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-5)
+    frame = grad_x_activation(model, item, [name]).to_frame()
+    if kind == "attn.hook_attn_scores":  # one row per (head, key position)
+        assert len(frame) == model.shape.n_heads * ids.shape[1] and frame["head"].max() == model.shape.n_heads - 1

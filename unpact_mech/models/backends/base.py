@@ -1,9 +1,11 @@
 """The narrow seam between :class:`~unpact_mech.models.hooked.HookedLM` and an interpretability library.
 
 A backend wraps the SAME HF module the HookedLM owns (no copy) and does exactly one thing: run the HF forward
-with a set of hook functions attached at native hook names (all of
-:data:`~unpact_mech.models.hooks.NATIVE_BLOCK_KINDS` and ``hook_embed``). Each function maps the activation
-(in TransformerLens shape, see :mod:`unpact_mech.models.hooks`) to the activation that continues the forward.
+with a set of hook functions attached at hook names of the vocabulary (every kind of
+:data:`~unpact_mech.models.hooks.NATIVE_BLOCK_KINDS` and ``ln_final.hook_normalized``; ``hook_embed`` and
+``hook_resid_mid`` are handled in HookedLM). Each function maps the activation (in TransformerLens shape, see
+:mod:`unpact_mech.models.hooks`) to the activation that continues the forward; the forward must continue from the
+returned tensor even when it is the one passed in, so a cached activation is a node of the autograd graph.
 Everything else — caching, interventions, resid_mid, generation, gradients — is built on that in HookedLM.
 
 ``run`` calls :attr:`Backend.module`, which is the HF module itself except inside :meth:`Backend.calling`: there it is
@@ -48,12 +50,15 @@ class Backend(ABC):
     @abstractmethod
     def run(self, model_inputs: Mapping[str, Any], hooks: Mapping[str, ActFn]) -> Any:
         """Forward ``self.module(**model_inputs)`` (normally ``self.hf``) with ``hooks`` attached; return the HF output
-        (``.logits``, ``.past_key_values``). ``hooks`` keys are native hook names; functions run in execution order."""
+        (``.logits``, ``.past_key_values``). ``hooks`` keys are hook names of the vocabulary (see the module
+        docstring); functions run in execution order."""
 
     @property
     @abstractmethod
     def native(self) -> Any:
-        """The library object (TransformerBridge / nnsight model) for users who want its own API."""
+        """The library object over the same HF module, for users who want its own API: the TransformerBridge
+        (``run_with_cache``, ``hooks``, its own hook names) or the nnsight ``TransformersModel`` (``.trace()``).
+        See docs/hooks.md."""
 
     def z_to_heads(self, z: Tensor) -> Tensor:
         """(B, T, H*d_head) -> (B, T, H, d_head); no-op if already split."""

@@ -5,6 +5,11 @@ the same objects), so calling ``hf(...)`` directly runs through the bridge's hoo
 functions with ``bridge.hooks(fwd_hooks=...)`` and call the HF forward, which keeps HF's handling of
 attention masks, position ids, ``logits_to_keep`` and the KV cache. The bridge computes attention eagerly
 (its logits equal HF's eager attention exactly).
+
+Our names are the bridge's, except: ``attn.hook_q`` / ``attn.hook_k`` are the bridge's ``hook_rot_q`` /
+``hook_rot_k`` on rotary families (our q and k are taken after the rotary embedding), and
+``ln_final.hook_normalized`` is the bridge's ``ln_final.hook_out`` (the norm's output with its weight applied; the
+bridge's own ``hook_normalized`` is taken before the weight on RMS norms).
 """
 
 from __future__ import annotations
@@ -17,6 +22,15 @@ from typing import Any
 from torch import Tensor
 
 from unpact_mech.models.backends.base import ActFn, Backend
+from unpact_mech.models.hooks import parse_hook
+
+#: Activations the bridge may hand over flat, (B, T, heads * d_head), with the head count they split into.
+_HEAD_KINDS = {
+    "attn.hook_q": "n_heads",
+    "attn.hook_z": "n_heads",
+    "attn.hook_k": "n_kv_heads",
+    "attn.hook_v": "n_kv_heads",
+}
 
 
 class TransformerLensBackend(Backend):
@@ -35,11 +49,24 @@ class TransformerLensBackend(Backend):
     def native(self) -> Any:
         return self.bridge
 
+    def native_name(self, name: str) -> str:
+        """The bridge's hook point for one of our hook names."""
+        site = parse_hook(name, self.shape.n_layers)
+        if site.kind == "ln_final.hook_normalized":
+            return "ln_final.hook_out"
+        if self.arch.rotary and site.kind in ("attn.hook_q", "attn.hook_k"):
+            return f"blocks.{site.layer}.attn.hook_rot_{site.kind[-1]}"
+        return name
+
     def _wrap(self, name: str, fn: ActFn):
-        if name.endswith("attn.hook_z"):
+        kind = parse_hook(name, self.shape.n_layers).kind
+        if kind in _HEAD_KINDS:
+            heads = getattr(self.shape, _HEAD_KINDS[kind])
 
             def hook(act: Tensor, hook=None) -> Tensor:
-                return fn(self.z_to_heads(act)).reshape(act.shape)
+                if act.dim() == 4:
+                    return fn(act)
+                return fn(act.unflatten(-1, (heads, self.shape.d_head))).reshape(act.shape)
 
         else:
 
@@ -49,6 +76,6 @@ class TransformerLensBackend(Backend):
         return hook
 
     def run(self, model_inputs: Mapping[str, Any], hooks: Mapping[str, ActFn]) -> Any:
-        fwd = [(name, self._wrap(name, fn)) for name, fn in hooks.items()]
+        fwd = [(self.native_name(name), self._wrap(name, fn)) for name, fn in hooks.items()]
         with self.bridge.hooks(fwd_hooks=fwd):
             return self.module(**model_inputs)
