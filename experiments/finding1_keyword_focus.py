@@ -35,7 +35,7 @@ def run(ctx: Context) -> StudyResult:
     before = ctx.attribute(ctx.original, forget, "original")
     rows, long, by_split = [], [], {}
     for method, model in ctx.unlearned():
-        comparison = compare_runs(before, ctx.attribute(model, forget, method))
+        comparison = compare_runs(before, ctx.attribute(model, forget, method, like=before))
         per_item = comparison.keytokens[comparison.keytokens["split"] == "forget"]
         per_item = per_item[per_item["group"].isin(GROUPS.values())]
         rows.append(method_row(method, per_item, ctx))

@@ -72,7 +72,7 @@ def run(ctx: Context) -> StudyResult:
         for split, items in splits.items():
             ids = [it.id for it in items]
             after = ctx.evaluate(model, items).set_index("item_id").loc[ids, "correct"].to_numpy(bool)
-            units = compare_runs(before[split], ctx.attribute(model, items, method)).units
+            units = compare_runs(before[split], ctx.attribute(model, items, method, like=before[split])).units
             classes = per_item_classes(units)
             rows.append(
                 destruction_row(method, split, known[split], after)

@@ -91,7 +91,7 @@ def run(ctx: Context) -> StudyResult:
     before = {m: ctx.attribute(ctx.original, items, "original", m) for m in ("residual", "attention")}
     rows, long, details, lens_frames = [], [], {}, [before["residual"].frame]
     for method, model in ctx.unlearned():
-        after = {m: ctx.attribute(model, items, method, m) for m in ("residual", "attention")}
+        after = {m: ctx.attribute(model, items, method, m, like=before[m]) for m in ("residual", "attention")}
         res, att = (compare_runs(before[m], after[m]) for m in ("residual", "attention"))
         for split in dict.fromkeys(it.split for it in items):
             row, details[f"{method}/{split}"] = split_row(

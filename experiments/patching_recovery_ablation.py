@@ -3,7 +3,8 @@
 Per unlearning method, on its eligible forget items E (original right, unlearned wrong), with the ORIGINAL model's
 KeyTokens as keywords (word-level occlusion, alpha = 0.5, beta = 3): for each intervention (``patch`` = copy the
 original model's residual stream, ``scale`` = multiply the residual stream by 2), each position group (the
-keywords, the other question tokens, the last prompt token) and each layer L, applied at layer L only (``single``)
+keywords, ALL other question tokens, a random subset of the other question tokens of the same size as the keywords —
+the size-matched control —, the last prompt token) and each layer L, applied at layer L only (``single``)
 or at layers 0..L (``cumulative``): the recovery rate ``R = |{i in E : correct}| / |E|``, the top-1 rate of the
 gold first token and the mean LP gain. The table summarises each (method, intervention, group, mode) curve: the
 best layer and its rate, the mean rate over layers and the rate at the last layer swept; the full sweep is in
@@ -76,7 +77,7 @@ def run(ctx: Context) -> StudyResult:
     from unpact_mech.report.recovery_plots import plot_layer_sweep
 
     forget = ctx.split("forget")
-    keywords = ctx.keywords(ctx.attribute(ctx.original, forget, "original"), forget)
+    keywords = ctx.original_keywords(forget)
     layers = default_sweep_layers(ctx.original.shape.n_layers, ctx.args.points)
     cfg = SweepConfig(
         interventions=("patch", "scale"),
@@ -84,6 +85,7 @@ def run(ctx: Context) -> StudyResult:
         layers=layers,
         batch_size=ctx.batch_size,
         max_new_tokens=ctx.max_new_tokens,
+        seed=ctx.seed,
     )
     sweeps, empty = [], []
     for method, model in ctx.unlearned():

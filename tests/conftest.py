@@ -96,6 +96,23 @@ def arch_dir(request, llama_dir, gpt2_dir):
     return llama_dir if request.param == "llama" else gpt2_dir
 
 
+BACKENDS = ("transformer_lens", "nnsight")
+
+
+@pytest.fixture(scope="module")
+def pair(arch_dir):
+    """(hf reference, {backend: HookedLM}) over the same saved weights, for each tiny random architecture."""
+    from unpact_mech import load_model
+
+    return load_hf(arch_dir), {b: load_model(arch_dir, backend=b) for b in BACKENDS}
+
+
+def random_ids(n_rows=2, length=9, seed=0, vocab=300):
+    """(n_rows, length) random token ids in [3, vocab) (above the special tokens), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (n_rows, length), generator=g)
+
+
 def load_hf(path):
     """Plain HF model (eager attention: the numerics both backends run) for parity references."""
     from transformers import AutoModelForCausalLM

@@ -161,7 +161,7 @@ def run_demo(
             if layer_items
             else {}
         )
-        keywords = session.keywords(occlusion, items)
+        keywords = session.original_keywords(items, occlusion)  # the bare-answer KeyTokens (reuses a bare run)
 
         rcfg = session.recovery_config([*cfg.strategies, *interventions], max_control_items=cfg.max_control_items)
         headline, long_rows = [], []

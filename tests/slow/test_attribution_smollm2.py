@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unpact_mech.attribution import (
@@ -13,9 +14,27 @@ from unpact_mech.attribution import (
 )
 
 
-def test_top_occlusion_word_is_an_annotated_keyword(smollm2, real_facts):
-    """The paper's premise on our data: deleting the keyword hurts the answer most, for >= 60% of the items."""
-    run = attribute_items(smollm2, real_facts, AttributionConfig(method="occlusion", level="word"))
+@pytest.fixture(scope="module")
+def trained_facts(real_facts):
+    """The 83 forget + retain facts of builtin:real_facts (the utility facts would double the cost, not the test)."""
+    return [it for it in real_facts if it.split != "utility"]
+
+
+@pytest.fixture(scope="module")
+def word_occlusion(smollm2, trained_facts):
+    """Word-level occlusion of those facts for the two answer targets (bare answer, own sentence)."""
+    return {
+        target: attribute_items(
+            smollm2, trained_facts, AttributionConfig(method="occlusion", level="word", target=target)
+        )
+        for target in ("answer", "answer_in_context")
+    }
+
+
+def test_top_occlusion_word_is_an_annotated_keyword(word_occlusion, trained_facts):
+    """The paper's premise on our data (its target, the bare answer): deleting the keyword hurts the answer most,
+    for >= 60% of the items."""
+    run = word_occlusion["answer"]
     s = run.summary
     misses = [(u.item_id, u.units[u.top_unit].text) for u in run.units if not u.is_keyword[u.top_unit]]
     print(
@@ -23,8 +42,28 @@ def test_top_occlusion_word_is_an_annotated_keyword(smollm2, real_facts):
         f"over {s['n_items_with_keywords']} "
         f"items (KeyToken precision {s['keyword_precision']:.3f}, recall {s['keyword_recall']:.3f}); misses: {misses}"
     )
-    assert s["n_items_with_keywords"] == len(real_facts) >= 60
+    assert s["n_items_with_keywords"] == len(trained_facts) == 83
     assert s["keyword_hit_rate"] >= 0.60, misses
+
+
+def test_the_two_answer_targets_agree_in_sign_on_the_top_word(word_occlusion):
+    """Deleting the word that hurts the bare answer most also lowers the model's own answer sentence, for most
+    items: the targets measure one thing at the word that matters (they need not agree on which word is top)."""
+    bare, own = word_occlusion["answer"], word_occlusion["answer_in_context"]
+    assert [u.item_id for u in bare.units] == [u.item_id for u in own.units]
+    same_top = same_sign = 0
+    for b, o in zip(bare.units, own.units):
+        assert [u.text for u in b.units] == [u.text for u in o.units]  # same words, different target
+        same_top += b.top_unit == o.top_unit
+        same_sign += bool(torch.sign(b.scores[b.top_unit]) == torch.sign(o.scores[b.top_unit]))
+    n = len(bare.units)
+    print(
+        f"\nSmolLM2 occlusion, bare answer vs own answer sentence over {n} items: same top word {same_top}/{n}, "
+        f"own-sentence score has the bare top word's sign {same_sign}/{n}; keyword hit rate "
+        f"{bare.summary['keyword_hit_rate']:.3f} (answer) vs {own.summary['keyword_hit_rate']:.3f} (answer_in_context)"
+    )
+    assert own.summary["target"] == "answer_in_context" and bare.summary["target"] == "answer"
+    assert same_sign / n > 0.5
 
 
 def test_packed_occlusion_is_exact_on_smollm2(smollm2, real_facts):

@@ -5,28 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import load_hf
+from tests.conftest import BACKENDS, load_hf, random_ids
 from unpact_mech import load_model
 from unpact_mech.models.hooks import BLOCK_KINDS, Intervention, add_vector, hook_name, positions_to_mask
 
-BACKENDS = ("transformer_lens", "nnsight")
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def pair(arch_dir):
-    """(hf reference, {backend: HookedLM}) over the same saved weights."""
-    return load_hf(arch_dir), {b: load_model(arch_dir, backend=b) for b in BACKENDS}
-
-
-def _ids(n_rows=2, length=9, seed=0, vocab=300):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, vocab, (n_rows, length), generator=g)
 
 
 def test_logits_match_hf(pair):
     hf, models = pair
-    ids = _ids()
+    ids = random_ids()
     ref = hf(input_ids=ids).logits
     for name, model in models.items():
         got = model.forward(ids).logits
@@ -35,7 +23,7 @@ def test_logits_match_hf(pair):
 
 def test_left_padded_batch_matches_unpadded_rows(pair):
     hf, models = pair
-    ids = _ids(length=8)
+    ids = random_ids(length=8)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # row 1 is a 5-token prompt, left-padded
     for name, model in models.items():
@@ -51,7 +39,7 @@ def test_same_activations_through_both_backends(pair):
     model = models["transformer_lens"]
     names = ["hook_embed"] + [hook_name(L, k) for L in range(model.shape.n_layers) for k in BLOCK_KINDS]
     names.append("ln_final.hook_normalized")
-    ids = _ids()
+    ids = random_ids()
     caches = {b: m.run_with_cache(ids, names)[1] for b, m in models.items()}
     for name in names:
         a, b = caches["transformer_lens"][name], caches["nnsight"][name]
@@ -71,7 +59,7 @@ def test_same_activations_through_both_backends(pair):
 
 def test_added_vector_changes_logits_identically(pair):
     hf, models = pair
-    ids = _ids()
+    ids = random_ids()
     d = models["nnsight"].shape.d_model
     vec = torch.randn(d, generator=torch.Generator().manual_seed(1)) * 5
     mask = positions_to_mask([[2], [2]], ids.shape[1])
@@ -87,7 +75,7 @@ def test_added_vector_changes_logits_identically(pair):
 @pytest.mark.parametrize("kind", [*BLOCK_KINDS, "ln_final.hook_normalized"])
 def test_every_hook_kind_edits_identically(pair, kind):
     _, models = pair
-    ids = _ids()
+    ids = random_ids()
     name = kind if kind.startswith("ln_final") else hook_name(1, kind)
     g = torch.Generator().manual_seed(2)
 
@@ -115,7 +103,7 @@ def test_every_hook_kind_edits_identically(pair, kind):
 def test_resid_mid_edit_reaches_the_residual_stream(pair):
     """Adding v at resid_mid must equal adding v at attn_out (TL 4.3's native alias only feeds the MLP)."""
     _, models = pair
-    ids = _ids()
+    ids = random_ids()
     vec = torch.randn(models["nnsight"].shape.d_model, generator=torch.Generator().manual_seed(3)) * 5
     mask = positions_to_mask([[3], [4]], ids.shape[1])
     for b, m in models.items():
@@ -126,7 +114,7 @@ def test_resid_mid_edit_reaches_the_residual_stream(pair):
 
 def test_empty_mask_is_exact_noop(pair):
     _, models = pair
-    ids = _ids()
+    ids = random_ids()
     empty = positions_to_mask([[], []], ids.shape[1])
     for b, m in models.items():
         base = m.forward(ids).logits
@@ -138,7 +126,7 @@ def test_empty_mask_is_exact_noop(pair):
 
 def test_optimizer_step_is_seen_by_both_backends(arch_dir):
     """The backend wraps the HookedLM's own HF module: an update needs no reload."""
-    ids = _ids()
+    ids = random_ids()
     for b in BACKENDS:
         model = load_model(arch_dir, backend=b)
         before = model.forward(ids).logits.detach()
@@ -156,7 +144,7 @@ def test_optimizer_step_is_seen_by_both_backends(arch_dir):
 def test_gradients_agree(pair):
     """d(logit)/d(input embeddings) and d(logit)/d(resid_post) are the same through both backends and HF."""
     hf, models = pair
-    ids = _ids(n_rows=1)
+    ids = random_ids(n_rows=1)
     target = 7
     emb_ref = hf.get_input_embeddings()(ids).detach().requires_grad_(True)
     hf(inputs_embeds=emb_ref).logits[0, -1, target].backward()
@@ -173,7 +161,7 @@ def test_gradients_agree(pair):
 
 def test_greedy_generation_matches_hf_and_full_recompute(pair):
     hf, models = pair
-    ids = _ids(n_rows=1, length=5)
+    ids = random_ids(n_rows=1, length=5)
     ref = hf.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)[0, 5:]
     vec = torch.randn(models["nnsight"].shape.d_model, generator=torch.Generator().manual_seed(4)) * 20
     iv = add_vector("blocks.0.hook_resid_post", positions_to_mask([[1, 3]], 5), vec)
@@ -194,7 +182,7 @@ def test_greedy_generation_matches_hf_and_full_recompute(pair):
 def test_interventions_stay_active_on_every_decoding_step(pair):
     """Pushing token t's unembedding direction at every position makes every generated token t."""
     _, models = pair
-    ids = _ids(n_rows=2, length=5)
+    ids = random_ids(n_rows=2, length=5)
     for b, m in models.items():
         m.hf.generation_config.eos_token_id = None
         plain = m.generate(ids, max_new_tokens=5)
@@ -214,7 +202,7 @@ def test_interventions_stay_active_on_every_decoding_step(pair):
 
 def test_reference_copy_is_frozen_and_independent(arch_dir):
     model = load_model(arch_dir)
-    ids = _ids()
+    ids = random_ids()
     ref = model.reference_copy()
     assert all(not p.requires_grad for p in ref.parameters())
     assert torch.allclose(ref.forward(ids).logits, model.forward(ids).logits, atol=1e-6)
@@ -234,7 +222,7 @@ def test_save_roundtrip_and_input_untouched(arch_dir, tmp_path):
     model = load_model(arch_dir, backend="nnsight")
     with torch.no_grad():
         next(model.parameters()).mul_(1.5)
-    ids = _ids()
+    ids = random_ids()
     logits = model.forward(ids).logits
     out = model.save(tmp_path / "saved")
     again = load_model(out, backend="nnsight")

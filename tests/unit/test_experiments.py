@@ -178,7 +178,8 @@ def test_layer_study(run_dir):
 def test_patching_ablation(run_dir, tmp_path, demo):
     out = run_dir("patching_recovery_ablation")
     df, sweep = table(out), pd.read_csv(out / "sweep.csv")
-    assert len(df) == len(DEMO_METHODS) * 2 * 3 * 1  # methods x {patch, scale} x groups x default mode (cumulative)
+    assert len(df) == len(DEMO_METHODS) * 2 * 4 * 1  # methods x {patch, scale} x groups x default mode (cumulative)
+    assert set(df["group"]) == {"keywords", "non_keywords", "random_non_keywords", "last_token"}
     assert set(df["mode"]) == {"cumulative"}
     both = tmp_path / "both"
     assert (
@@ -187,11 +188,13 @@ def test_patching_ablation(run_dir, tmp_path, demo):
         )
         == 0
     )
-    assert len(table(both)) == len(DEMO_METHODS) * 2 * 3 * 2
+    assert len(table(both)) == len(DEMO_METHODS) * 2 * 4 * 2
     for col in ("best_recovery_rate", "mean_recovery_rate", "last_layer_recovery_rate"):
         assert df[col].between(0, 1).all(), col
     assert (df["mean_recovery_rate"] <= df["best_recovery_rate"] + 1e-12).all()
-    assert set(sweep["group"]) == {"keywords", "non_keywords", "last_token"} and set(sweep["layer"]) == {0, 1}
+    assert set(sweep["group"]) == {"keywords", "non_keywords", "random_non_keywords", "last_token"} and set(
+        sweep["layer"]
+    ) == {0, 1}
 
 
 def test_keytoken_sweep_grid(run_dir):

@@ -15,26 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import load_hf
+from tests.conftest import BACKENDS, random_ids
 from unpact_mech import load_model
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import BLOCK_KINDS, Intervention, edit_positions, hook_name
 
-BACKENDS = ("transformer_lens", "nnsight")
 NEW_KINDS = ("attn.hook_q", "attn.hook_k", "attn.hook_attn_scores", "mlp.hook_pre", "mlp.hook_post")
 NEW_HOOKS = tuple(f"blocks.1.{k}" for k in NEW_KINDS) + ("ln_final.hook_normalized",)
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
-
-
-@pytest.fixture(scope="module")
-def pair(arch_dir):
-    """(hf reference, {backend: HookedLM}) over the same saved weights."""
-    return load_hf(arch_dir), {b: load_model(arch_dir, backend=b) for b in BACKENDS}
-
-
-def _ids(n_rows=2, length=9, seed=0, vocab=300):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, vocab, (n_rows, length), generator=g)
 
 
 def _max(a, b) -> float:
@@ -71,7 +59,7 @@ def test_hook_names_is_the_whole_vocabulary_in_execution_order(pair):
 
 def test_run_with_cache_none_caches_every_hook_identically(pair):
     _, models = pair
-    ids = _ids()
+    ids = random_ids()
     out = {b: m.run_with_cache(ids) for b, m in models.items()}
     names = models["nnsight"].hook_names()
     for b, (logits, cache) in out.items():
@@ -92,7 +80,7 @@ def test_run_with_cache_none_caches_every_hook_identically(pair):
 
 def test_names_filter_list_string_and_predicate(pair):
     _, models = pair
-    ids = _ids()
+    ids = random_ids()
     for b, m in models.items():
         _, cache = m.run_with_cache(ids, lambda n: n.endswith("mlp.hook_post"))
         assert list(cache) == [hook_name(L, "mlp.hook_post") for L in range(m.shape.n_layers)], b
@@ -134,7 +122,7 @@ def _qk_from_hf(hf, layer: int, resid_pre: torch.Tensor):
 
 def test_q_k_and_scores_recomputed_from_hf_weights(pair):
     hf, models = pair
-    ids = _ids()
+    ids = random_ids()
     T = ids.shape[1]
     for b, m in models.items():
         _, c = m.run_with_cache(ids)
@@ -158,7 +146,7 @@ def test_q_k_and_scores_recomputed_from_hf_weights(pair):
 
 def test_scores_mask_convention_on_a_left_padded_batch(pair):
     _, models = pair
-    ids = _ids(length=8)
+    ids = random_ids(length=8)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     fmin = torch.finfo(torch.float32).min
@@ -174,7 +162,7 @@ def test_scores_mask_convention_on_a_left_padded_batch(pair):
 
 def test_mlp_pre_post_recomputed_and_post_times_W_out_is_mlp_out(pair):
     hf, models = pair
-    ids = _ids()
+    ids = random_ids()
     for b, m in models.items():
         _, c = m.run_with_cache(ids)
         for L in range(m.shape.n_layers):
@@ -202,7 +190,7 @@ def test_mlp_pre_post_recomputed_and_post_times_W_out_is_mlp_out(pair):
 
 def test_ln_final_normalized_times_W_U_is_the_logits(pair):
     hf, models = pair
-    ids = _ids()
+    ids = random_ids()
     for b, m in models.items():
         logits, c = m.run_with_cache(
             ids, ["ln_final.hook_normalized", hook_name(m.shape.n_layers - 1, "hook_resid_post")]
@@ -221,7 +209,7 @@ def test_gradients_reach_every_hook_identically(pair):
 
     An edit (x1.5) at every new hook is active at the same time: gradients flow through edits too."""
     _, models = pair
-    ids = _ids(n_rows=1)
+    ids = random_ids(n_rows=1)
     target = 7
     names = [n for n in models["nnsight"].hook_names() if not n.endswith("hook_resid_mid")]
     edits = [Intervention(h, lambda act, ctx: act * 1.5) for h in NEW_HOOKS]
@@ -243,7 +231,7 @@ def test_editing_every_hook_at_once_agrees_between_backends(pair):
     """One edit at every hook of the vocabulary in the same forward (nnsight edits GPT-2's fused q/k/v and Llama's
     rotated (q, k) in one visit each); the cache holds the edited values."""
     _, models = pair
-    ids = _ids()
+    ids = random_ids()
     names = models["nnsight"].hook_names()
     edits = [Intervention(n, lambda act, ctx: act + 0.01) for n in names]
     out = {b: m.forward(ids, interventions=edits, cache=names) for b, m in models.items()}
@@ -255,7 +243,7 @@ def test_editing_every_hook_at_once_agrees_between_backends(pair):
 
 def test_run_with_hooks_equals_forward_with_interventions(pair):
     _, models = pair
-    ids = _ids()
+    ids = random_ids()
     for b, m in models.items():
         seen = []
 
@@ -286,7 +274,7 @@ def test_run_with_hooks_equals_forward_with_interventions(pair):
 
 def test_hooks_context_applies_to_every_forward_and_ends(pair):
     _, models = pair
-    ids = _ids(n_rows=1, length=5)
+    ids = random_ids(n_rows=1, length=5)
     for b, m in models.items():
         m.hf.generation_config.eos_token_id = None
         base_logits, base_gen = m(ids), m.generate(ids, max_new_tokens=4)
@@ -323,7 +311,7 @@ def test_edit_at_each_new_hook_changes_generation_on_both_backends(pair, kind):
     """The edit runs on the prompt forward and every decoding step, changes the greedy tokens, is the same on both
     backends, and KV-cached decoding equals recomputing the whole sequence with the edit at every step."""
     _, models = pair
-    ids = _ids(n_rows=2, length=5, seed=3)
+    ids = random_ids(n_rows=2, length=5, seed=3)
     name = kind if kind.startswith("ln_final") else hook_name(1, kind)
     outs = {}
     for b, m in models.items():
@@ -367,7 +355,7 @@ def test_a_hook_the_architecture_lacks_is_a_one_line_input_error(llama_dir, monk
     )
     m = load_model(llama_dir)
     assert "blocks.0.mlp.hook_pre" not in m.hook_names() and "blocks.0.mlp.hook_post" in m.hook_names()
-    ids = _ids()
+    ids = random_ids()
     for call in (
         lambda: m.run_with_cache(ids, ["blocks.0.mlp.hook_pre"]),
         lambda: m.forward(ids, interventions=[Intervention("blocks.1.mlp.hook_pre", lambda a, c: a)]),
@@ -384,7 +372,7 @@ def test_a_hook_the_architecture_lacks_is_a_one_line_input_error(llama_dir, monk
 # -- model(ids), tokens ------------------------------------------------------------------------------------------------
 def test_calling_the_model_returns_the_logits(pair):
     _, models = pair
-    ids = _ids(length=8)
+    ids = random_ids(length=8)
     mask = torch.ones_like(ids)
     mask[0, :2] = 0
     for b, m in models.items():

@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
                 layers=ablation_layers,
                 max_new_tokens=args.max_new_tokens,
                 batch_size=args.batch_size,
+                seed=args.seed,
             ),
             progress=not args.quiet,
         )

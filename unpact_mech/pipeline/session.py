@@ -62,6 +62,7 @@ class Session:
     batch_size: int = BATCH_SIZE
     max_new_tokens: int = MAX_NEW_TOKENS
     occlusion_batch: int = OCCLUSION_BATCH
+    target: str = "auto"  # what attribution attributes (auto: the answer in context for chat-format prompts)
     lineages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     # -- run records ---------------------------------------------------------------------------------------------
@@ -115,16 +116,26 @@ class Session:
         from unpact_mech.attribution.run import AttributionConfig
 
         if method == "occlusion":
-            return AttributionConfig(method="occlusion", level="word", options={"batch_size": self.occlusion_batch})
-        return AttributionConfig(method=method)
+            return AttributionConfig(
+                method="occlusion", level="word", target=self.target, options={"batch_size": self.occlusion_batch}
+            )
+        return AttributionConfig(method=method, target=self.target)
 
     def attribute(
-        self, model: "HookedLM", items: Sequence["QAItem"], label: str, method: str = "occlusion"
+        self,
+        model: "HookedLM",
+        items: Sequence["QAItem"],
+        label: str,
+        method: str = "occlusion",
+        like: "AttributionRun | None" = None,
     ) -> "AttributionRun":
-        """``method`` attribution of ``items`` on ``model`` (see :meth:`attribution_config`)."""
+        """``method`` attribution of ``items`` on ``model`` (see :meth:`attribution_config`); ``like``: the run (on
+        the original) whose own-answer contexts to reuse, so an unlearned model is scored on the same tokens."""
         from unpact_mech.attribution.run import attribute_items
 
-        return attribute_items(model, items, self.attribution_config(method), label=label, progress=self.progress)
+        own = like.own_answers if like is not None else None
+        config = self.attribution_config(method)
+        return attribute_items(model, items, config, label=label, progress=self.progress, own_answers=own)
 
     def keywords(
         self,
@@ -215,10 +226,27 @@ class Session:
         self.lineages[method] = list(model.lineage)
         return model, result
 
-    def original_keywords(self, items: Sequence["QAItem"] | None = None) -> list["ItemKeywords"]:
-        """KeyTokens of word-level occlusion on the ORIGINAL model, as keywords of ``items`` (default: every item)."""
+    def original_keywords(
+        self, items: Sequence["QAItem"] | None = None, run: "AttributionRun | None" = None
+    ) -> list["ItemKeywords"]:
+        """The recovery keywords of ``items`` (default: every item): KeyTokens of word-level occlusion of the bare
+        answer (:data:`~unpact_mech.attacks.keywords.KEYWORD_TARGET`) on the ORIGINAL model — taken from ``run`` when
+        it is such a run of these items, else computed."""
+        from unpact_mech.attacks.keywords import KEYWORD_TARGET
+        from unpact_mech.attribution.run import AttributionConfig, attribute_items
+
         items = self.items if items is None else items
-        return self.keywords(self.attribute(self.original, items, "original"), items)
+        if (
+            run is None
+            or run.target != KEYWORD_TARGET
+            or run.config.method != "occlusion"
+            or run.config.level != "word"
+        ):
+            config = AttributionConfig(
+                method="occlusion", level="word", target=KEYWORD_TARGET, options={"batch_size": self.occlusion_batch}
+            )
+            run = attribute_items(self.original, items, config, label="original (keywords)", progress=self.progress)
+        return self.keywords(run, items)
 
     # -- recovery ------------------------------------------------------------------------------------------------
     def recovery_config(

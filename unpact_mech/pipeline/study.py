@@ -108,7 +108,17 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
     )
     add_seed_option(p)
     add_backend_option(p)
-    p.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap resamples for CIs (default: 1000)")
+    p.add_argument(
+        "--n-boot", type=positive_int, default=1000, help="bootstrap resamples for mean-difference CIs (default: 1000)"
+    )
+    p.add_argument(
+        "--target",
+        default="auto",
+        choices=["auto", "answer", "answer_in_context", "first_logit"],
+        help="what attribution attributes (KeyTokens included): answer = the bare answer after the prompt (the "
+        "paper's), answer_in_context = the answer inside the original's own sentence; auto (default) = "
+        "answer_in_context for chat-format prompts",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if study.add_options is not None:
         study.add_options(p)
@@ -224,6 +234,7 @@ def _execute(study: Study, args: argparse.Namespace, argv: list[str]) -> Path:
             seed=args.seed,
             backend=args.backend,
             progress=not args.quiet,
+            target=args.target,
             command=f"experiment:{study.name}",
             argv=[f"experiments/{study.name}.py", *argv],
             study=study,
@@ -243,8 +254,11 @@ def _execute(study: Study, args: argparse.Namespace, argv: list[str]) -> Path:
             weights = from_run / "unlearned" / method / "model.safetensors"
             run.add_input(f"unlearned/{method}", weights if weights.is_file() else from_run / "unlearned" / method)
         table = result.table.reset_index(drop=True)
+        from unpact_mech.attribution.targets import get_target
+
         summary = {
             "study": study.name,
+            "target": get_target(args.target, original).name,
             "model": args.model,
             "data": data,
             "methods": list(methods),

@@ -1,14 +1,20 @@
 """Layer-by-layer recovery ablation: where does activation emphasis bring forgotten answers back?
 
 For each intervention of the attack registry (default ``patch`` from the original and ``scale`` by a factor), each
-position group (``keywords``, ``non_keywords``, ``last_token``) and each layer L, the intervention is applied at
+position group and each layer L, the intervention is applied at
 ``single`` = {L} or ``cumulative`` = {0, ..., L}, and the recovery rate is measured on the eligible forget items
 (original right, unlearned wrong). Also reported: the share of those items whose gold first token is top-1 and
 the mean change of the gold answer's LP. Every point is one ``evaluate_items`` call (greedy + teacher-forced).
+
+Position groups: ``keywords`` (the keyword tokens), ``non_keywords`` (every other question token — usually MORE
+tokens than the keywords), ``random_non_keywords`` (a seeded random subset of the other question tokens of the SAME
+size as the keyword tokens: the size-matched control; without it "non-keywords recover more" is confounded with
+"more positions recover more") and ``last_token`` (the last prompt position).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
 
-POSITION_GROUPS = ("keywords", "non_keywords", "last_token")
+POSITION_GROUPS = ("keywords", "non_keywords", "random_non_keywords", "last_token")
 SWEEP_MODES = ("single", "cumulative")
 COLUMNS = ["intervention", "group", "mode", "layer", "layers", "recovery_rate", "top1_rate", "mean_logprob_gain", "n"]
 
@@ -42,6 +48,7 @@ class SweepConfig:
     judge: str = "contains"
     max_new_tokens: int = 12
     batch_size: int = 16
+    seed: int = 0  # draws the random_non_keywords subsets
 
 
 def default_sweep_layers(n_layers: int, points: int = 10) -> list[int]:
@@ -51,12 +58,15 @@ def default_sweep_layers(n_layers: int, points: int = 10) -> list[int]:
     return sorted({round(i * (n_layers - 1) / (points - 1)) for i in range(points)})
 
 
-def position_groups(enc: EncodedQA, keywords: ItemKeywords) -> dict[str, tuple[int, ...]]:
-    """Position sets of one item: ``keywords``, ``non_keywords`` (other question tokens), ``last_token``."""
+def position_groups(enc: EncodedQA, keywords: ItemKeywords, rng: random.Random) -> dict[str, tuple[int, ...]]:
+    """Position sets of one item: ``keywords``, ``non_keywords`` (other question tokens), ``random_non_keywords``
+    (as many of those as there are keyword tokens, drawn with ``rng``), ``last_token``."""
     kw = set(keywords.positions)
+    others = [p for p in enc.prompt.question_positions if p not in kw]
     return {
         "keywords": tuple(sorted(kw)),
-        "non_keywords": tuple(p for p in enc.prompt.question_positions if p not in kw),
+        "non_keywords": tuple(others),
+        "random_non_keywords": tuple(sorted(rng.sample(others, min(len(kw), len(others))))),
         "last_token": (len(enc.prompt) - 1,),
     }
 
@@ -83,7 +93,8 @@ def layer_sweep(
     if not items:
         return pd.DataFrame(columns=COLUMNS)
     encoded = [encode_item(original, it) for it in items]
-    groups = [position_groups(enc, kw) for enc, kw in zip(encoded, keywords)]
+    rng = random.Random(cfg.seed)
+    groups = [position_groups(enc, kw, rng) for enc, kw in zip(encoded, keywords)]
     env = AttackEnv(original, unlearned, batch_size=cfg.batch_size)
     base = evaluate_items(
         unlearned, items, judge=cfg.judge, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False

@@ -462,7 +462,7 @@ class Trainer:
         if method.transforms_weights:
             model.load_state_dict(method.unlearned_weights(self.base, trained))
         changed = P.changed(self.base, P.current(model, self.trainable))
-        if not changed:
+        if not changed and not (self.rejected and done == 0):  # a stop rule undoing step 1 keeps the base: said so
             raise UnlearningFailed(
                 f"no weight changed after {cfg.steps} steps of {method.name} (lr {cfg.lr:g} too small for float32, or "
                 "the trainable parameters get no gradient from this loss)"

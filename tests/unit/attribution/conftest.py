@@ -9,11 +9,10 @@ import shutil
 import pytest
 import torch
 
+from tests.conftest import BACKENDS
 from unpact_mech import load_model
 from unpact_mech.data.record import QAItem
 from unpact_mech.models.hooks import Intervention, hook_name
-
-BACKENDS = ("transformer_lens", "nnsight")
 
 
 @pytest.fixture(scope="session")

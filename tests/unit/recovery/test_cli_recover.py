@@ -74,7 +74,7 @@ def test_recover_end_to_end(ga_unlearned_dir, tmp_path, capsys):
         "model",
     } <= set(results.columns)
     sweep = pd.read_csv(out / "ablation.csv")
-    assert len(sweep) == 2 * 3 * 2 * 2 and sweep.recovery_rate.between(0, 1).all()
+    assert len(sweep) == 2 * 4 * 2 * 2 and sweep.recovery_rate.between(0, 1).all()
     assert set(sweep.intervention) == {"patch", "pasta"}  # the sweep honours the interventions asked for
     assert (out / "recovery_rates.png").read_bytes()[:4] == b"\x89PNG"
 
