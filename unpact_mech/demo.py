@@ -33,10 +33,10 @@ from unpact_mech.pipeline.presets import (
     DEMO_INTERVENTIONS,
     DEMO_STRATEGIES,
     MAX_CONTROL_ITEMS,
-    MAX_NEW_TOKENS,
     default_data,
     train_overrides,
 )
+from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 
 
 @dataclass
@@ -55,7 +55,7 @@ class DemoConfig:
     layer_items: int = 8
     max_control_items: int = MAX_CONTROL_ITEMS
     batch_size: int = BATCH_SIZE
-    max_new_tokens: int = MAX_NEW_TOKENS
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
     @property
     def data_spec(self) -> str:

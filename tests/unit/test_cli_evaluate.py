@@ -33,8 +33,13 @@ def test_evaluate_tiny_end_to_end(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["items.csv", "results.csv", "run.json", "summary.json"]
     results = pd.read_csv(out / "results.csv")
     assert list(results.columns[:4]) == ["item_id", "split", "metric", "value"]
-    assert set(results.metric) == {"correct", "rouge_l", "logprob", "first_prob", "rank"}
+    assert set(results.metric) == {"correct", "rouge_l", "logprob", "first_prob", "rank", "truncated"}
+    items = pd.read_csv(out / "items.csv").set_index("item_id")
+    # the answer text sits next to its scores in the long table
+    first = results[results.metric == "correct"].set_index("item_id")
+    assert (first.generation == items.loc[first.index, "generation"]).all()
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_truncated"] == 0  # the tiny model ends every answer well within the cap
     assert summary["accuracy"] == 1.0 and summary["accuracy_by_split"] == {"forget": 1.0, "retain": 1.0, "utility": 1.0}
     run = json.loads((out / "run.json").read_text())
     assert run["command"] == "evaluate" and run["seed"] == 0 and run["config"]["model"] == "tiny"
@@ -154,3 +159,17 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, llama_dir,
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output dir, no temp dirs
     if case == "out not empty":
         assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_an_answer_cut_at_the_cap_is_flagged(tmp_path, capsys):
+    """--max-new-tokens 1 cuts every answer of the tiny model ("M" of "Marrow"): all flagged, wrong, warned about."""
+    out = tmp_path / "cut"
+    args = ["evaluate", "--model", "tiny", "--data", "builtin:synthetic_facts", "--quiet", "--max-new-tokens", "1"]
+    code, _, err = run_cli([*args, "--out", out], capsys)
+    assert code == 0, err
+    items = pd.read_csv(out / "items.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    assert (items.truncated == 1.0).all() and summary["n_truncated"] == len(items) == 32
+    n_wrong = int((items.correct == 0).sum())
+    assert n_wrong > 0 and summary["n_truncated_wrong"] == n_wrong
+    assert f"warning: {n_wrong} answers judged wrong reached --max-new-tokens 1 without ending" in err

@@ -162,7 +162,7 @@ def test_evaluate_tiny_model_tables(tiny_model, synthetic_items):
     s = summarize_evaluation(per_item)
     assert s["accuracy"] == 1.0 and s["n_by_split"] == {"forget": 8, "retain": 12, "utility": 12}
     long = to_long(per_item, model="tiny")
-    assert list(long.columns[:4]) == ["item_id", "split", "metric", "value"] and len(long) == 32 * 5
+    assert list(long.columns[:4]) == ["item_id", "split", "metric", "value"] and len(long) == 32 * 6
     wrong = [QAItem("w", synthetic_items[0].question, "Kravi" if synthetic_items[0].answer != "Kravi" else "Lumos")]
     assert evaluate_items(tiny_model, wrong, progress=False)["correct"].item() == 0.0
 

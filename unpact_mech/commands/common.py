@@ -43,6 +43,18 @@ def add_seed_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
+def add_max_new_tokens_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
+
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"greedy answer length cap; an answer that reaches it is flagged 'truncated' (default: "
+        f"{DEFAULT_MAX_NEW_TOKENS}, fits a one-sentence answer)",
+    )
+
+
 def add_run_options(
     p: argparse.ArgumentParser,
     *,

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from unpact_mech.commands.common import add_model_options, add_run_options, load_run_inputs, positive_int
+from unpact_mech.commands.common import (
+    add_max_new_tokens_option,
+    add_model_options,
+    add_run_options,
+    load_run_inputs,
+)
 
 HELP = "evaluate a model on QA items (accuracy / log-prob / rank per item)"
 
@@ -24,7 +30,7 @@ def add_parser(sub) -> None:
         choices=["contains", "rouge_l"],
         help="correctness judge on the greedy answer (default: contains)",
     )
-    p.add_argument("--max-new-tokens", type=positive_int, default=12, help="greedy answer length (default: 12)")
+    add_max_new_tokens_option(p)
     p.set_defaults(run=run)
 
 
@@ -58,4 +64,10 @@ def run(args: argparse.Namespace) -> int:
         f"accuracy {summary['accuracy']:.3f} over {summary['n_items']} items ({by_split}); "
         f"mean log-prob {summary['mean_logprob']:.3f} -> {args.out}"
     )
+    if summary["n_truncated_wrong"]:
+        print(
+            f"warning: {summary['n_truncated_wrong']} answers judged wrong reached --max-new-tokens "
+            f"{args.max_new_tokens} without ending (column 'truncated' in items.csv); a larger cap may change them",
+            file=sys.stderr,
+        )
     return 0

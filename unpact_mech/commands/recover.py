@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from unpact_mech.commands.common import positive_int
+from unpact_mech.commands.common import add_max_new_tokens_option
 
 HELP = "try to recover forgotten answers by keyword emphasis (prompt strategies and activation interventions)"
 EPILOG = """conditions come from the attack registry (unpact_mech.attacks); --strategy takes prompt strategies,
@@ -83,7 +83,7 @@ def add_parser(sub) -> None:
         metavar="LAYERS",
         help="layers for --ablation, e.g. 0-29 or 0+5+10 (default: 10 evenly spaced)",
     )
-    p.add_argument("--max-new-tokens", type=positive_int, default=12, help="greedy answer length (default: 12)")
+    add_max_new_tokens_option(p)
     p.set_defaults(run=run)
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from unpact_mech.commands.common import add_model_options, add_run_options, positive_int
+from unpact_mech.commands.common import add_max_new_tokens_option, add_model_options, add_run_options, positive_int
 
 HELP = "unlearn the forget items (GA, NPO, SimNPO, RMU, task vector, ...); writes a loadable model directory"
 HP_FLAGS = {
@@ -155,7 +155,7 @@ def add_parser(sub) -> None:
     d.add_argument(
         "--eval-batch-size", type=positive_int, default=16, help="items per evaluation forward (default: 16)"
     )
-    d.add_argument("--max-new-tokens", type=positive_int, default=12, help="greedy answer length (default: 12)")
+    add_max_new_tokens_option(d)
     p.set_defaults(run=run)
 
 

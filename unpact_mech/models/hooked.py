@@ -46,6 +46,10 @@ from unpact_mech.models.hooks import (
     parse_hook,
 )
 
+#: Greedy answer length cap of :meth:`HookedLM.generate` and every evaluation: fits a one-sentence answer (measured
+#: in :mod:`unpact_mech.scoring.generation`).
+DEFAULT_MAX_NEW_TOKENS = 32
+
 #: ``fwd_hooks`` entries: ``(name, fn)`` with ``fn(activation, hook) -> Tensor | None`` (``hook`` is a
 #: :class:`HookContext`: ``.name``, ``.layer``, ``.query_positions``), ``(predicate(name) -> bool, fn)``, or an
 #: :class:`Intervention`.
@@ -471,7 +475,7 @@ class HookedLM:
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         *,
-        max_new_tokens: int = 12,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         interventions: Sequence[Intervention] = (),
     ) -> Tensor:
         """Greedy decoding with a KV cache; returns the new tokens (B, n <= max_new_tokens).

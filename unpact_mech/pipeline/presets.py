@@ -23,10 +23,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"data": "builtin:synthetic_facts", "train": {"lr": 5e-4, "steps": 6}},
 }
 FALLBACK_DATA = "builtin:real_facts"
-#: Evaluation settings of every pipeline stage: items per forward, greedy answer length, occlusion variants per
+#: Evaluation settings of every pipeline stage: items per forward, occlusion variants per
 #: forward, and the cap on the items of recovery's original-model and retain controls.
 BATCH_SIZE = 16
-MAX_NEW_TOKENS = 12
 OCCLUSION_BATCH = 64
 MAX_CONTROL_ITEMS = 16
 RUNS_DIR = Path("unpact-runs")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from unpact_mech.attacks import Attack, AttackEnv, ItemKeywords, get_attack
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.evaluate import evaluate_items
+from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.tokens import EncodedQA, encode_item
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class SweepConfig:
     modes: Sequence[str] = SWEEP_MODES
     layers: Sequence[int] | None = None  # None: every layer up to 10 points, evenly spaced
     judge: str = "contains"
-    max_new_tokens: int = 12
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     batch_size: int = 16
     seed: int = 0  # draws the random_non_keywords subsets
 

@@ -11,13 +11,13 @@ from unpact_mech.recovery.run import RecoveryResult
 
 
 def long_results(result: RecoveryResult) -> pd.DataFrame:
-    """``item_id, split, metric, value, model, kind, condition, emphasis`` for correct / logprob / rank."""
-    return result.per_item.melt(
-        id_vars=["item_id", "split", "model", "kind", "condition", "emphasis"],
-        value_vars=["correct", "logprob", "rank"],
-        var_name="metric",
-        value_name="value",
+    """``item_id, split, metric, value, model, kind, condition, emphasis, generation`` for correct / logprob / rank /
+    truncated (the greedy answer next to its scores)."""
+    ids = ["item_id", "split", "model", "kind", "condition", "emphasis", "generation"]
+    long = result.per_item.melt(
+        id_vars=ids, value_vars=["correct", "logprob", "rank", "truncated"], var_name="metric", value_name="value"
     )
+    return long[["item_id", "split", "metric", "value", *ids[2:]]]
 
 
 def write_recovery(

@@ -49,6 +49,7 @@ from unpact_mech.errors import InputError
 from unpact_mech.recovery.controls import control_items, random_position_controls, random_word_controls
 from unpact_mech.recovery.metrics import eligible_for_recovery
 from unpact_mech.scoring.evaluate import evaluate_items
+from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.tokens import encode_item
 from unpact_mech.stats import destructive_rate, holm, mcnemar_exact, rate
 
@@ -81,7 +82,7 @@ class RecoveryConfig:
     keytoken_beta: int = DEFAULT_KEYTOKEN_BETA
     controls: bool = True
     judge: str = "contains"
-    max_new_tokens: int = 12
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     batch_size: int = 16
     top_k: int = 5
     seed: int = 0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from unpact_mech.scoring.batching import InterventionFactory
-from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS, greedy_answers
+from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS, generate_answers
 from unpact_mech.scoring.judges import get_judge, rouge_l_recall
 from unpact_mech.scoring.logprob import score_answers
 from unpact_mech.scoring.tokens import EncodedQA, encode_items
@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
 
-METRICS = ("correct", "rouge_l", "logprob", "first_prob", "rank")
+METRICS = ("correct", "rouge_l", "logprob", "first_prob", "rank", "truncated")
+#: Columns every long row carries besides ``metric`` / ``value`` (the answer text sits next to its scores).
+LONG_ID_COLUMNS = ("item_id", "split", "generation")
 
 
 def evaluate_items(
@@ -37,11 +39,12 @@ def evaluate_items(
     progress: bool = True,
 ) -> pd.DataFrame:
     """One row per item: ``item_id, split, question, answer, generation, correct, rouge_l, logprob, first_prob,
-    rank`` plus the items' extra fields. ``encoded`` overrides the prompts (e.g. rewritten questions)."""
+    rank, truncated`` plus the items' extra fields. ``encoded`` overrides the prompts (e.g. rewritten questions);
+    ``truncated`` is 1.0 when the greedy answer reached ``max_new_tokens`` without a stop token."""
     judge_fn = get_judge(judge)
     encoded = list(encoded) if encoded is not None else encode_items(model, items)
     prompts = [e.prompt.ids for e in encoded]
-    texts = greedy_answers(
+    answers = generate_answers(
         model,
         prompts,
         max_new_tokens=max_new_tokens,
@@ -58,7 +61,8 @@ def evaluate_items(
         progress="scoring answers" if progress else False,
     )
     rows: list[dict[str, Any]] = []
-    for i, (item, text) in enumerate(zip(items, texts)):
+    for i, (item, generated) in enumerate(zip(items, answers)):
+        text = generated.text
         row = {
             "item_id": item.id,
             "split": item.split,
@@ -70,6 +74,7 @@ def evaluate_items(
             "logprob": float(scores.logprob[i]),
             "first_prob": float(scores.first_prob[i]),
             "rank": int(scores.first_rank[i]),
+            "truncated": float(generated.truncated),
         }
         row.update({k: v for k, v in item.extra.items() if k not in row and not isinstance(v, (list, dict))})
         rows.append(row)
@@ -77,8 +82,10 @@ def evaluate_items(
 
 
 def to_long(per_item: pd.DataFrame, **labels: Any) -> pd.DataFrame:
-    """Wide per-item table -> long ``item_id, split, metric, value`` (+ constant ``labels`` columns)."""
-    long = per_item.melt(id_vars=["item_id", "split"], value_vars=list(METRICS), var_name="metric", value_name="value")
+    """Wide per-item table -> long ``item_id, split, metric, value, generation`` (+ constant ``labels`` columns)."""
+    ids = [c for c in LONG_ID_COLUMNS if c in per_item]
+    long = per_item.melt(id_vars=ids, value_vars=list(METRICS), var_name="metric", value_name="value")
+    long = long[["item_id", "split", "metric", "value", *ids[2:]]]
     for key, value in labels.items():
         long[key] = value
     return long
@@ -95,7 +102,8 @@ def write_evaluation(out_dir, per_item: pd.DataFrame, summary: dict[str, Any], r
 
 
 def summarize_evaluation(per_item: pd.DataFrame) -> dict[str, Any]:
-    """``accuracy``, ``accuracy_by_split``, ``mean_logprob``, ``top1_rate`` and counts."""
+    """``accuracy``, ``accuracy_by_split``, ``mean_logprob``, ``top1_rate``, counts, and ``n_truncated`` (answers
+    that reached the length cap; ``n_truncated_wrong`` of them judged wrong, perhaps only because they were cut)."""
     by_split = per_item.groupby("split", sort=True)
     return {
         "n_items": int(len(per_item)),
@@ -104,4 +112,6 @@ def summarize_evaluation(per_item: pd.DataFrame) -> dict[str, Any]:
         "n_by_split": {k: int(v) for k, v in by_split.size().items()},
         "mean_logprob": float(per_item["logprob"].mean()),
         "top1_rate": float((per_item["rank"] == 0).mean()),
+        "n_truncated": int(per_item["truncated"].sum()),
+        "n_truncated_wrong": int(((per_item["truncated"] == 1) & (per_item["correct"] == 0)).sum()),
     }

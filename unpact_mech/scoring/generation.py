@@ -1,21 +1,40 @@
-"""Greedy answers: left-padded batches through :meth:`HookedLM.generate` (KV cache, interventions on every step)."""
+"""Greedy answers: left-padded batches through :meth:`HookedLM.generate` (KV cache, interventions on every step).
+
+The answer length cap :data:`DEFAULT_MAX_NEW_TOKENS` = 32 fits a one-sentence answer. Measured on SmolLM2-135M-Instruct
+(chat template, greedy) over 441 candidate facts (the built-in set's candidates plus "Who wrote the Harry Potter
+books?"): of the 242 answers that contain the gold answer within 64 new tokens, 179 contain it within 12 tokens,
+223 within 24 and 228 within 32; the whole first sentence fits in 32 tokens for 363 of the 441 (104 in 12). An answer
+that reaches the cap without a stop token is flagged ``truncated`` (:class:`GeneratedAnswer`), so a name cut in half
+("... is J.K. Row") is visible as such in the results.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from unpact_mech.models.hooked import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.batching import InterventionFactory, left_pad, length_batches
+
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "GeneratedAnswer", "generate_answers"]
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
 
-DEFAULT_MAX_NEW_TOKENS = 12
+
+@dataclass(frozen=True)
+class GeneratedAnswer:
+    """``text``: the stripped greedy continuation (special tokens dropped); ``truncated``: it reached the cap without
+    a stop token (the answer may be cut short)."""
+
+    text: str
+    truncated: bool
 
 
-def greedy_answers(
+def generate_answers(
     model: "HookedLM",
     prompts: Sequence[Sequence[int]],
     *,
@@ -23,9 +42,9 @@ def greedy_answers(
     batch_size: int = 16,
     interventions: InterventionFactory | None = None,
     progress: bool | str = False,
-) -> list[str]:
-    """Decode the greedy continuation of each prompt (token id lists) to stripped text (special tokens dropped)."""
-    out: list[str] = [""] * len(prompts)
+) -> list[GeneratedAnswer]:
+    """The greedy continuation of each prompt (token id lists), decoded, with its truncation flag."""
+    out: list[GeneratedAnswer] = [GeneratedAnswer("", False)] * len(prompts)
     desc = progress if isinstance(progress, str) else "generating"
     stops = set(model.stop_token_ids)
     for idx in tqdm(
@@ -35,10 +54,13 @@ def greedy_answers(
         ivs = interventions(batch.layout) if interventions else ()
         new = model.generate(batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, interventions=ivs)
         for row, i in enumerate(idx):
-            tokens = []
+            tokens: list[int] = []
+            stopped = False
             for t in new[row].tolist():
                 if t in stops:
+                    stopped = True
                     break
                 tokens.append(t)
-            out[i] = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            text = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            out[i] = GeneratedAnswer(text, truncated=not stopped and len(tokens) >= max_new_tokens)
     return out

@@ -20,6 +20,7 @@ import pandas as pd
 
 from unpact_mech.data.splits import RETAIN, SPLITS, UTILITY, split_items
 from unpact_mech.errors import InputError
+from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.unlearning import params as P
 from unpact_mech.unlearning.batches import UnlearningSet
 from unpact_mech.unlearning.checkpoint import CheckpointStore
@@ -82,8 +83,10 @@ class UnlearnResult:
     lineage_record: dict[str, Any]
 
     def results_table(self) -> pd.DataFrame:
-        """Long format: ``item_id, split, metric, value, step, method`` — every evaluation of every item."""
-        table = pd.DataFrame(self.train.item_rows, columns=["item_id", "split", "metric", "value", "step"])
+        """Long format: ``item_id, split, metric, value, generation, step, method`` — every evaluation of every item
+        (``generation``: the greedy answer scored at that step)."""
+        columns = ["item_id", "split", "metric", "value", "generation", "step"]
+        table = pd.DataFrame(self.train.item_rows, columns=columns)
         table["method"] = self.method.name
         return table
 
@@ -184,7 +187,7 @@ def unlearn(
     resume: bool = False,
     evaluate: bool = True,
     eval_batch_size: int = 16,
-    max_new_tokens: int = 12,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: bool = True,
     accelerator=None,
     callback: Callable[[int], None] | None = None,

@@ -67,7 +67,7 @@ def test_unlearn_tiny_end_to_end(tmp_path, capsys):
     results = pd.read_csv(out / "results.csv")
     assert list(results.columns[:4]) == ["item_id", "split", "metric", "value"]
     assert {"step", "method"} <= set(results.columns) and set(results.step) == {0, 2, 3}
-    assert set(results.method) == {"ga_gdr"} and len(results[results.step == 3]) == 32 * 5
+    assert set(results.method) == {"ga_gdr"} and len(results[results.step == 3]) == 32 * 6
     run = json.loads((out / "run.json").read_text())
     assert [r["role"] for r in run["lineage"]] == ["base", "unlearned"]
     assert run["lineage"][1]["method"] == "ga_gdr" and run["lineage"][1]["hyperparameters"] == {
