@@ -133,6 +133,11 @@ def test_token_rank():
         ("It is parisian food.", "Paris", (), False),  # whole words only
         ("The temperature was -18.0 degrees", "0", (), False),  # no digit inside a number
         ("The answer is 0.", "0", (), True),
+        ("approximately 100.0 degrees Celsius", "100", (), True),  # numbers compare by value
+        ("It costs 2.50 dollars", "2.5", (), True),
+        ("It was 100.5 degrees", "100", (), False),
+        ("It was 1000 degrees", "100", (), False),
+        ("version 1.2.0 of it", "1.2", (), False),  # not a decimal number: left as written
         ("It has 1,000 rooms", "1000", (), True),
         ("Written by Shakespeare.", "William Shakespeare", ("Shakespeare",), True),
         ("It is the Pacific Ocean", "The Pacific Ocean", (), True),

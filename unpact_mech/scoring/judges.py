@@ -2,7 +2,8 @@
 
 Normalisation (:func:`normalize_tokens`): Unicode NFKD without accents, lower case, thousands separators dropped
 ("1,000" -> "1000"), then tokens = decimal numbers ("18.0" stays one token, so "0" never matches inside
-"-18.0") or letter runs; punctuation is dropped.
+"-18.0") or letter runs; punctuation is dropped. A decimal number is written by its value: trailing zeros of the
+fraction are dropped ("100.0" -> "100", "2.50" -> "2.5"), so "approximately 100.0 degrees" contains the answer "100".
 
 * ``contains``: the answer's (or an alias's) token sequence occurs contiguously in the continuation's tokens
   (a leading article "the/a/an" in the answer is optional).
@@ -20,16 +21,24 @@ from collections.abc import Callable, Sequence
 from unpact_mech.errors import InputError
 
 _TOKEN_RE = re.compile(r"\d+(?:\.\d+)*|[^\W\d_]+")
+_DECIMAL_RE = re.compile(r"\d+\.\d+")
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _ARTICLES = {"the", "a", "an"}
 
 Judge = Callable[[str, str, Sequence[str]], bool]
 
 
+def _canonical_number(token: str) -> str:
+    """``"100.0"`` -> ``"100"``, ``"2.50"`` -> ``"2.5"``; other tokens (words, ``"1.2.3"``) unchanged."""
+    if _DECIMAL_RE.fullmatch(token):
+        token = token.rstrip("0").rstrip(".")
+    return token
+
+
 def normalize_tokens(text: str) -> list[str]:
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
-    return _TOKEN_RE.findall(_THOUSANDS_RE.sub("", text))
+    return [_canonical_number(t) for t in _TOKEN_RE.findall(_THOUSANDS_RE.sub("", text))]
 
 
 def _contains_seq(hay: Sequence[str], needle: Sequence[str]) -> bool:
