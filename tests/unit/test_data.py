@@ -150,6 +150,14 @@ def test_builtins():
             '{"id": "x", "question": "Q?", "answer": "A"}\n{"id": "x", "question": "Q?", "answer": "B"}\n',
             r"d\.jsonl:2: duplicate id 'x' \(first at .*d\.jsonl:1\)",
         ),
+        (
+            '{"id": "x", "question": "Q?", "answer": "A", "split": "forgt"}\n',
+            r"d\.jsonl:1 \(item 'x'\): split 'forgt' is not one of forget, retain, utility",
+        ),
+        (
+            '{"id": "x", "question": "Q?", "answer": "A", "value": 1}\n',
+            r"d\.jsonl:1 \(item 'x'\): field 'value' is a name the result tables use; rename it",
+        ),
         ("\n\n", r"no items"),
         ('{"question": "Q?", "answer": "A", "choices": ["a", "b"], "answer": 5}\n', r"option index in 0\.\.1"),
     ],

@@ -10,6 +10,10 @@ rows — TOFU's
 and MUSE-KnowMem's extra fields are kept), ``wmdp`` (``question``, ``choices``, integer ``answer`` -> a
 multiple-choice prompt whose answer is the option letter, the option text as an alias), and ``auto`` (``wmdp``
 when a row has ``choices``, else ``unpact``). Every error names the file and line/row, and the item id.
+
+Every format and schema goes through :func:`~unpact_mech.data.record.item_from_record`, so the data contract
+(:mod:`unpact_mech.data.contract`: reserved extra field names, the three splits, the keyword rule) holds for all of
+them; a DatasetDict's split names must be ``forget``, ``retain`` or ``utility`` too.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from unpact_mech.data.contract import check_split
 from unpact_mech.data.record import QAItem, item_from_record
 from unpact_mech.errors import InputError
 
@@ -138,6 +143,8 @@ def load_items(source: str | Path, *, schema: str = "auto", default_split: str |
     """Load and validate QA items from ``source`` (a path or ``builtin:NAME``); see the module docstring."""
     if schema not in SCHEMAS:
         raise InputError(f"unknown data schema {schema!r}; choose one of: {', '.join(SCHEMAS)}")
+    if default_split is not None:
+        check_split(default_split, "default_split")
     text = str(source)
     if text.startswith(BUILTIN_PREFIX):
         from unpact_mech.data.builtin import builtin_records

@@ -1,12 +1,16 @@
-"""The QA record and its validation (the data contract: docs/concepts.md).
+"""The QA record and its validation (the data contract: docs/concepts.md §1, :mod:`unpact_mech.data.contract`).
 
 ``{"id": str, "question": str, "answer": str, "aliases": [str]?, "keywords": [str]?, "split": str?}``
 
 * ``id`` may be omitted (then ``<source>-<n>``); numbers are accepted and turned into strings.
 * ``answer`` may be a JSON number (turned into its string); it must not be empty.
 * each keyword must occur in the question (word-level, case-insensitive) — else an error naming the item.
-* ``split`` defaults to the loader's ``default_split`` (``"unsplit"`` if none).
-* unknown extra fields are kept (``QAItem.extra``) and passed through to result tables.
+* ``split`` is ``forget``, ``retain`` or ``utility``; absent, the loader's ``default_split`` (``"unsplit"`` if none).
+* other fields are extra fields, kept in ``QAItem.extra`` and carried into the per-item tables; one named like a
+  result-table column (:data:`~unpact_mech.data.contract.RESERVED_FIELDS`) is refused.
+
+``QAItem(...)`` built in Python checks its keywords, split and extra field names when created, by the same function
+(:func:`~unpact_mech.data.contract.check_fields`) the loaders use.
 """
 
 from __future__ import annotations
@@ -15,16 +19,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from unpact_mech.data.text import keyword_spans
+from unpact_mech.data.contract import KNOWN_FIELDS, check_fields
+from unpact_mech.data.splits import UNSPLIT
 from unpact_mech.errors import InputError
 
-KNOWN_FIELDS = ("id", "question", "answer", "aliases", "keywords", "split")
-UNSPLIT = "unsplit"
+__all__ = ["KNOWN_FIELDS", "UNSPLIT", "QAItem", "item_from_record"]
 
 
 @dataclass(frozen=True)
 class QAItem:
-    """One question/answer pair. ``extra`` holds pass-through fields."""
+    """One question/answer pair. ``extra`` holds pass-through fields.
+
+    Creating one checks its keywords, split and extra field names (:class:`InputError` naming the item)."""
 
     id: str
     question: str
@@ -33,6 +39,10 @@ class QAItem:
     keywords: tuple[str, ...] = ()
     split: str = UNSPLIT
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        where = f"item {self.id!r}"
+        check_fields(question=self.question, keywords=self.keywords, split=self.split, extra=self.extra, where=where)
 
     def to_record(self) -> dict[str, Any]:
         rec: dict[str, Any] = {"id": self.id, "question": self.question, "answer": self.answer}
@@ -80,11 +90,11 @@ def item_from_record(obj: Any, where: str, *, default_id: str, default_split: st
     answer = _text(obj["answer"], "answer", where)
     aliases = _string_list(obj.get("aliases"), "aliases", where)
     keywords = _string_list(obj.get("keywords"), "keywords", where)
-    for kw in keywords:
-        if not keyword_spans(question, kw):
-            raise InputError(f"{where}: keyword {kw!r} does not occur in the question")
-    split = obj.get("split", default_split) or UNSPLIT
-    if not isinstance(split, str):
-        raise InputError(f"{where}: field 'split' must be a string")
+    split = obj.get("split")
+    if isinstance(split, str):
+        split = split.strip()
+    if split is None or split == "":  # absent, null or empty: the default
+        split = default_split or UNSPLIT
     extra = {k: v for k, v in obj.items() if k not in KNOWN_FIELDS}
-    return QAItem(item_id, question, answer, aliases, keywords, split.strip() or UNSPLIT, extra)
+    check_fields(question=question, keywords=keywords, split=split, extra=extra, where=where)  # file:line in errors
+    return QAItem(item_id, question, answer, aliases, keywords, split, extra)

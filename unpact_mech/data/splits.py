@@ -2,7 +2,8 @@
 
 ``forget``: what unlearning removes and recovery tries to bring back; ``retain``: what retain losses may train on
 (the training anchor); ``utility``: facts that must survive and that NOTHING trains on — collateral damage (utility
-accuracy, the destructive rate) is measured on them. Items keep the order of the data file.
+accuracy, the destructive rate) is measured on them. These three are the only split names a data file may use; an
+item given no split is :data:`UNSPLIT` (evaluated, never trained on). Items keep the order of the data file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ FORGET = "forget"
 RETAIN = "retain"
 UTILITY = "utility"
 SPLITS = (FORGET, RETAIN, UTILITY)
+#: The split of an item given none: evaluated (accuracy per split), never trained on, not used by recovery.
+UNSPLIT = "unsplit"
 
 
 def split_items(items: Sequence["QAItem"], split: str) -> list["QAItem"]:

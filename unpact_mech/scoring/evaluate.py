@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from unpact_mech.data.contract import extra_columns
 from unpact_mech.scoring.batching import InterventionFactory
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS, generate_answers
 from unpact_mech.scoring.judges import get_judge, rouge_l_recall
@@ -39,8 +40,9 @@ def evaluate_items(
     progress: bool = True,
 ) -> pd.DataFrame:
     """One row per item: ``item_id, split, question, answer, generation, correct, rouge_l, logprob, first_prob,
-    rank, truncated`` plus the items' extra fields. ``encoded`` overrides the prompts (e.g. rewritten questions);
-    ``truncated`` is 1.0 when the greedy answer reached ``max_new_tokens`` without a stop token."""
+    rank, truncated`` plus the items' extra fields (a list or dict as its JSON text; no extra is dropped).
+    ``encoded`` overrides the prompts (e.g. rewritten questions); ``truncated`` is 1.0 when the greedy answer reached
+    ``max_new_tokens`` without a stop token."""
     judge_fn = get_judge(judge)
     encoded = list(encoded) if encoded is not None else encode_items(model, items)
     prompts = [e.prompt.ids for e in encoded]
@@ -76,7 +78,7 @@ def evaluate_items(
             "rank": int(scores.first_rank[i]),
             "truncated": float(generated.truncated),
         }
-        row.update({k: v for k, v in item.extra.items() if k not in row and not isinstance(v, (list, dict))})
+        row.update(extra_columns(item.extra))  # no name collides: QAItem refuses reserved names when created
         rows.append(row)
     return pd.DataFrame(rows)
 
