@@ -42,7 +42,10 @@ class UnlearningSet:
 
     @staticmethod
     def split(items: Sequence["QAItem"], *, where: str = "data") -> tuple[list["QAItem"], list["QAItem"]]:
-        """``(forget, retain)`` items by their ``split`` field (utility and unsplit items are evaluated, never trained on)."""
+        """``(forget, retain)`` items by their ``split`` field.
+
+        Utility and unsplit items are evaluated, never trained on.
+        """
         forget, retain = split_items(items, FORGET), split_items(items, RETAIN)
         if not forget:
             splits = sorted({it.split for it in items})
