@@ -9,12 +9,19 @@ item given no split is :data:`UNSPLIT` (evaluated, never trained on). Items keep
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 from unpact_mech.errors import InputError
 
-if TYPE_CHECKING:
-    from unpact_mech.data.record import QAItem
+
+class HasSplit(Protocol):
+    """Anything with a ``split`` (a :class:`~unpact_mech.data.record.QAItem`; named structurally so that this module,
+    which the record itself imports, imports nothing of it)."""
+
+    split: str
+
+
+Item = TypeVar("Item", bound=HasSplit)
 
 FORGET = "forget"
 RETAIN = "retain"
@@ -24,12 +31,12 @@ SPLITS = (FORGET, RETAIN, UTILITY)
 UNSPLIT = "unsplit"
 
 
-def split_items(items: Sequence["QAItem"], split: str) -> list["QAItem"]:
+def split_items(items: Sequence[Item], split: str) -> list[Item]:
     """The items of ``split``, in data order."""
     return [it for it in items if it.split == split]
 
 
-def require_split(items: Sequence["QAItem"], split: str, source: str) -> list["QAItem"]:
+def require_split(items: Sequence[Item], split: str, source: str) -> list[Item]:
     """The items of ``split``; :class:`InputError` naming ``source`` (e.g. the data spec) when there are none."""
     chosen = split_items(items, split)
     if not chosen:
