@@ -76,16 +76,15 @@ def focus_recovery(ctx: Context, model, keywords) -> dict:
 
 def recovery_rows(ctx: Context, occlusion) -> tuple[list[dict], dict | None]:
     """Focus recovery for RECOVERY_SETTINGS on the first method's model, and with the annotated keywords."""
-    from tqdm.auto import tqdm
-
     from unpact_mech.attacks.keywords import data_keywords
     from unpact_mech.scoring.tokens import encode_item
+    from unpact_mech.utils import progress_bar
 
     [(method, model)] = list(ctx.unlearned())  # the study uses the first of --methods only
     rows = [
         {"keytoken_alpha": a, "keytoken_beta": b, "recovery_method": method}
         | focus_recovery(ctx, model, ctx.keywords(occlusion, ctx.items, keytoken_alpha=a, keytoken_beta=b))
-        for a, b in tqdm(RECOVERY_SETTINGS, desc="focus recovery", disable=not ctx.progress)
+        for a, b in progress_bar(RECOVERY_SETTINGS, enabled=ctx.progress, desc="focus recovery")
     ]
     reference = None
     if any(it.keywords for it in ctx.items):

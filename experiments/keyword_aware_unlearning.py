@@ -307,12 +307,11 @@ def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.Dat
 
 
 def run(ctx: Context) -> StudyResult:
-    from tqdm.auto import tqdm
-
     from unpact_mech.attacks import DEFAULT_ATTACKS
     from unpact_mech.errors import InputError
     from unpact_mech.io import atomic_write_text
     from unpact_mech.recovery.outputs import long_results
+    from unpact_mech.utils import progress_bar
 
     todo = variants(ctx.methods, ctx.args.ablations)
     if ctx.args.variants is not None:
@@ -333,7 +332,7 @@ def run(ctx: Context) -> StudyResult:
 
     # 1. checkpoints of every variant
     rows = []
-    for v in tqdm(todo, desc="checkpoints", disable=not ctx.progress):
+    for v in progress_bar(todo, enabled=ctx.progress, desc="checkpoints"):
         model, result = train(ctx, v, steps[v.name], evaluate=True, eval_every=ctx.args.eval_every)
         dyn = result.dynamics_table()
         rows += [
@@ -366,9 +365,10 @@ def run(ctx: Context) -> StudyResult:
         except ValueError as err:
             raise InputError(f"{err}; or pass --target-utility") from None
     if len(merged_table) and not np.isclose(merged_table["target_utility"], target["target_utility"]).all():
+        theirs = ", ".join(f"{t:.3f}" for t in sorted(set(merged_table["target_utility"].astype(float))))
         raise InputError(
-            "--merge: the merged run matched another target utility accuracy "
-            f"({merged_table['target_utility'].iloc[0]:.3f} vs {target['target_utility']:.3f}); rerun it"
+            f"--merge: the merged runs matched target utility accuracy {theirs}, this run "
+            f"{target['target_utility']:.3f} (pass the same --target-utility, or none, to every run); rerun them"
         )
 
     # 4. the recovery suite on each matched checkpoint
@@ -378,7 +378,7 @@ def run(ctx: Context) -> StudyResult:
     tuning, held_out = tuning_split(forget_ids, SPLIT_SEED)
     subsets = {"all": forget_ids, "tuning": tuning, "held_out": held_out}
     table_rows, rate_frames, long = [], [], []
-    for v in tqdm(todo, desc="recovery", disable=not ctx.progress):
+    for v in progress_bar(todo, enabled=ctx.progress, desc="recovery"):
         mine = checkpoints[checkpoints["variant"] == v.name]
         chosen = matched_checkpoint(mine, target["target_utility"])
         row: dict[str, Any] = {

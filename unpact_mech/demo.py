@@ -57,6 +57,13 @@ class DemoConfig:
     batch_size: int = BATCH_SIZE
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
+    def __post_init__(self) -> None:  # methods="ga_gdr" is the one method ga_gdr
+        from unpact_mech.utils import one_or_many
+
+        self.methods = one_or_many(self.methods) or ()
+        self.strategies = one_or_many(self.strategies) or ()
+        self.interventions = one_or_many(self.interventions) or ()
+
     @property
     def data_spec(self) -> str:
         return self.data or default_data(self.model)
@@ -114,7 +121,7 @@ def run_demo(
     """Run the demo into ``out`` (default: a new time-stamped directory under ``unpact-runs/``)."""
     from unpact_mech.attacks import get_attack
     from unpact_mech.data import FORGET, load_items, require_split
-    from unpact_mech.io import atomic_output_dir
+    from unpact_mech.io import atomic_output_dir, check_outside
     from unpact_mech.models import load_model
     from unpact_mech.pipeline.rundir import new_run_dir
     from unpact_mech.pipeline.session import Session
@@ -135,6 +142,7 @@ def run_demo(
     with atomic_output_dir(out) as tmp:
         stage(f"loading {cfg.model} ({cfg.backend}) and evaluating {len(items)} items of {cfg.data_spec}")
         original = load_model(cfg.model, backend=cfg.backend)
+        check_outside(out, original.source_dir, "--out")
         interventions = [get_attack(t, kind="intervention").resolve(original) for t in cfg.interventions]
         session = Session(
             cfg.model,

@@ -62,8 +62,9 @@ def ga_unlearned(ga_unlearned_dir):
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """ONE ``unpact demo --model tiny`` run (ga_gdr + npo_gdr, 200 bootstrap resamples), shared read-only by the demo,
-    golden-pin and experiment tests (each would otherwise spend ~15 s on the same run)."""
+    golden-pin and experiment tests (each would otherwise spend ~15 s on the same run). Its ``--out`` lies under two
+    directories that do not exist yet: the demo creates them (tests/unit/test_api_guidance.py checks)."""
     from unpact_mech.demo import DemoConfig, run_demo
 
-    out = tmp_path_factory.mktemp("tiny_demo") / "run"
+    out = tmp_path_factory.mktemp("tiny_demo") / "not" / "yet" / "run"
     return run_demo(DemoConfig(model="tiny", methods=("ga_gdr", "npo_gdr")), out, progress=False, log=lambda _: None)

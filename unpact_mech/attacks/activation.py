@@ -39,6 +39,7 @@ from unpact_mech.attacks.edits import (
 )
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import HookContext, Intervention, hook_name
+from unpact_mech.utils import one_or_many
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -62,6 +63,11 @@ class ResidualEdit(ActivationAttack):
     def source(self, env: AttackEnv) -> "HookedLM | None":
         """The model whose activations the edit reads (None: none)."""
         return None
+
+    @property
+    def cost(self) -> float:  # type: ignore[override]
+        """2 when the edit reads another model (:meth:`source` overridden: that model runs on every forward too)."""
+        return 1.0 if type(self).source is ResidualEdit.source else 2.0
 
     @property
     def is_noop(self) -> bool:
@@ -267,6 +273,10 @@ class Pasta(ActivationAttack):
     heads: tuple[int, ...] | None = None
 
     options: ClassVar[tuple[str, ...]] = ("layers", "other_weight", "heads")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "heads", one_or_many(self.heads))
 
     @property
     def parameters_label(self) -> str:

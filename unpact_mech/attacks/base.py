@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from unpact_mech.errors import InputError
+from unpact_mech.utils import one_or_many
 
 if TYPE_CHECKING:
     from unpact_mech.attacks.keywords import ItemKeywords
@@ -89,6 +90,10 @@ class Attack:
     #: Whether the control "the same attack on the original model" is informative (False for ``patch``, which
     #: patches the original with itself).
     runs_on_original: bool = True
+
+    #: Rough cost of one answer under the attack, in plain answers (a plan's time estimate; 2 when every forward
+    #: also runs another model, as ``patch`` runs the original).
+    cost: ClassVar[float] = 1.0
 
     kind: ClassVar[str] = ""
     #: The fields a user may set with :meth:`configure` or a spec string ``name:key=value,...``.
@@ -171,6 +176,9 @@ class ActivationAttack(Attack):
     kind: ClassVar[str] = "intervention"
     options: ClassVar[tuple[str, ...]] = ("layers",)
     control_unit: ClassVar[str] = "positions"
+
+    def __post_init__(self) -> None:  # layers=3 is the one layer 3 (frozen: set through object.__setattr__)
+        object.__setattr__(self, "layers", one_or_many(self.layers))
 
     def default_layers(self, n_layers: int) -> tuple[int, ...]:
         """The first half of the layers (subclasses choose their own)."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from unpact_mech.attacks.base import KIND_NOUNS, Attack, PromptAttack
 from unpact_mech.errors import InputError
 from unpact_mech.syntax import parse_int_list
+from unpact_mech.utils import one_or_many
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -90,7 +91,7 @@ def resolve_attacks(
 ) -> list[Attack]:
     """Look up, configure and resolve every spec against ``model`` (one string or object counts as one spec);
     ``templates`` overrides prompt templates by name. Raises :class:`InputError` before any work."""
-    items = [specs] if isinstance(specs, (str, Attack)) else list(specs)
+    items = list(one_or_many(specs) or ())
     out = []
     for spec in items:
         attack = get_attack(spec).resolve(model)

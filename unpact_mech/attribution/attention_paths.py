@@ -48,6 +48,7 @@ from unpact_mech.attribution.units import (
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import hook_name
 from unpact_mech.scoring.batching import InterventionFactory
+from unpact_mech.utils import one_or_many
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 def check_layers(model: "HookedLM", layers: Sequence[int] | None) -> tuple[int, ...]:
     """Validate a layer selection (None = all layers); out-of-range layers raise :class:`InputError`."""
     n = model.shape.n_layers
+    layers = one_or_many(layers)  # one int is one layer
     if layers is None:
         return tuple(range(n))
     bad = [L for L in layers if not 0 <= L < n]

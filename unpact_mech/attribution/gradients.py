@@ -29,6 +29,7 @@ from unpact_mech.attribution.units import (
 )
 from unpact_mech.models.hooks import KEY_AXIS_KINDS, parse_hook
 from unpact_mech.scoring.batching import InterventionFactory
+from unpact_mech.utils import one_or_many
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -86,7 +87,7 @@ def grad_x_activation(
     """Gradient x activation of the target at each hook in ``hooks`` (validated: unknown names raise
     :class:`~unpact_mech.errors.InputError`). Scores cover every input position of the teacher-forced sequence
     (all but the last answer token, which no target logit reads)."""
-    sites = [parse_hook(h, model.shape.n_layers) for h in hooks]
+    sites = [parse_hook(h, model.shape.n_layers) for h in one_or_many(hooks) or ()]
     prepared, tgt = prepare_for(model, item, target)
     names = [s.name for s in sites]
     with model.frozen(), torch.enable_grad():

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from unpact_mech.attribution.compare import compare_heads, compare_layers, compare_units, keytoken_change
 from unpact_mech.attribution.keytokens import (
@@ -29,8 +28,10 @@ from unpact_mech.attribution.methods import AttributionMethod, get_attribution_m
 from unpact_mech.attribution.results import CONTRIBUTION, TokenAttribution
 from unpact_mech.attribution.targets import get_target
 from unpact_mech.attribution.units import PreparedItem, check_level, prepare_item
+from unpact_mech.data.splits import SPLITS
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.own_answer import OwnAnswer
+from unpact_mech.utils import progress_bar
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
@@ -152,7 +153,7 @@ def attribute_items(
     if tgt.in_context:  # no own answer (the sentence lacks the gold answer): the bare answer, said explicitly
         prepared = [p if p.own is not None else replace(p, own=OwnAnswer((), p.encoded.answer_ids)) for p in prepared]
     results, units, extras, frames = [], [], [], []
-    for p in tqdm(prepared, desc=f"{cfg.method} ({label or model.name})", disable=not progress, leave=False):
+    for p in progress_bar(prepared, enabled=progress, desc=f"{cfg.method} ({label or model.name})", leave=False):
         res = method.attribute(model, p, level=cfg.level, target=tgt.name)
         results.append(res)
         view = method.token_view(res, p, level=cfg.level)
@@ -198,6 +199,12 @@ def summarize_attribution(
         "mean_target_value": float(torch.tensor([r.target_value for r in results]).mean()) if results else None,
     }
     summary |= agreement_summary(agreements) if units else {"keyword_hit_rate": None}
+    if units:  # forget, retain and utility items apart: they answer different questions
+        splits = sorted({u.split for u in units}, key=lambda x: (SPLITS.index(x) if x in SPLITS else len(SPLITS), x))
+        summary["keyword_hit_rate_by_split"] = {
+            split: agreement_summary([a for a, u in zip(agreements, units) if u.split == split])["keyword_hit_rate"]
+            for split in splits
+        }
     return summary | method.summarize(results, target=cfg.target)
 
 

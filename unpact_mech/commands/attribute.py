@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.attribution.outputs import attribution_summary, write_attribution
     from unpact_mech.attribution.run import AttributionConfig, attribute_items, compare_runs, prepare_items
     from unpact_mech.data import load_items
-    from unpact_mech.io import atomic_output_dir, prepare_output_path, run_record
+    from unpact_mech.io import atomic_output_dir, check_outside, prepare_output_path, run_record
     from unpact_mech.models import load_model
     from unpact_mech.recovery.run import check_compatible
     from unpact_mech.runtime import seed_everything
@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         models.append(load_model(args.compare_to, backend=args.backend, allow_pickle=args.allow_pickle))
         check_compatible(models[0], models[1])
     for model in models:
+        check_outside(args.out, model.source_dir, "--out")
         model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
         cfg.validate_for(model)
     for m in models:
@@ -220,7 +221,10 @@ def run(args: argparse.Namespace) -> int:
 
     summary = attribution_summary(runs, comparison, labels, args.backend)
     config = vars(args) | {"options": cfg.method_object().options(), "resolved_target": runs[0].target}
-    run_meta = run_record("attribute", config=config, seed=args.seed, data=args.data, lineage=models[-1].lineage)
+    weights = {"model": models[0]} | ({"compare_to": models[1]} if len(models) > 1 else {})  # hashed in run.json
+    run_meta = run_record(
+        "attribute", config=config, seed=args.seed, data=args.data, lineage=models[-1].lineage, models=weights
+    )
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_attribution(
             tmp,
@@ -235,6 +239,9 @@ def run(args: argparse.Namespace) -> int:
 
     hit = summary.get("keyword_hit_rate")
     hit_txt = f"keyword hit rate {hit:.2f}" if hit is not None else "no keyword hit rate (no token view or no keywords)"
+    by_split = {k: v for k, v in (summary.get("keyword_hit_rate_by_split") or {}).items() if v is not None}
+    if hit is not None and by_split:  # forget, retain and utility apart
+        hit_txt += f" ({', '.join(f'{split} {value:.2f}' for split, value in by_split.items())})"
     print(f"{args.method} ({args.level}, target {runs[0].target}) on {len(items)} items: {hit_txt} -> {args.out}")
     if comparison is not None and comparison.summary.get("keytoken_change"):
         by_split = comparison.summary["keytoken_change"].get("by_split") or {}

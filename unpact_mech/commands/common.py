@@ -80,7 +80,10 @@ def add_run_options(
         help="record schema of --data (default: auto)",
     )
     p.add_argument(
-        "--out", required=True, metavar="DIR", help="output directory (created; must not exist unless --overwrite)"
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory (created, with any missing parents; must not exist unless --overwrite)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out directory (atomically, at the end)"
@@ -105,15 +108,17 @@ def add_run_options(
 
 
 def load_run_inputs(args: argparse.Namespace, *, spec_attr: str = "model") -> tuple[Any, list]:
-    """Validate --out, load items (cheap errors first), then load the model and apply --prompt-format."""
+    """Validate --out, load items (cheap errors first), then load the model (--out must not lie inside its directory)
+    and apply --prompt-format."""
     from unpact_mech.data import load_items
-    from unpact_mech.io import prepare_output_path
+    from unpact_mech.io import check_outside, prepare_output_path
     from unpact_mech.models import load_model
     from unpact_mech.scoring.prompt import prompt_format_from_name
 
     prepare_output_path(args.out, overwrite=args.overwrite)
     items = load_items(args.data, schema=args.schema)
     model = load_model(getattr(args, spec_attr), backend=args.backend, allow_pickle=args.allow_pickle)
+    check_outside(args.out, model.source_dir, "--out")
     model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
     return model, items
 

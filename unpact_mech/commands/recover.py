@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from unpact_mech.commands.common import add_max_new_tokens_option
 
@@ -13,7 +14,11 @@ EPILOG = """conditions come from the attack registry (unpact_mech.attacks); --st
 Defaults: scale x2 on the first half of the layers; patch from the original at all layers; steer (mean
 original-minus-unlearned residual at keyword positions, coefficient 1) on the first half; pasta (attention to
 other keys x0.1) on the middle third, all heads. Use 'none' to run no strategies / no interventions.
---ablation sweeps the given interventions (default: patch and scale) over layers x position groups."""
+--ablation sweeps the given interventions (default: patch and scale) over layers x position groups.
+--keywords-from RUN_DIR reads the KeyTokens of an earlier word-level occlusion run of the original model
+(unpact attribute --model ORIGINAL --method occlusion --level word --target answer --out RUN_DIR) instead of
+computing them again. Once the two baselines have run, a plan line (conditions x items x controls) and a time
+estimate go to stderr (not with --quiet)."""
 
 
 def add_parser(sub) -> None:
@@ -59,6 +64,13 @@ def add_parser(sub) -> None:
         help="keyword source: KeyTokens of occlusion on the original model, the data's keywords, or both",
     )
     p.add_argument(
+        "--keywords-from",
+        default=None,
+        metavar="RUN_DIR",
+        help="take the KeyTokens from this `unpact attribute` run (word-level occlusion of the bare answer on the "
+        "original model, the same items) instead of computing them",
+    )
+    p.add_argument(
         "--keytoken-alpha",
         type=float,
         default=DEFAULT_KEYTOKEN_ALPHA,
@@ -92,17 +104,19 @@ def _lists(values: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unpact_mech.attacks import get_attack
+    from unpact_mech.attacks import get_attack, select_keywords
+    from unpact_mech.attacks.keywords import keywords_from_run
     from unpact_mech.attribution.keytokens import check_keytoken_rule
     from unpact_mech.data import load_items
     from unpact_mech.errors import InputError
-    from unpact_mech.io import atomic_output_dir, prepare_output_path, run_record
+    from unpact_mech.io import atomic_output_dir, check_outside, prepare_output_path, run_record
     from unpact_mech.models import load_model
     from unpact_mech.recovery import RecoveryConfig, check_compatible, recovered_lineage, run_recovery
-    from unpact_mech.recovery.ablation import SweepConfig, layer_sweep
+    from unpact_mech.recovery.ablation import SweepConfig, layer_sweep, sweep_size
     from unpact_mech.recovery.outputs import write_recovery
     from unpact_mech.runtime import seed_everything
     from unpact_mech.scoring.prompt import prompt_format_from_name
+    from unpact_mech.scoring.tokens import encode_item
     from unpact_mech.syntax import parse_int_list
 
     seed_everything(args.seed)
@@ -120,11 +134,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"--ablation-layers: cannot parse {args.ablation_layers!r} (use e.g. 0-29 or 0+5+10)"
         ) from None
+    if args.keywords_from and args.keywords == "data":
+        raise InputError("--keywords-from gives the attribution keywords: use it with --keywords attribution or both")
     items = load_items(args.data, schema=args.schema)
     original = load_model(args.original, backend=args.backend, allow_pickle=args.allow_pickle)
     unlearned = load_model(args.unlearned, backend=args.backend, allow_pickle=args.allow_pickle)
     check_compatible(original, unlearned)
     for model in (original, unlearned):
+        check_outside(args.out, model.source_dir, "--out")
         model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
     attacks = [a.resolve(unlearned) for a in strategies + interventions]  # layer/head errors before any work
     if ablation_layers is not None:
@@ -133,6 +150,36 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--ablation-layers: layer {bad[0]} out of range (model has layers 0..{unlearned.shape.n_layers - 1})"
             )
+
+    keywords = None
+    if args.keywords_from:  # read, not computed: every mismatch is an input error before any evaluation
+        encoded = [encode_item(original, it) for it in items]
+        read = keywords_from_run(
+            args.keywords_from, original, items, encoded, keytoken_alpha=args.keytoken_alpha,
+            keytoken_beta=args.keytoken_beta,
+        )  # fmt: skip
+        keywords = select_keywords(args.keywords, original, items, encoded, attribution=read)
+    swept = [a.configure(layers=None) for a in interventions] or ["patch", "scale"]
+    sweep_cfg = SweepConfig(
+        interventions=swept,
+        layers=ablation_layers,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+
+    def announce(plan) -> None:
+        """The plan and the estimate, on stderr, once the baselines have run."""
+        if args.quiet:
+            return
+        line, extra = plan.describe(), {}
+        if args.ablation and plan.n_eligible:
+            evaluations, answers, extra["the layer ablation"] = sweep_size(
+                sweep_cfg, unlearned.shape.n_layers, plan.n_eligible
+            )
+            line += f"; then the layer ablation: {evaluations} evaluations, {answers} answers"
+        print(line, file=sys.stderr)
+        print(plan.estimate(extra), file=sys.stderr)
 
     cfg = RecoveryConfig(
         attacks=attacks,
@@ -144,24 +191,17 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    result = run_recovery(original, unlearned, items, cfg, progress=not args.quiet)
+    result = run_recovery(original, unlearned, items, cfg, keywords=keywords, progress=not args.quiet, on_plan=announce)
     sweep = None
     if args.ablation:
         eligible = set(result.eligible_ids)
         chosen = [(it, kw) for it, kw in zip(items, result.item_keywords) if it.id in eligible]
-        swept = [a.configure(layers=None) for a in interventions] or ["patch", "scale"]
         sweep = layer_sweep(
             original,
             unlearned,
             [it for it, _ in chosen],
             [kw for _, kw in chosen],
-            SweepConfig(
-                interventions=swept,
-                layers=ablation_layers,
-                max_new_tokens=args.max_new_tokens,
-                batch_size=args.batch_size,
-                seed=args.seed,
-            ),
+            sweep_cfg,
             progress=not args.quiet,
         )
 
@@ -177,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
         "unlearned": str(args.unlearned),
         "backend": args.backend,
     }
+    if args.keywords_from:
+        summary["keywords_from"] = str(args.keywords_from)
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_recovery(tmp, result, run_meta, summary, sweep)
     for line in summary_lines(summary, result.rates):
@@ -198,6 +240,12 @@ def summary_lines(summary: dict, rates) -> list[str]:
         f"destructive rate on utility items {fmt(summary.get('utility_destructive_rate'))}, "
         f"on retain (trained-on) items {fmt(summary.get('retain_destructive_rate'))}"
     )
+    accuracy = [
+        f"{split} {fmt(summary.get(f'original_{split}_accuracy'))} -> {fmt(summary.get(f'unlearned_{split}_accuracy'))}"
+        for split in ("forget", "retain", "utility")
+        if summary.get(f"n_{split}")
+    ]
+    lines.append(f"accuracy original -> unlearned: {', '.join(accuracy)}")
     if summary.get("eligible_note"):
         lines.append(f"note: {summary['eligible_note']}")
     for r in rates.itertuples():

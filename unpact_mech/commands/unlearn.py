@@ -171,11 +171,10 @@ def run(args: argparse.Namespace) -> int:
 
     from unpact_mech.commands.common import load_run_inputs
     from unpact_mech.errors import InputError
-    from unpact_mech.io import prepare_output_path, run_record
+    from unpact_mech.io import check_outside, prepare_output_path, run_record
     from unpact_mech.runtime import seed_everything
     from unpact_mech.unlearning import UnlearningFailed, get_unlearning_method, resolve_config, unlearn, write_unlearned
     from unpact_mech.unlearning.checkpoint import CheckpointStore
-    from unpact_mech.unlearning.run import check_outside
 
     seed_everything(args.seed)
     # cheap checks first: nothing is loaded or written for bad names/values
@@ -248,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
         CheckpointStore(ckpt_dir, {}).clear()
     for line in summary_lines(method.name, result.summary, args.out):
         print(line)
+    if result.summary.get("forget_note"):  # the recipe did not forget: say so, and what to change
+        print(f"warning: {result.summary['forget_note']}", file=sys.stderr)
     return 0
 
 

@@ -45,6 +45,7 @@ from unpact_mech.models.hooks import (
     hook_name,
     parse_hook,
 )
+from unpact_mech.utils import one_or_many
 
 #: Greedy answer length cap of :meth:`HookedLM.generate` and every evaluation: fits a one-sentence answer (measured
 #: in :mod:`unpact_mech.scoring.generation`).
@@ -406,6 +407,7 @@ class HookedLM:
         n_query = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         query_positions = torch.arange(query_offset, query_offset + n_query, device=self.device)
         store: dict[str, Tensor] = {}
+        interventions, cache = one_or_many(interventions) or (), one_or_many(cache) or ()  # one hook name is one
         if self._context_hooks:
             interventions = [*self._context_hooks, *interventions]
         fns = self._build_hooks(interventions, cache, query_positions, store)

@@ -189,11 +189,10 @@ class Context(Session):
 
     def unlearned(self) -> Iterator[tuple[str, "HookedLM"]]:
         """One unlearned model per method (loaded from --from-run or trained now), one at a time."""
-        from tqdm.auto import tqdm
-
         from unpact_mech.models import load_model
+        from unpact_mech.utils import progress_bar
 
-        for method in tqdm(self.methods, desc="methods", disable=not self.progress):
+        for method in progress_bar(self.methods, enabled=self.progress, desc="methods"):
             if self.args.from_run:
                 model = load_model(Path(self.args.from_run) / "unlearned" / method, backend=self.backend)
                 self.lineages[method] = list(model.lineage)

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from unpact_mech.attacks import Attack, AttackEnv, ItemKeywords, get_attack
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.evaluate import evaluate_items
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.tokens import EncodedQA, encode_item
+from unpact_mech.utils import one_or_many, progress_bar
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
@@ -51,12 +51,36 @@ class SweepConfig:
     batch_size: int = 16
     seed: int = 0  # draws the random_non_keywords subsets
 
+    def __post_init__(self) -> None:  # one name / one layer is a list of one
+        self.interventions = one_or_many(self.interventions) or ()
+        self.groups = one_or_many(self.groups) or ()
+        self.modes = one_or_many(self.modes) or ()
+        self.layers = one_or_many(self.layers)
+
 
 def default_sweep_layers(n_layers: int, points: int = 10) -> list[int]:
     """Evenly spaced layers including the first and the last (all layers if there are few)."""
     if n_layers <= points:
         return list(range(n_layers))
     return sorted({round(i * (n_layers - 1) / (points - 1)) for i in range(points)})
+
+
+def sweep_points(cfg: SweepConfig, n_layers: int) -> int:
+    """Evaluations of a sweep (one per intervention x group x mode x layer), besides its one baseline."""
+    layers = cfg.layers if cfg.layers is not None else default_sweep_layers(n_layers)
+    return len(cfg.interventions) * len(cfg.groups) * len(cfg.modes) * len(layers)
+
+
+def sweep_size(cfg: SweepConfig, n_layers: int, n_items: int) -> tuple[int, int, float]:
+    """``(evaluations, answers, weighted answers)`` of a sweep over ``n_items`` items, its baseline included (none
+    without items); the weighted answers count each by its intervention's
+    :attr:`~unpact_mech.attacks.base.Attack.cost` (a recovery plan's time estimate)."""
+    if not n_items:
+        return 0, 0, 0.0
+    per_attack = sweep_points(cfg, n_layers) // max(len(cfg.interventions), 1)
+    costs = [get_attack(spec, kind="intervention").cost for spec in cfg.interventions]
+    points = per_attack * len(costs)
+    return points + 1, (points + 1) * n_items, (per_attack * sum(costs) + 1) * n_items
 
 
 def position_groups(enc: EncodedQA, keywords: ItemKeywords, rng: random.Random) -> dict[str, tuple[int, ...]]:
@@ -101,9 +125,7 @@ def layer_sweep(
         unlearned, items, judge=cfg.judge, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False
     )
     rows = []
-    bar = tqdm(
-        total=len(attacks) * len(cfg.groups) * len(cfg.modes) * len(layers), desc="layer ablation", disable=not progress
-    )
+    bar = progress_bar(total=sweep_points(cfg, unlearned.shape.n_layers), desc="layer ablation", enabled=progress)
     for attack in attacks:
         for group in cfg.groups:
             positions = [list(g[group]) for g in groups]

@@ -34,15 +34,16 @@ LP and rank), so "correct" means the same everywhere. Definitions: docs/concepts
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from unpact_mech.attacks import DEFAULT_ATTACKS, Attack, AttackEnv, ItemKeywords, resolve_attacks, select_keywords
+from unpact_mech.attacks.keywords import KEYWORD_SOURCES
 from unpact_mech.attribution.keytokens import DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA
 from unpact_mech.data.splits import FORGET, RETAIN, UTILITY, split_items
 from unpact_mech.errors import InputError
@@ -52,6 +53,7 @@ from unpact_mech.scoring.evaluate import evaluate_items
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.tokens import encode_item
 from unpact_mech.stats import destructive_rate, holm, mcnemar_exact, rate
+from unpact_mech.utils import one_or_many, progress_bar
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
@@ -88,6 +90,9 @@ class RecoveryConfig:
     seed: int = 0
     max_control_items: int | None = None
 
+    def __post_init__(self) -> None:  # attacks="focus" is the one condition focus
+        self.attacks = one_or_many(self.attacks) or ()
+
 
 @dataclass
 class RecoveryResult:
@@ -103,6 +108,7 @@ class RecoveryResult:
     item_keywords: list[ItemKeywords] = field(default_factory=list)
     eligible_ids: list[str] = field(default_factory=list)
     attacks: list[Attack] = field(default_factory=list)
+    plan: "RunPlan | None" = None
 
 
 def recovered_lineage(
@@ -151,6 +157,72 @@ class Plan:
     keywords: dict[str, ItemKeywords]
     random_words: dict[str, ItemKeywords]
     random_positions: dict[str, ItemKeywords]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a recovery run evaluates after its two baselines, known once they have run (``run_recovery(on_plan=)``,
+    printed by ``unpact recover``): ``n_conditions`` conditions on ``n_eligible`` eligible forget items (of
+    ``n_forget``), ``n_evaluations`` evaluations (one per arm with items: emphasis, and with ``controls`` the random,
+    original-model and general controls) of ``n_answers`` item answers (greedy answer + teacher-forced LP) in all;
+    ``keyword_items``: items whose keywords word-level occlusion computes after the plan (0: given, or the data's).
+
+    The estimate rests on one measurement, the two baselines (``baseline_answers`` answers in ``baseline_seconds``):
+    their time per answer times the plan's answers, each weighted by its attack's
+    :attr:`~unpact_mech.attacks.base.Attack.cost` (``weighted_answers``; 2 for ``patch``, which runs the original as
+    well). Rough: the keyword occlusion is not included, and small batches cost more per answer than full ones
+    (measured on a shared 2-core machine: 118 s for an estimated 145 s on SmolLM2-135M, 3 conditions with controls, 24
+    items; the tiny model, dominated by per-batch overhead, takes about twice its estimate of a second or two)."""
+
+    n_conditions: int
+    n_eligible: int
+    n_forget: int
+    controls: bool
+    n_evaluations: int
+    n_answers: int
+    weighted_answers: float
+    baseline_answers: int
+    baseline_seconds: float
+    keyword_items: int = 0
+
+    @property
+    def seconds_per_answer(self) -> float:
+        return self.baseline_seconds / max(self.baseline_answers, 1)
+
+    @property
+    def estimated_seconds(self) -> float:
+        """Rough wall time of the conditions: the baselines' time per answer x the plan's cost-weighted answers."""
+        return self.seconds_per_answer * self.weighted_answers
+
+    def describe(self) -> str:
+        """One line: conditions x items x controls -> evaluations and answers."""
+        controls = "with controls" if self.controls else "no controls"
+        line = (
+            f"plan: {self.n_conditions} conditions x {self.n_eligible} eligible forget items (of {self.n_forget}), "
+            f"{controls}: {self.n_evaluations} evaluations, {self.n_answers} answers"
+        )
+        if self.keyword_items:
+            line += f"; first word-level occlusion of {self.keyword_items} items on the original for the keywords"
+        return line
+
+    def estimate(self, extra: Mapping[str, float] | None = None) -> str:
+        """One line: the estimate and the measurement it rests on; ``extra``: further work (label -> its cost-weighted
+        answers), estimated the same way (e.g. ``unpact recover --ablation``'s layer sweep)."""
+        parts = [f"{duration(self.estimated_seconds)} for the conditions"]
+        parts += [f"{duration(self.seconds_per_answer * n)} for {label}" for label, n in (extra or {}).items()]
+        return (
+            f"estimate: about {' + '.join(parts)} (from the baselines: {self.baseline_answers} answers in "
+            f"{duration(self.baseline_seconds)})"
+        )
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min``, ``1.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class _Evaluator:
@@ -280,23 +352,27 @@ def run_recovery(
     keywords: Sequence[ItemKeywords] | None = None,
     original_baseline: pd.DataFrame | None = None,
     progress: bool = True,
+    on_plan: Callable[[RunPlan], None] | None = None,
 ) -> RecoveryResult:
     """Run every condition of ``config.attacks`` with controls; see the module docstring.
 
     ``keywords``: precomputed keywords aligned with ``items`` (e.g. KeyTokens computed once for several unlearned
     models); default: from ``config.keyword_source``. ``original_baseline``: the original model's
     :func:`~unpact_mech.scoring.evaluate.evaluate_items` frame of these items with the same judge and answer length
-    (reused instead of evaluating the original again)."""
+    (reused instead of evaluating the original again). ``on_plan``: called with the :class:`RunPlan` once the two
+    baselines have run, before the keywords' occlusion and the conditions (``unpact recover`` prints it)."""
     cfg = config or RecoveryConfig()
     check_compatible(original, unlearned)
     attacks = resolve_attacks(cfg.attacks, unlearned, cfg.templates)
     split = {name: [it.id for it in split_items(items, name)] for name in (FORGET, RETAIN, UTILITY)}
     if not split[FORGET]:
         raise InputError("recovery needs items with split 'forget'")
+    if keywords is None and cfg.keyword_source not in KEYWORD_SOURCES:
+        raise InputError(f"unknown keyword source {cfg.keyword_source!r}; choose from: {', '.join(KEYWORD_SOURCES)}")
     encoded = [encode_item(original, it) for it in items]
-    kw_list = _item_keywords(cfg, original, items, encoded, keywords)
-    words = random_word_controls(encoded, kw_list, cfg.seed)
-    positions = random_position_controls(encoded, kw_list, cfg.seed)
+    # cheap keywords (given, or the data's) now, so their errors come before any evaluation; occlusion after the plan
+    cheap = keywords is not None or cfg.keyword_source == "data"
+    kw_list = _item_keywords(cfg, original, items, encoded, keywords) if cheap else None
     everything = split[FORGET] + split[RETAIN] + split[UTILITY]
     general_split = UTILITY if split[UTILITY] else RETAIN
     original_control, general_control = control_items(
@@ -304,16 +380,31 @@ def run_recovery(
     )
     evaluator = _Evaluator({"original": original, "unlearned": unlearned}, {it.id: it for it in items}, cfg)
 
-    bar = tqdm(total=2 + len(attacks), desc="recovery", disable=not progress)
+    bar = progress_bar(total=2 + len(attacks), desc="recovery", enabled=progress)
+    t0 = time.perf_counter()
     base_o = evaluator.baseline("original", everything, original_baseline)
     bar.update()
     base_u = evaluator.baseline("unlearned", everything)
     bar.update()
+    baseline_seconds = time.perf_counter() - t0
     forget = split[FORGET]
     mask = eligible_for_recovery(base_o.loc[forget, "correct"].to_numpy(), base_u.loc[forget, "correct"].to_numpy())
+    eligible = [i for i, ok in zip(forget, mask) if ok]
+    runs = 1 if original_baseline is not None else 2  # baseline evaluations measured
+    run_plan = _run_plan(
+        attacks, cfg, Plan(eligible, original_control, general_control, general_split, {}, {}, {}), len(forget),
+        baseline_answers=len(everything) * runs,
+        baseline_seconds=baseline_seconds, keyword_items=0 if cheap else len(items),
+    )  # fmt: skip
+    if on_plan is not None:
+        on_plan(run_plan)
+    if kw_list is None:
+        kw_list = _item_keywords(cfg, original, items, encoded, keywords)
+    words = random_word_controls(encoded, kw_list, cfg.seed)
+    positions = random_position_controls(encoded, kw_list, cfg.seed)
     ids = [it.id for it in items]
     plan = Plan(
-        [i for i, ok in zip(forget, mask) if ok], original_control, general_control, general_split,
+        eligible, original_control, general_control, general_split,
         {k.item_id: k for k in kw_list}, dict(zip(ids, words)), dict(zip(ids, positions)),
     )  # fmt: skip
     env = AttackEnv(original, unlearned, {e.item_id: e for e in encoded}, plan.keywords, tuple(forget), cfg.batch_size)
@@ -335,8 +426,18 @@ def run_recovery(
     ])  # fmt: skip
     summary = _summary(cfg, split, plan, base_o, base_u, rates)
     return RecoveryResult(
-        pd.concat(evaluator.frames, ignore_index=True), rates, kw_table, summary, kw_list, plan.eligible, attacks
-    )
+        pd.concat(evaluator.frames, ignore_index=True), rates, kw_table, summary, kw_list, plan.eligible, attacks,
+        run_plan,
+    )  # fmt: skip
+
+
+def _run_plan(attacks: Sequence[Attack], cfg: RecoveryConfig, plan: Plan, n_forget: int, **measured: Any) -> RunPlan:
+    """The :class:`RunPlan`: the arms every condition will evaluate (:func:`arms`; an arm without items is not run)."""
+    sizes = [(len(arm.ids), attack.cost) for attack in attacks for arm in arms(attack, cfg, plan) if arm.ids]
+    return RunPlan(
+        len(attacks), len(plan.eligible), n_forget, cfg.controls, len(sizes), sum(n for n, _ in sizes),
+        sum(n * cost for n, cost in sizes), **measured,
+    )  # fmt: skip
 
 
 def _paired_tests(rates: pd.DataFrame, attacks: Sequence[Attack], outcomes: dict[str, np.ndarray]) -> pd.DataFrame:

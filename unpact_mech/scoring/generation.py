@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
-
 from unpact_mech.models.hooked import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.batching import InterventionFactory, left_pad, length_batches
+from unpact_mech.utils import progress_bar
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "GeneratedAnswer", "generate_answers"]
 
@@ -47,8 +46,8 @@ def generate_answers(
     out: list[GeneratedAnswer] = [GeneratedAnswer("", False)] * len(prompts)
     desc = progress if isinstance(progress, str) else "generating"
     stops = set(model.stop_token_ids)
-    for idx in tqdm(
-        length_batches([len(p) for p in prompts], batch_size), desc=desc, disable=not progress, leave=False
+    for idx in progress_bar(
+        length_batches([len(p) for p in prompts], batch_size), enabled=bool(progress), desc=desc, leave=False
     ):
         batch = left_pad([prompts[i] for i in idx], model.pad_token_id, idx)
         ivs = interventions(batch.layout) if interventions else ()

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from unpact_mech.scoring.batching import InterventionFactory, length_batches, right_pad_teacher_forced
+from unpact_mech.utils import progress_bar
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -66,7 +66,7 @@ def score_answers(
     batches = length_batches([len(p) + len(a) for p, a in zip(prompts, answers)], batch_size)
     desc = progress if isinstance(progress, str) else "scoring answers"
     with torch.no_grad():
-        for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for idx in progress_bar(batches, enabled=bool(progress), desc=desc, leave=False):
             tf = right_pad_teacher_forced([prompts[i] for i in idx], [answers[i] for i in idx], model.pad_token_id, idx)
             ivs = interventions(tf.layout) if interventions else ()
             logits = model.forward(tf.input_ids, interventions=ivs, logits_to_keep=tf.keep).logits

@@ -29,9 +29,17 @@ from unpact_mech.unlearning.methods import (
     get_unlearning_method,
     register_unlearning_method,
 )
-from unpact_mech.unlearning.run import UnlearnResult, resolve_config, unlearn, write_unlearned
+from unpact_mech.unlearning.run import (
+    ForgettingWarning,
+    UnlearnResult,
+    resolve_config,
+    unlearn,
+    weak_forgetting,
+    write_unlearned,
+)
 
 __all__ = [
+    "ForgettingWarning",
     "HYPERPARAMETERS",
     "LR_SCHEDULES",
     "UNLEARNING_METHODS",
@@ -49,5 +57,6 @@ __all__ = [
     "resolve_config",
     "train",
     "unlearn",
+    "weak_forgetting",
     "write_unlearned",
 ]

@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from unpact_mech.errors import InputError
 from unpact_mech.unlearning import params as P
 from unpact_mech.unlearning.batches import UnlearningSet, make_batch, sample_indices
 from unpact_mech.unlearning.checkpoint import CheckpointStore
 from unpact_mech.unlearning.methods.base import LossTerms, PolicyOutput, UnlearningMethod
+from unpact_mech.utils import progress_bar
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -418,12 +418,12 @@ class Trainer:
                 start = resumed or 0
                 if resumed is None:
                     self.run_evaluation(0)
-                bar = tqdm(
+                bar = progress_bar(
                     total=cfg.steps,
                     initial=start,
                     desc=f"unlearn {method.name}",
                     leave=False,
-                    disable=not self.progress or not acc.is_main_process,
+                    enabled=self.progress and acc.is_main_process,
                 )
                 rule, done = cfg.stop_rule, start
                 for step in range(start, cfg.steps):

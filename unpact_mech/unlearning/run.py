@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ import pandas as pd
 
 from unpact_mech.data.splits import RETAIN, SPLITS, UTILITY, split_items
 from unpact_mech.errors import InputError
+from unpact_mech.io.atomic import check_outside
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.unlearning import params as P
 from unpact_mech.unlearning.batches import UnlearningSet
@@ -41,11 +43,15 @@ def resolve_config(method: UnlearningMethod, **options: Any) -> TrainConfig:
     unknown = sorted(set(options) - set(TRAIN_OPTIONS))
     if unknown:
         hp = [k for k in unknown if k in HYPERPARAMETERS]
-        hint = (
-            f"; method hyperparameters go in hyperparameters={{{', '.join(repr(k) + ': ...' for k in hp)}}}"
-            if hp
-            else ""
-        )
+        taken = [k for k in hp if k in method.hyperparameters]
+        hint = ""
+        if taken:  # name the keyword the function does take, with the value given
+            given = ", ".join(f"{k!r}: {options[k]!r}" for k in taken)
+            hint = f"; method hyperparameters go in hyperparameters={{{given}}}"
+        if len(taken) < len(hp):
+            other = ", ".join(k for k in hp if k not in taken)
+            usable = ", ".join(method.hyperparameters) or "none"
+            hint += f"; {other}: not a hyperparameter of {method.name} (it takes: {usable})"
         raise InputError(
             f"unknown training option(s) {', '.join(unknown)}{hint} (training options: {', '.join(TRAIN_OPTIONS)})"
         )
@@ -55,13 +61,6 @@ def resolve_config(method: UnlearningMethod, **options: Any) -> TrainConfig:
     given.setdefault("lr", recipe.lr)
     given.setdefault("batch_size", recipe.batch_size)
     return TrainConfig(**given)
-
-
-def check_outside(path: str | os.PathLike, model_dir: str | os.PathLike, flag: str) -> None:
-    """Raise :class:`InputError` if ``path`` is the input model directory or inside it (it is never written)."""
-    p, m = Path(path).expanduser().resolve(), Path(model_dir).expanduser().resolve()
-    if p == m or m in p.parents:
-        raise InputError(f"{flag} {path}: inside the input model directory {model_dir} (it is never written to)")
 
 
 def _data_digest(items: Sequence["QAItem"]) -> str:
@@ -146,11 +145,42 @@ def _summary(
         stop_reason=res.stop_reason,
         rejected_steps=[r["step"] for r in res.rejected],
         resumed_from_step=res.resumed_from,
+        stop_when_forget_below=cfg.stop_when_forget_below,
+        max_utility_drop=cfg.max_utility_drop,
         final_forget_loss=res.loss_log[-1]["forget_loss"] if res.loss_log else None,
         final_retain_loss=res.loss_log[-1]["retain_loss"] if res.loss_log else None,
         dynamics=res.dynamics,
     )
     return summary
+
+
+class ForgettingWarning(UserWarning):
+    """:func:`unlearn` ran but the forget accuracy fell by less than half of its start (see :func:`weak_forgetting`)."""
+
+
+def weak_forgetting(summary: Mapping[str, Any]) -> str | None:
+    """One line saying that a run did not forget, and what to change — or None when it did.
+
+    "Did not forget": the forget accuracy fell by less than half of its starting value (``after > before / 2``),
+    and no forget target of the stop rule was met (a target the user set and reached is what they asked for). None
+    too when nothing was evaluated or the model knew no forget item at the start."""
+    before, after = summary.get("forget_accuracy_before"), summary.get("forget_accuracy_after")
+    if before is None or after is None or not before > 0 or after <= before / 2:
+        return None
+    target = summary.get("stop_when_forget_below")
+    if target is not None and after <= target + 1e-12:
+        return None
+    steps, lr = summary.get("steps_run"), summary.get("lr")
+    head = f"forget accuracy went from {before:.2f} to {after:.2f}, down by less than half: the recipe did not forget"
+    if summary.get("rejected_steps"):  # the utility limit, not the step budget, ended it
+        return (
+            f"{head} before the --max-utility-drop limit stopped it after {steps} steps; try a larger limit, or a "
+            f"smaller --lr (it was {lr:g}) with more --steps"
+        )
+    advice = [f"more --steps (it ran {steps})", f"a larger --lr (it was {lr:g})"]
+    if target is None:
+        advice.append("--stop-when-forget-below ACC with a generous --steps (train until it forgets)")
+    return f"{head}; try {', '.join(advice[:-1])} or {advice[-1]}"
 
 
 def destructive_rates(res: TrainResult) -> dict[str, Any]:
@@ -264,6 +294,10 @@ def unlearn(
         callback=callback,
     )
     summary = _summary(m, cfg, pattern, res, model, data) | {"target": target}
+    note = weak_forgetting(summary)
+    if note is not None:
+        summary["forget_note"] = note
+        warnings.warn(note, ForgettingWarning, stacklevel=2)
     record = {
         "role": "unlearned",
         **m.describe(),

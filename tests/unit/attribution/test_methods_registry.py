@@ -189,7 +189,7 @@ def test_config_is_json_serialisable_and_builds_the_method():
         "keytoken_beta": 3,
         "options": {"hooks": ["hook_embed"]},
     }
-    assert AttributionConfig(**record).method_object().hooks == ["hook_embed"]  # what run.json gives back
+    assert AttributionConfig(**record).method_object().hooks == ("hook_embed",)  # what run.json gives back, as a tuple
     method = cfg.method_object()
     assert method.options() == {"hooks": ("hook_embed",)} and type(method).default_options() == {"hooks": ()}
 

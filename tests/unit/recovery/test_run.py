@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from unpact_mech.errors import InputError
@@ -148,3 +149,31 @@ def test_a_reused_original_baseline_gives_the_same_result(result, original, ga_u
     )
     with pytest.raises(ValueError, match="lacks item"):
         run_recovery(original, ga_unlearned, synthetic_items, cfg, original_baseline=baseline.iloc[1:], progress=False)
+
+
+def test_zero_eligible_items_keep_every_column(result, original, synthetic_items, tmp_path, capsys):
+    """An "unlearned" model that still answers every forget item (the original itself) leaves 0 eligible items: the
+    rates table has the same columns as with eligible items, every rate is missing (never 0, never a best condition
+    picked from NaN), the summary says why, and the CLI prints a dash where a number is missing, never ``nan``."""
+    from tests.cli_helpers import run_cli
+
+    cfg = RecoveryConfig(attacks=("focus", "neutral", "patch"), keyword_source="data")
+    empty = run_recovery(original, original, synthetic_items, cfg, progress=False)
+    assert list(empty.rates.columns) == list(result.rates.columns)
+    assert list(empty.rates["condition"]) == ["focus", "neutral", "patch[0,1]"]
+    assert empty.summary["n_eligible"] == 0 and empty.eligible_ids == []
+    assert empty.rates[["recovery_rate", "random_control_rate", "p_vs_random"]].isna().all().all()
+    assert (empty.rates["n_eligible"] == 0).all()
+    assert empty.summary["best_condition"] is None and empty.summary["best_recovery_rate"] is None
+    assert empty.summary["eligible_note"].startswith("0 eligible forget items: the unlearned model still answers all")
+    # the README's reading of the table works on it
+    assert empty.rates[["condition", "recovery_rate", "random_control_rate"]].shape == (3, 3)
+
+    code, out, err = run_cli(
+        ["recover", "--original", "tiny", "--unlearned", "tiny", "--data", "builtin:synthetic_facts", "--strategy",
+         "focus", "--intervention", "none", "--keywords", "data", "--out", tmp_path / "r", "--quiet"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "nan" not in out.lower() and "recovery — [—, —]" in out and "note: 0 eligible forget items" in out
+    assert list(pd.read_csv(tmp_path / "r" / "rates.csv").columns[: len(RATE_COLUMNS)]) == list(RATE_COLUMNS)

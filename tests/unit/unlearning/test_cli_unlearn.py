@@ -245,3 +245,57 @@ def test_help_documents_methods_and_defaults(capsys):
         "--grad-accum",
     ):
         assert flag in text
+
+
+def test_a_recipe_that_did_not_forget_says_so_and_what_to_change(tmp_path, capsys):
+    """1 step at lr 1e-6 cannot forget: one warning line on stderr names --steps, --lr and the stop rule; a recipe
+    that forgets (5 steps at 1e-3) gets none."""
+    code, stdout, err = run_cli(
+        BASE + ["--method", "ga_gdr", "--steps", "1", "--lr", "1e-6", "--out", tmp_path / "weak"], capsys
+    )
+    assert code == 0, err
+    summary = json.loads((tmp_path / "weak" / "summary.json").read_text())
+    before, after = summary["forget_accuracy_before"], summary["forget_accuracy_after"]
+    assert before > 0 and before - after < before / 2  # it really did not forget
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "warning" not in stdout, err
+    assert f"from {before:.2f} to {after:.2f}" in warnings[0]
+    advice = ("--steps (it ran 1)", "--lr (it was 1e-06)", "--stop-when-forget-below")
+    assert all(flag in warnings[0] for flag in advice)
+    assert summary["forget_note"] == warnings[0].removeprefix("warning: ")
+
+    code, _, err = run_cli(BASE + ["--method", "ga", "--steps", "5", "--lr", "1e-3", "--out", tmp_path / "ok"], capsys)
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert code == 0 and summary["forget_accuracy_after"] <= summary["forget_accuracy_before"] / 2
+    assert "warning" not in err and "forget_note" not in summary
+
+
+def test_unlearn_in_python_warns_when_it_did_not_forget(synthetic_items):
+    import warnings
+
+    from unpact_mech.unlearning import ForgettingWarning, unlearn
+
+    with pytest.warns(ForgettingWarning, match=r"did not forget; try more --steps \(it ran 1\)"):
+        weak = unlearn(load_model("tiny"), synthetic_items, "ga_gdr", steps=1, lr=1e-6, progress=False)
+    assert weak.summary["forget_accuracy_after"] > weak.summary["forget_accuracy_before"] / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ForgettingWarning)  # a forgetting run must not warn
+        strong = unlearn(load_model("tiny"), synthetic_items, "ga", steps=5, lr=1e-3, progress=False)
+    assert strong.summary["forget_accuracy_after"] <= strong.summary["forget_accuracy_before"] / 2
+
+
+def test_the_weak_forgetting_rule():
+    from unpact_mech.unlearning import weak_forgetting
+
+    base = {"forget_accuracy_before": 1.0, "steps_run": 3, "lr": 1e-5}
+    assert weak_forgetting(base | {"forget_accuracy_after": 0.5}) is None  # down by half: it forgot
+    note = weak_forgetting(base | {"forget_accuracy_after": 0.51})
+    assert note and "--stop-when-forget-below" in note and "\n" not in note
+    assert weak_forgetting(base | {"forget_accuracy_before": 0.0, "forget_accuracy_after": 0.0}) is None  # knew none
+    assert weak_forgetting(base | {"forget_accuracy_before": None, "forget_accuracy_after": None}) is None
+    # a forget target the user set and met is what they asked for; one not met: no stop rule to suggest
+    assert weak_forgetting(base | {"forget_accuracy_after": 0.6, "stop_when_forget_below": 0.6}) is None
+    unmet = weak_forgetting(base | {"forget_accuracy_after": 0.8, "stop_when_forget_below": 0.6})
+    assert unmet and "--stop-when-forget-below" not in unmet and "--steps" in unmet
+    limited = weak_forgetting(base | {"forget_accuracy_after": 0.9, "rejected_steps": [2]})
+    assert "--max-utility-drop limit stopped it" in limited and "--stop-when-forget-below" not in limited

@@ -14,6 +14,7 @@ from unpact_mech.attribution.methods.registry import register_attribution_method
 from unpact_mech.attribution.results import AttentionPaths, TokenAttribution
 from unpact_mech.attribution.targets import get_target
 from unpact_mech.errors import InputError
+from unpact_mech.utils import one_or_many
 
 if TYPE_CHECKING:
     from unpact_mech.attribution.units import PreparedItem
@@ -30,9 +31,12 @@ class Attention(AttributionMethod):
     head_view = True
     layers: tuple[int, ...] | None = None
 
+    def __post_init__(self) -> None:  # layers=3 is the one layer 3
+        self.layers = one_or_many(self.layers)
+
     def validate(self) -> None:
         layers = self.layers
-        if layers is not None and (isinstance(layers, str) or not all(isinstance(x, Integral) for x in layers)):
+        if layers is not None and not all(isinstance(x, Integral) and not isinstance(x, bool) for x in layers):
             raise InputError(f"attribution method {self.name}: layers must be a list of layer indices, got {layers!r}")
 
     def validate_for(self, model: "HookedLM") -> None:

@@ -12,6 +12,7 @@ from unpact_mech.attribution.methods.registry import register_attribution_method
 from unpact_mech.attribution.results import ActivationAttribution, TokenAttribution
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import parse_hook
+from unpact_mech.utils import one_or_many
 
 if TYPE_CHECKING:
     from unpact_mech.attribution.units import PreparedItem
@@ -28,8 +29,11 @@ class GradXInput(AttributionMethod):
     description = "gradient x input embedding (with hooks: also gradient x activation there)"
     hooks: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:  # hooks="blocks.0.hook_resid_post" is the one hook
+        self.hooks = one_or_many(self.hooks) or ()
+
     def validate(self) -> None:
-        if isinstance(self.hooks, str) or not all(isinstance(h, str) for h in self.hooks):
+        if not all(isinstance(h, str) for h in self.hooks):
             raise InputError(f"attribution method {self.name}: hooks must be a list of hook names, got {self.hooks!r}")
 
     def validate_for(self, model: "HookedLM") -> None:
