@@ -295,3 +295,28 @@ def test_the_readme_example_study_runs(demo, tmp_path):
     assert list(table["method"]) == list(DEMO_METHODS)
     demo_summary = json.loads((demo / "summary.json").read_text())
     assert list(table["forget_accuracy"]) == [r["forget_acc_after"] for r in demo_summary["methods"]]
+
+
+def test_the_recipe_table_script_reports_utility_apart(tmp_path):
+    """experiments/tuning/unlearning_recipes.py (the docs' recipe table) on tiny: one row per run with forget, utility
+    (held out) and retain (trained on) accuracy, and the utility destructive rate inside its exact interval."""
+    import importlib.util
+
+    path = EXPERIMENTS / "tuning" / "unlearning_recipes.py"
+    spec = importlib.util.spec_from_file_location("unlearning_recipes", path)
+    recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipes)
+    code = recipes.main(
+        ["--model", "tiny", "--run", "ga_gdr:lr=5e-4:steps=6", "ga:lr=1e-6:steps=1", "--threads", "1",
+         "--out", str(tmp_path / "rec")]
+    )  # fmt: skip
+    assert code == 0
+    table = pd.read_csv(tmp_path / "rec" / "recipes.csv").set_index("run")
+    assert list(table.index) == ["ga_gdr:lr=5e-4:steps=6", "ga:lr=1e-6:steps=1"]
+    strong, weak = table.iloc[0], table.iloc[1]
+    assert strong.forget_after < strong.forget_before == 1.0  # the demo recipe forgets on tiny
+    assert weak.forget_after == weak.forget_before  # one step at lr 1e-6 changes no answer
+    for r in (strong, weak):
+        assert r.utility_before == 1.0  # tiny knows every utility fact: the destructive rate is 1 - accuracy after
+        assert r.utility_destructive_rate == pytest.approx(1.0 - r.utility_after)
+        assert r.utility_destructive_ci_low <= r.utility_destructive_rate <= r.utility_destructive_ci_high
