@@ -7,8 +7,8 @@ least one KeyToken among their keywords; ``keyword_precision`` = mean |KeyTokens
 ``keyword_recall`` = mean |KeyTokens ∩ keywords| / |keywords|; ``mean_keytokens_per_item``; and
 ``top_word_hit_rate`` (the top-scoring word is a keyword: the library's ``keyword_hit_rate``, the same for every α, β).
 For the first of ``--methods``, the recovery rate of the ``focus`` prompt strategy on its eligible forget items
-(original right, unlearned wrong) with the KeyTokens of RECOVERY_SETTINGS as keywords (bootstrap CI, random-word
-control); the annotated keywords give a reference rate in ``summary.json``.
+(original right, unlearned wrong) with the KeyTokens of RECOVERY_SETTINGS as keywords (exact 95% interval, random-word
+control and the exact McNemar p-value against it); the annotated keywords give a reference rate in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ RECOVERY_COLUMNS = (
     "recovery_rate",
     "ci_low",
     "ci_high",
+    "recovered",
     "n_eligible",
     "random_control_rate",
+    "p_vs_random",
 )
 
 
