@@ -299,3 +299,27 @@ def test_the_weak_forgetting_rule():
     assert unmet and "--stop-when-forget-below" not in unmet and "--steps" in unmet
     limited = weak_forgetting(base | {"forget_accuracy_after": 0.9, "rejected_steps": [2]})
     assert "--max-utility-drop limit stopped it" in limited and "--stop-when-forget-below" not in limited
+
+
+def test_a_file_without_utility_items_warns_in_one_line_and_the_summary_says_so(tmp_path, capsys):
+    """No held-out utility items: the run still works, one warning line says collateral damage is read on the
+    trained-on retain items only, and summary.json carries the same note with empty utility fields."""
+    from unpact_mech.data.synthetic import synthetic_records
+
+    data = tmp_path / "no_utility.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_records() if r.get("split") != "utility"))
+    out = tmp_path / "unl"
+    code, stdout, err = run_cli(
+        ["unlearn", "--model", "tiny", "--data", data, "--method", "ga_gdr", "--steps", "1", "--quiet", "--out", out],
+        capsys,
+    )
+    assert code == 0, err
+    warnings = [line for line in (stdout + err).splitlines() if "no utility items" in line]
+    assert warnings == [
+        "warning: no utility items: collateral damage is measured on retain (trained-on) items only (add items with "
+        '"split": "utility")'
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["utility_note"].startswith("no utility items")
+    assert summary["utility_accuracy_before"] is None and summary["utility_destructive_rate"] is None
+    assert summary["retain_accuracy_before"] == 1.0 and summary["retain_destructive_rate"] is not None
