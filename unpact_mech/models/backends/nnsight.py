@@ -176,18 +176,14 @@ class NNsightBackend(Backend):
             new = fn(act)
             if new is not act:
                 attn.output = (new, *out[1:])
-        elif site.kind == "mlp.hook_pre":  # the first projection's output
-            env = walk(walk(block, self.arch.mlp), self.arch.mlp_in)
-            act = env.output
+        elif site.kind in ("mlp.hook_pre", "mlp.hook_post"):  # the first projection's output / the last one's input
+            pre = site.kind == "mlp.hook_pre"
+            env = walk(walk(block, self.arch.mlp), self.arch.mlp_in if pre else self.arch.mlp_out_proj)
+            side = "output" if pre else "input"
+            act = getattr(env, side)
             new = fn(act)
             if new is not act:
-                env.output = new
-        elif site.kind == "mlp.hook_post":  # the output projection's input
-            env = walk(walk(block, self.arch.mlp), self.arch.mlp_out_proj)
-            act = env.input
-            new = fn(act)
-            if new is not act:
-                env.input = new
+                setattr(env, side, new)
         elif site.kind in ("hook_mlp_out", "hook_resid_post"):
             env = walk(block, self.arch.mlp) if site.kind == "hook_mlp_out" else block
             out = env.output
