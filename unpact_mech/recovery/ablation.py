@@ -65,10 +65,15 @@ def default_sweep_layers(n_layers: int, points: int = 10) -> list[int]:
     return sorted({round(i * (n_layers - 1) / (points - 1)) for i in range(points)})
 
 
+def points_per_intervention(cfg: SweepConfig, n_layers: int) -> int:
+    """Evaluations of one intervention in a sweep: one per group x mode x layer."""
+    layers = cfg.layers if cfg.layers is not None else default_sweep_layers(n_layers)
+    return len(cfg.groups) * len(cfg.modes) * len(layers)
+
+
 def sweep_points(cfg: SweepConfig, n_layers: int) -> int:
     """Evaluations of a sweep (one per intervention x group x mode x layer), besides its one baseline."""
-    layers = cfg.layers if cfg.layers is not None else default_sweep_layers(n_layers)
-    return len(cfg.interventions) * len(cfg.groups) * len(cfg.modes) * len(layers)
+    return len(cfg.interventions) * points_per_intervention(cfg, n_layers)
 
 
 def sweep_size(cfg: SweepConfig, n_layers: int, n_items: int) -> tuple[int, int, float]:
@@ -77,7 +82,7 @@ def sweep_size(cfg: SweepConfig, n_layers: int, n_items: int) -> tuple[int, int,
     :attr:`~unpact_mech.attacks.base.Attack.cost` (a recovery plan's time estimate)."""
     if not n_items:
         return 0, 0, 0.0
-    per_attack = sweep_points(cfg, n_layers) // max(len(cfg.interventions), 1)
+    per_attack = points_per_intervention(cfg, n_layers)
     costs = [get_attack(spec, kind="intervention").cost for spec in cfg.interventions]
     points = per_attack * len(costs)
     return points + 1, (points + 1) * n_items, (per_attack * sum(costs) + 1) * n_items
