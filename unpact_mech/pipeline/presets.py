@@ -24,8 +24,10 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 FALLBACK_DATA = "builtin:real_facts"
 #: Evaluation settings of every pipeline stage: items per forward, occlusion variants per
-#: forward, and the cap on the items of recovery's original-model and retain controls.
-BATCH_SIZE = 16
+#: forward, and the cap on the items of recovery's original-model and retain controls. Greedy decoding of a
+#: 135M model on CPU is memory-bound, so larger batches cost little more per step: evaluating the 174 built-in
+#: facts on SmolLM2 took 88 s at 16 items per forward and 50 s at 64, with the same answers (2 cores).
+BATCH_SIZE = 64
 OCCLUSION_BATCH = 64
 MAX_CONTROL_ITEMS = 16
 RUNS_DIR = Path("unpact-runs")
