@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from unpact_mech.errors import InputError
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.utils import one_or_many
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class AttackEnv:
     encoded: Mapping[str, "EncodedQA"] = field(default_factory=dict)
     keywords: Mapping[str, "ItemKeywords"] = field(default_factory=dict)
     fit_ids: tuple[str, ...] = ()
-    batch_size: int = 16
+    batch_size: int = EVAL_BATCH_SIZE
     memo: dict[Any, Any] = field(default_factory=dict, compare=False)
 
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from unpact_mech.attacks import Attack, AttackEnv, ItemKeywords, get_attack
 from unpact_mech.errors import InputError
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.evaluate import evaluate_items
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.tokens import EncodedQA, encode_item
@@ -48,7 +49,7 @@ class SweepConfig:
     layers: Sequence[int] | None = None  # None: every layer up to 10 points, evenly spaced
     judge: str = "contains"
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    batch_size: int = 16
+    batch_size: int = EVAL_BATCH_SIZE
     seed: int = 0  # draws the random_non_keywords subsets
 
     def __post_init__(self) -> None:  # one name / one layer is a list of one

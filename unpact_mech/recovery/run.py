@@ -49,6 +49,7 @@ from unpact_mech.data.splits import FORGET, RETAIN, UTILITY, split_items
 from unpact_mech.errors import InputError
 from unpact_mech.recovery.controls import control_items, random_position_controls, random_word_controls
 from unpact_mech.recovery.metrics import eligible_for_recovery
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.evaluate import evaluate_items
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.tokens import encode_item
@@ -85,7 +86,7 @@ class RecoveryConfig:
     controls: bool = True
     judge: str = "contains"
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    batch_size: int = 16
+    batch_size: int = EVAL_BATCH_SIZE
     top_k: int = 5
     seed: int = 0
     max_control_items: int | None = None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from unpact_mech.data.contract import extra_columns
-from unpact_mech.scoring.batching import InterventionFactory
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE, InterventionFactory
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS, generate_answers
 from unpact_mech.scoring.judges import get_judge, rouge_l_recall
 from unpact_mech.scoring.logprob import score_answers
@@ -35,7 +35,7 @@ def evaluate_items(
     encoded: Sequence[EncodedQA] | None = None,
     judge: str = "contains",
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    batch_size: int = 16,
+    batch_size: int = EVAL_BATCH_SIZE,
     interventions: InterventionFactory | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from unpact_mech.models.hooked import DEFAULT_MAX_NEW_TOKENS
-from unpact_mech.scoring.batching import InterventionFactory, left_pad, length_batches
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE, InterventionFactory, left_pad, length_batches
 from unpact_mech.utils import progress_bar
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "GeneratedAnswer", "generate_answers"]
@@ -38,7 +38,7 @@ def generate_answers(
     prompts: Sequence[Sequence[int]],
     *,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    batch_size: int = 16,
+    batch_size: int = EVAL_BATCH_SIZE,
     interventions: InterventionFactory | None = None,
     progress: bool | str = False,
 ) -> list[GeneratedAnswer]:

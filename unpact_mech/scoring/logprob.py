@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from unpact_mech.scoring.batching import InterventionFactory, length_batches, right_pad_teacher_forced
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE, InterventionFactory, length_batches, right_pad_teacher_forced
 from unpact_mech.utils import progress_bar
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def score_answers(
     prompts: Sequence[Sequence[int]],
     answers: Sequence[Sequence[int]],
     *,
-    batch_size: int = 16,
+    batch_size: int = EVAL_BATCH_SIZE,
     interventions: InterventionFactory | None = None,
     progress: bool | str = False,
 ) -> AnswerScores:

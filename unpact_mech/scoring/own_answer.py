@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from unpact_mech.data.text import keyword_spans
-from unpact_mech.scoring.batching import left_pad, length_batches
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE, left_pad, length_batches
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def own_answers(
     encoded: Sequence["EncodedQA"],
     *,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    batch_size: int = 16,
+    batch_size: int = EVAL_BATCH_SIZE,
 ) -> list[OwnAnswer | None]:
     """One :class:`OwnAnswer` per item from ``model``'s greedy answer with its CURRENT weights (None where the gold
     answer is not in it), aligned with ``items``."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.evaluate import evaluate_items, to_long
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.tokens import encode_items
@@ -36,7 +37,7 @@ def make_evaluator(
     model: "HookedLM",
     items: Sequence["QAItem"],
     *,
-    batch_size: int = 16,
+    batch_size: int = EVAL_BATCH_SIZE,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: bool = False,
     initial: pd.DataFrame | None = None,

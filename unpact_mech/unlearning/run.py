@@ -22,6 +22,7 @@ import pandas as pd
 from unpact_mech.data.splits import RETAIN, SPLITS, UTILITY, split_items
 from unpact_mech.errors import InputError
 from unpact_mech.io.atomic import check_outside
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.unlearning import params as P
 from unpact_mech.unlearning.batches import UnlearningSet
@@ -216,7 +217,7 @@ def unlearn(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     evaluate: bool = True,
-    eval_batch_size: int = 16,
+    eval_batch_size: int = EVAL_BATCH_SIZE,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: bool = True,
     accelerator=None,

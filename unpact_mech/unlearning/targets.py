@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from unpact_mech.errors import InputError
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.own_answer import own_answers
 from unpact_mech.scoring.tokens import EncodedPrompt, EncodedQA
@@ -55,7 +56,7 @@ def build_targets(
     *,
     target: str = "generated",
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    batch_size: int = 16,
+    batch_size: int = EVAL_BATCH_SIZE,
 ) -> list[TrainTarget]:
     """One :class:`TrainTarget` per item (greedy generation with the model's CURRENT weights for ``generated``)."""
     if target not in TRAIN_TARGETS:
