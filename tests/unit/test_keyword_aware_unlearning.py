@@ -112,7 +112,7 @@ def test_held_out_attacks_share_no_family_with_any_training_rewrite(kau):
         )
         assert not set(held_out) & {c for c in labels if ATTACKS[c].family in trained}, variant.name
     default = kau.held_out_conditions(labels, trained_families())
-    assert default == ["repeat_question", "scale", "steer", "pasta"]
+    assert default == ["repeat_question", "scale", "steer", "pasta", "quantize"]
 
 
 @pytest.fixture(scope="module")

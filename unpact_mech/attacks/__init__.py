@@ -6,6 +6,8 @@
 * :mod:`~unpact_mech.attacks.prompt` / :mod:`~unpact_mech.attacks.activation` — the built-in prompt strategies
   (focus, repeat_keywords, repeat_question, quote, uppercase, keywords_first, neutral) and interventions (scale,
   patch, steer, pasta);
+* :mod:`~unpact_mech.attacks.quantize` — ``quantize``, a model transform: the weights rounded to a quantization grid
+  (the source GGUF's own types, Q4_1, Q8_0, int8, int4) and back, and :func:`grid_report`;
 * :mod:`~unpact_mech.attacks.keywords` — what to emphasise (KeyTokens of the original, annotated keywords);
 * :mod:`~unpact_mech.attacks.registry` — :func:`register_attack`, :func:`get_attack` (spec strings).
 
@@ -30,12 +32,14 @@ from unpact_mech.attacks.base import (
 from unpact_mech.attacks.edits import Edit, edit_at_positions
 from unpact_mech.attacks.keywords import ItemKeywords, select_keywords
 from unpact_mech.attacks.prompt import PROMPT_ATTACKS
+from unpact_mech.attacks.quantize import Quantize
 from unpact_mech.attacks.registry import ATTACKS, attack_names, get_attack, register_attack, resolve_attacks
 
-for _attack in PROMPT_ATTACKS + ACTIVATION_ATTACKS:
+for _attack in PROMPT_ATTACKS + ACTIVATION_ATTACKS + (Quantize(),):
     register_attack(_attack)
 
-#: Every prompt strategy, then every intervention: the conditions ``unpact recover`` runs by default.
+#: Every prompt strategy, then every intervention: the conditions ``unpact recover`` runs by default (model
+#: transforms such as ``quantize`` run when named).
 DEFAULT_ATTACKS: tuple[str, ...] = tuple(a.name for a in PROMPT_ATTACKS + ACTIVATION_ATTACKS)
 
 __all__ = [
@@ -51,6 +55,7 @@ __all__ = [
     "Patch",
     "Positions",
     "PromptAttack",
+    "Quantize",
     "ResidualEdit",
     "Scale",
     "Steer",
