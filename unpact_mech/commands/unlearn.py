@@ -179,28 +179,15 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.runtime import seed_everything
     from unpact_mech.unlearning import UnlearningFailed, get_unlearning_method, resolve_config, unlearn, write_unlearned
     from unpact_mech.unlearning.checkpoint import CheckpointStore
+    from unpact_mech.unlearning.run import TRAIN_OPTIONS
 
     seed_everything(args.seed)
     # cheap checks first: nothing is loaded or written for bad names/values
     method = get_unlearning_method(args.method, **{k: getattr(args, k) for k in HP_FLAGS})
     stop_rule = args.stop_when_forget_below is not None or args.max_utility_drop is not None
     eval_every = args.eval_every if args.eval_every is not None else (1 if stop_rule else args.checkpoint_every)
-    config = resolve_config(
-        method,
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        lr_schedule=args.lr_schedule,
-        warmup_steps=args.warmup_steps,
-        max_grad_norm=args.max_grad_norm,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        eval_every=eval_every,
-        checkpoint_every=args.checkpoint_every,
-        stop_when_forget_below=args.stop_when_forget_below,
-        max_utility_drop=args.max_utility_drop,
-    )
+    # every TrainConfig field has a flag of the same name; eval_every is implied by a stop rule
+    config = resolve_config(method, **{k: getattr(args, k) for k in TRAIN_OPTIONS} | {"eval_every": eval_every})
     prepare_output_path(args.out, overwrite=args.overwrite)
     ckpt_dir = _checkpoint_dir(args) if (args.checkpoint_every or args.resume) else None
     if ckpt_dir is not None:

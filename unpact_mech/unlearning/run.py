@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
 
 TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
+#: The optimisation settings a run's summary records (the evaluation / checkpoint / stop-rule fields have their own
+#: keys).
+OPTIMISATION_FIELDS = TRAIN_OPTIONS[: TRAIN_OPTIONS.index("seed") + 1]
 
 
 def resolve_config(method: UnlearningMethod, **options: Any) -> TrainConfig:
@@ -125,15 +128,7 @@ def _summary(
     summary.update(
         weight_delta_norm=P.delta_norm(res.base, after),
         relative_weight_delta=P.delta_norm(res.base, after) / max(P.norm(res.base), 1e-30),
-        steps=cfg.steps,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        grad_accum=cfg.grad_accum,
-        lr_schedule=cfg.lr_schedule,
-        warmup_steps=cfg.warmup_steps,
-        max_grad_norm=cfg.max_grad_norm,
-        weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
+        **{k: getattr(cfg, k) for k in OPTIMISATION_FIELDS},
         trainable=pattern or "all parameters",
         n_trainable_tensors=len(res.trainable),
         n_trainable_parameters=n_params,
