@@ -320,3 +320,22 @@ def test_the_recipe_table_script_reports_utility_apart(tmp_path):
         assert r.utility_before == 1.0  # tiny knows every utility fact: the destructive rate is 1 - accuracy after
         assert r.utility_destructive_rate == pytest.approx(1.0 - r.utility_after)
         assert r.utility_destructive_ci_low <= r.utility_destructive_rate <= r.utility_destructive_ci_high
+
+
+def test_quantization_probe_on_the_tiny_demo(demo, tmp_path, capsys):
+    """Every demo model x scheme gets a row with the original-model control; a scheme the model cannot take and a
+    missing run exit 2 with one line, before anything is written."""
+    probe = load("quantization_probe")
+    out = tmp_path / "probe"
+    assert probe.main(["--from-run", str(demo), "--model", "tiny", "--schemes", "int8", "int4", "--out", str(out)]) == 0
+    rates = pd.read_csv(out / "rates.csv")
+    assert sorted(rates["method"].unique()) == sorted(DEMO_METHODS)
+    assert set(rates["condition"]) == {"quantize[int8/g32]", "quantize[int4/g32]"}
+    assert rates["original_accuracy_after"].between(0, 1).all() and (rates["family"] == "quantization").all()
+    assert json.loads((out / "run.json").read_text())["command"] == "quantization_probe"
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert probe.main(["--from-run", str(demo), "--model", "tiny", "--out", str(bad)]) == 2  # source: not a GGUF
+    assert "no GGUF source file" in capsys.readouterr().err and not bad.exists()
+    assert probe.main(["--from-run", str(tmp_path / "nope"), "--model", "tiny", "--out", str(bad)]) == 2
+    assert "no unlearned/<method>/ models" in capsys.readouterr().err and not bad.exists()
