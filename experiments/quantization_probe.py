@@ -24,7 +24,11 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from-run", required=True, metavar="DIR", help="an `unpact demo` run directory")
-    parser.add_argument("--model", default="smollm2", help="the original model (default: smollm2)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the original model (default: the base model the run's models were unlearned from)",
+    )
     parser.add_argument("--data", default=None, help="QA items (default: the model's built-in facts)")
     parser.add_argument(
         "--schemes", nargs="+", default=["source", "int8", "int4"], help="quantize schemes (default: source int8 int4)"
@@ -41,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"quantization_probe: {err}", file=sys.stderr)
         return 2
+
+
+def base_spec(model_dir: Path) -> str:
+    """The spec of the model an unlearned model directory was made from (its lineage's base; smollm2 if unrecorded)."""
+    import json
+
+    record = model_dir / "unpact_model.json"
+    lineage = json.loads(record.read_text()).get("lineage", []) if record.is_file() else []
+    return str(lineage[0].get("spec", "smollm2")) if lineage else "smollm2"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         raise InputError(f"--out {out}: already exists")
+    args.model = args.model or base_spec(unlearned_dir / methods[0])
     seed_everything(args.seed)
     original = load_model(args.model)
     attacks = [get_attack(f"quantize:scheme={s}").resolve(original) for s in args.schemes]  # bad schemes fail here

@@ -85,6 +85,7 @@ SUBSTITUTIONS = (
         "builtin:synthetic_facts",
         "some of its questions are longer than tiny's 64-token context (its other data with the three splits)",
     ),
+    Sub(r"(quantization_probe\.py .*--schemes )source ", r"\1", "tiny was never a GGUF file: it has no source grid"),
     Sub(r"--layer (?:[2-9]|[1-9]\d+)\b", "--layer 1", "tiny has layers 0 and 1"),
     Sub(r"\blayers=\d+-\d+", "layers=0-1", "tiny has layers 0 and 1"),
     Sub(r"\blayers=range\(\d+, \d+\)", "layers=range(0, 2)", "tiny has layers 0 and 1"),

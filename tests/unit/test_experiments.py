@@ -327,12 +327,13 @@ def test_quantization_probe_on_the_tiny_demo(demo, tmp_path, capsys):
     missing run exit 2 with one line, before anything is written."""
     probe = load("quantization_probe")
     out = tmp_path / "probe"
-    assert probe.main(["--from-run", str(demo), "--model", "tiny", "--schemes", "int8", "int4", "--out", str(out)]) == 0
+    assert probe.main(["--from-run", str(demo), "--schemes", "int8", "int4", "--out", str(out)]) == 0  # model: tiny
     rates = pd.read_csv(out / "rates.csv")
     assert sorted(rates["method"].unique()) == sorted(DEMO_METHODS)
     assert set(rates["condition"]) == {"quantize[int8/g32]", "quantize[int4/g32]"}
     assert rates["original_accuracy_after"].between(0, 1).all() and (rates["family"] == "quantization").all()
-    assert json.loads((out / "run.json").read_text())["command"] == "quantization_probe"
+    record = json.loads((out / "run.json").read_text())
+    assert record["command"] == "quantization_probe" and record["config"]["model"] == "tiny"
     capsys.readouterr()
     bad = tmp_path / "bad"
     assert probe.main(["--from-run", str(demo), "--model", "tiny", "--out", str(bad)]) == 2  # source: not a GGUF
