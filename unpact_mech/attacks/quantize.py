@@ -167,6 +167,7 @@ def roundtrip(w: Tensor, kind: str, group_size: int) -> Tensor:
 
 
 def bin_width(w: Tensor, kind: str, group_size: int) -> Tensor:
+    """Per element of ``w``, the width of its bin under ``kind`` (the group's or GGUF block's step), shape of ``w``."""
     if kind in ("int8", "int4"):
         return rtn_bin_width(w, int(kind[3:]), group_size)
     return gguf_bin_width(w, kind)
