@@ -28,7 +28,6 @@ import pandas as pd
 
 from unpact_mech.data.splits import SPLITS
 from unpact_mech.pipeline.presets import (
-    BATCH_SIZE,
     DEFAULT_METHODS,
     DEMO_INTERVENTIONS,
     DEMO_STRATEGIES,
@@ -36,6 +35,7 @@ from unpact_mech.pipeline.presets import (
     default_data,
     train_overrides,
 )
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 
 
@@ -54,7 +54,7 @@ class DemoConfig:
     interventions: Sequence[str] = DEMO_INTERVENTIONS
     layer_items: int = 8
     max_control_items: int = MAX_CONTROL_ITEMS
-    batch_size: int = BATCH_SIZE
+    batch_size: int = EVAL_BATCH_SIZE
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
     def __post_init__(self) -> None:  # methods="ga_gdr" is the one method ga_gdr

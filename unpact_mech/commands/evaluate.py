@@ -11,7 +11,7 @@ from unpact_mech.commands.common import (
     add_run_options,
     load_run_inputs,
 )
-from unpact_mech.pipeline.presets import BATCH_SIZE
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 
 HELP = "evaluate a model on QA items (accuracy / log-prob / rank per item)"
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
         "per item with the greedy answer), summary.json and run.json.",
     )
     add_model_options(p)
-    add_run_options(p, batch_size_default=BATCH_SIZE)
+    add_run_options(p, batch_size_default=EVAL_BATCH_SIZE)
     p.add_argument(
         "--judge",
         default="contains",

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from unpact_mech.commands.common import add_max_new_tokens_option
-from unpact_mech.pipeline.presets import BATCH_SIZE
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 
 HELP = "try to recover forgotten answers by keyword emphasis (prompt strategies and activation interventions)"
 EPILOG = """conditions come from the attack registry (unpact_mech.attacks); --strategy takes prompt strategies,
@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--unlearned", required=True, metavar="SPEC", help="the unlearned model (e.g. an `unpact unlearn` output)"
     )
-    add_run_options(p, batch_size_default=BATCH_SIZE)
+    add_run_options(p, batch_size_default=EVAL_BATCH_SIZE)
     p.add_argument(
         "--strategy",
         nargs="+",

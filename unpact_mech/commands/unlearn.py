@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from unpact_mech.commands.common import add_max_new_tokens_option, add_model_options, add_run_options, positive_int
-from unpact_mech.pipeline.presets import BATCH_SIZE
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 
 HELP = "unlearn the forget items (GA, NPO, SimNPO, RMU, task vector, ...); writes a loadable model directory"
 HP_FLAGS = {
@@ -156,8 +156,8 @@ def add_parser(sub) -> None:
     d.add_argument(
         "--eval-batch-size",
         type=positive_int,
-        default=BATCH_SIZE,
-        help=f"items per evaluation forward (default: {BATCH_SIZE})",
+        default=EVAL_BATCH_SIZE,
+        help=f"items per evaluation forward (default: {EVAL_BATCH_SIZE})",
     )
     add_max_new_tokens_option(d)
     p.set_defaults(run=run)

@@ -11,8 +11,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
-
 #: Unlearning methods of the demo and the default of the experiment scripts.
 DEFAULT_METHODS = ("ga_gdr", "npo_gdr")
 #: The demo's prompt strategies: two emphasis prompts that recovered most in our first probe on SmolLM2, quoting,
@@ -25,10 +23,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"data": "builtin:synthetic_facts", "train": {"lr": 5e-4, "steps": 6}},
 }
 FALLBACK_DATA = "builtin:real_facts"
-#: Evaluation settings of every pipeline stage: items per forward
-#: (:data:`~unpact_mech.scoring.batching.EVAL_BATCH_SIZE`), occlusion variants per forward, and the cap on the
+#: Evaluation settings of every pipeline stage besides the items per forward
+#: (:data:`~unpact_mech.scoring.batching.EVAL_BATCH_SIZE`): occlusion variants per forward, and the cap on the
 #: items of recovery's original-model and retain controls.
-BATCH_SIZE = EVAL_BATCH_SIZE
 OCCLUSION_BATCH = 64
 MAX_CONTROL_ITEMS = 16
 RUNS_DIR = Path("unpact-runs")

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from unpact_mech.pipeline.presets import BATCH_SIZE, MAX_CONTROL_ITEMS, OCCLUSION_BATCH
+from unpact_mech.pipeline.presets import MAX_CONTROL_ITEMS, OCCLUSION_BATCH
+from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class Session:
     progress: bool = True
     command: str = "demo"
     argv: Sequence[str] = ("unpact", "demo")
-    batch_size: int = BATCH_SIZE
+    batch_size: int = EVAL_BATCH_SIZE
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     occlusion_batch: int = OCCLUSION_BATCH
     target: str = "auto"  # what attribution attributes (auto: the answer in context for chat-format prompts)
