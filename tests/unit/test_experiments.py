@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.unit.recovery.test_compare import per_item
+
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 SCRIPTS = (
     "finding1_keyword_focus",
@@ -340,3 +342,16 @@ def test_quantization_probe_on_the_tiny_demo(demo, tmp_path, capsys):
     assert "no GGUF source file" in capsys.readouterr().err and not bad.exists()
     assert probe.main(["--from-run", str(tmp_path / "nope"), "--model", "tiny", "--out", str(bad)]) == 2
     assert "no unlearned/<method>/ models" in capsys.readouterr().err and not bad.exists()
+
+
+def test_compare_script_writes_the_table_and_refuses_a_missing_run(tmp_path, capsys):
+    compare_recovery = load("compare_recovery")
+    for name, frame in (("a", per_item(["a", "b"], {"focus": ["a"]})), ("b", per_item(["a", "b"], {"focus": []}))):
+        (tmp_path / name).mkdir()
+        frame.to_csv(tmp_path / name / "per_item.csv", index=False)
+    out = tmp_path / "paired.csv"
+    assert compare_recovery.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    table = pd.read_csv(out).set_index("condition")
+    assert (table.loc["focus", "recovered_a"], table.loc["focus", "recovered_b"], table.loc["focus", "n"]) == (1, 0, 2)
+    assert compare_recovery.main([str(tmp_path / "a"), str(tmp_path / "nope")]) == 2
+    assert "nope/per_item.csv: no such file" in capsys.readouterr().err

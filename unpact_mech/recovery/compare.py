@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from unpact_mech.recovery.metrics import eligible_for_recovery
 from unpact_mech.stats import mcnemar_exact
 
 ANY = "any condition"
@@ -21,7 +22,8 @@ def eligible_ids(per_item: pd.DataFrame) -> list[str]:
     base = per_item[(per_item["condition"] == "none") & (per_item["split"] == "forget")]
     orig = base[base["model"] == "original"].set_index("item_id")["correct"]
     unl = base[base["model"] == "unlearned"].set_index("item_id")["correct"]
-    return [i for i in unl.index if unl[i] == 0 and orig.get(i, 0) == 1]
+    mask = eligible_for_recovery(orig.reindex(unl.index, fill_value=0).to_numpy(), unl.to_numpy())
+    return list(unl.index[mask])
 
 
 def recovered(per_item: pd.DataFrame, ids: list[str]) -> pd.DataFrame:

@@ -39,21 +39,3 @@ def test_paired_recovery_on_the_items_eligible_in_both():
     anyc = out.loc[ANY]
     assert (anyc["recovered_a"], anyc["recovered_b"]) == (3, 1) and anyc["rate_a"] == pytest.approx(1.0)
     assert anyc["p_mcnemar"] == pytest.approx(0.5)  # b recovered by both; c, d by a only
-
-
-def test_compare_script_writes_the_table_and_refuses_a_missing_run(tmp_path, capsys):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "experiments"))
-    import compare_recovery
-
-    for name, frame in (("a", per_item(["a", "b"], {"focus": ["a"]})), ("b", per_item(["a", "b"], {"focus": []}))):
-        (tmp_path / name).mkdir()
-        frame.to_csv(tmp_path / name / "per_item.csv", index=False)
-    out = tmp_path / "paired.csv"
-    assert compare_recovery.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
-    table = pd.read_csv(out).set_index("condition")
-    assert (table.loc["focus", "recovered_a"], table.loc["focus", "recovered_b"], table.loc["focus", "n"]) == (1, 0, 2)
-    assert compare_recovery.main([str(tmp_path / "a"), str(tmp_path / "nope")]) == 2
-    assert "nope/per_item.csv: no such file" in capsys.readouterr().err
