@@ -50,6 +50,15 @@ GGUF_BLOCK = 32
 _NOT_BLOCK = ("embed", "lm_head", "wte", "wpe")
 
 
+def _rtn_groups(w: Tensor, bits: int, group_size: int) -> tuple[Tensor, Tensor, int]:
+    """``w`` as (groups, group_size) float64, each group's scale ``max|w_g| / qmax`` (G, 1), and ``qmax``."""
+    if w.shape[-1] % group_size:
+        raise InputError(f"int{bits} quantization: last axis {w.shape[-1]} is not a multiple of group {group_size}")
+    qmax = 2 ** (bits - 1) - 1
+    g = w.detach().double().reshape(-1, group_size)
+    return g, g.abs().amax(dim=1, keepdim=True) / qmax, qmax
+
+
 def rtn_quantize(w: Tensor, bits: int, group_size: int) -> Tensor:
     """Symmetric round-to-nearest quantize -> dequantize, per group of ``group_size`` along the last axis.
 
@@ -57,11 +66,7 @@ def rtn_quantize(w: Tensor, bits: int, group_size: int) -> Tensor:
     ``q = clamp(round(w_g / s), -qmax, qmax)``; returns ``q * s`` with ``w``'s shape and dtype. The last axis must be
     a multiple of ``group_size``.
     """
-    if w.shape[-1] % group_size:
-        raise InputError(f"int{bits} quantization: last axis {w.shape[-1]} is not a multiple of group {group_size}")
-    qmax = 2 ** (bits - 1) - 1
-    g = w.detach().double().reshape(-1, group_size)
-    scale = g.abs().amax(dim=1, keepdim=True) / qmax
+    g, scale, qmax = _rtn_groups(w, bits, group_size)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.round(g / scale), -qmax, qmax)
     return (q * scale).reshape(w.shape).to(w.dtype)
@@ -69,9 +74,8 @@ def rtn_quantize(w: Tensor, bits: int, group_size: int) -> Tensor:
 
 def rtn_bin_width(w: Tensor, bits: int, group_size: int) -> Tensor:
     """Per element, the width of its round-to-nearest bin (the group's scale ``s``), shape of ``w``."""
-    qmax = 2 ** (bits - 1) - 1
-    g = w.detach().double().reshape(-1, group_size)
-    return (g.abs().amax(dim=1, keepdim=True) / qmax).expand_as(g).reshape(w.shape)
+    g, scale, _ = _rtn_groups(w, bits, group_size)
+    return scale.expand_as(g).reshape(w.shape)
 
 
 def gguf_roundtrip(w: Tensor, qtype_name: str) -> Tensor:
