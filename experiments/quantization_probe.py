@@ -10,8 +10,9 @@ point (``scheme=source`` only: the embedded SmolLM2's own Q4_1/Q8_0 grid).
 
     python experiments/quantization_probe.py --from-run runs/demo --out runs/quantization_probe
 
-Outputs (a new ``--out`` directory): ``rates.csv`` (method x scheme, the recovery runner's columns), ``grid.csv``,
-``run.json``. Exit 2 with one line for bad input (missing run, a scheme the model cannot take) before any work.
+Outputs (a new ``--out`` directory, written at the end in one piece): ``rates.csv`` (method x scheme, the recovery
+runner's columns), ``grid.csv``, ``run.json``. Exit 2 with one line for bad input (missing run, a scheme the model
+cannot take) before any work.
 """
 
 from __future__ import annotations
@@ -48,12 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def base_spec(model_dir: Path) -> str:
-    """The spec of the model an unlearned model directory was made from (its lineage's base; smollm2 if unrecorded)."""
-    import json
+    """The spec of the model an unlearned model directory was made from (its recorded lineage's base)."""
+    from unpact_mech.models.loading import resolve_spec
 
-    record = model_dir / "unpact_model.json"
-    lineage = json.loads(record.read_text()).get("lineage", []) if record.is_file() else []
-    return str(lineage[0].get("spec", "smollm2")) if lineage else "smollm2"
+    return str(resolve_spec(model_dir).lineage[0].get("spec", "smollm2"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.attacks import get_attack
     from unpact_mech.attacks.quantize import grid_report
     from unpact_mech.errors import InputError
-    from unpact_mech.io import run_record
-    from unpact_mech.io.results import write_json
+    from unpact_mech.io import atomic_output_dir, run_record, write_json
     from unpact_mech.pipeline.presets import default_data
     from unpact_mech.recovery import RecoveryConfig, run_recovery
     from unpact_mech.runtime import seed_everything
@@ -91,16 +89,16 @@ def run(args: argparse.Namespace) -> int:
         )
         result = run_recovery(original, unlearned, items, cfg, progress=True)
         rates.append(result.rates.assign(method=method))
-    out.mkdir(parents=True)
     table = pd.concat(rates, ignore_index=True)
-    table.to_csv(out / "rates.csv", index=False)
-    if grids:
-        pd.concat(grids, ignore_index=True).to_csv(out / "grid.csv", index=False)
     record = run_record(
         "quantization_probe", config=vars(args), seed=args.seed, data=args.data or default_data(args.model),
         argv=sys.argv, models={"original": original},
     )  # fmt: skip
-    write_json(out / "run.json", record.metadata())
+    with atomic_output_dir(out) as tmp:
+        table.to_csv(tmp / "rates.csv", index=False)
+        if grids:
+            pd.concat(grids, ignore_index=True).to_csv(tmp / "grid.csv", index=False)
+        write_json(tmp / "run.json", record.metadata())
     cols = ["method", "condition", "recovered", "n_eligible", "recovery_rate", "ci_low", "ci_high",
             "original_accuracy_before", "original_accuracy_after",
             "utility_accuracy_before", "utility_accuracy_after"]  # fmt: skip
