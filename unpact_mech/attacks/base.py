@@ -12,7 +12,13 @@ class                  ``kind``        the one way it acts
                                        teacher-forced scoring and on every greedy step:
                                        ``interventions(positions, env) -> InterventionFactory``
 :class:`ModelAttack`   ``transform``   asks a transformed model (weights changed): ``transform(model, env) -> model``
+:class:`ReadoutAttack` ``readout``     reads the answer out of the model's internals instead of asking it (e.g. the
+                                       logit lens): ``readout(model, items, env) -> frame`` of ``correct``/``rank``
 =====================  ==============  ==========================================================================
+
+Attacks that are fitted on data or train a model per fold split the items with :meth:`Attack.treat_groups`, so a
+scored item never contributes to the direction or the relearning that scores it; :meth:`Attack.control` names the
+condition of the matched ``random_control`` arm.
 
 The recovery runner treats every attack alike through :meth:`Attack.treat`, which turns (model, items, emphasised
 keywords) into a :class:`Treatment` — the model to ask, the rewritten questions or None, the interventions or None —
@@ -32,6 +38,8 @@ from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.utils import one_or_many
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from unpact_mech.attacks.keywords import ItemKeywords
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
@@ -41,7 +49,10 @@ if TYPE_CHECKING:
 #: Per-item emphasised prompt positions, aligned with the evaluated items.
 Positions = Sequence[Sequence[int]]
 #: What a kind of attack is called in messages.
-KIND_NOUNS = {"strategy": "prompt strategy", "intervention": "intervention", "transform": "model transform"}
+KIND_NOUNS = {
+    "strategy": "prompt strategy", "intervention": "intervention", "transform": "model transform",
+    "readout": "latent read-out",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,8 +61,11 @@ class AttackEnv:
 
     ``original``: the model before unlearning (donor of ``patch``); ``unlearned``: the unlearned model (None outside
     recovery, e.g. when ``keyguard`` trains against an attack); ``encoded`` / ``keywords``: the original prompts and
-    emphasised keywords by item id; ``fit_ids``: the items a data-fitted attack may estimate from; ``memo``: a
-    per-run cache for quantities an attack computes once (directions, transformed models).
+    emphasised keywords by item id; ``fit_ids``: the items a data-fitted attack may estimate from (the forget items);
+    ``items``: every item of the run by id; ``utility_ids``: the held-out utility items (e.g. the shots of
+    ``few_shot``); ``seed``: the run's seed; ``progress``: whether slow attacks may show a progress bar; ``memo``: a
+    per-run cache for quantities an attack computes once (directions, transformed models); ``details``: tables an
+    attack reports beside its rates (``record``), written by the runner as ``details/<condition>.<name>.csv``.
     """
 
     original: "HookedLM"
@@ -60,7 +74,12 @@ class AttackEnv:
     keywords: Mapping[str, "ItemKeywords"] = field(default_factory=dict)
     fit_ids: tuple[str, ...] = ()
     batch_size: int = EVAL_BATCH_SIZE
+    items: Mapping[str, "QAItem"] = field(default_factory=dict)
+    utility_ids: tuple[str, ...] = ()
+    seed: int = 0
+    progress: bool = False
     memo: dict[Any, Any] = field(default_factory=dict, compare=False)
+    details: dict[tuple[str, str], "pd.DataFrame"] = field(default_factory=dict, compare=False)
 
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per ``key`` for the lifetime of this environment."""
@@ -68,15 +87,33 @@ class AttackEnv:
             self.memo[key] = compute()
         return self.memo[key]
 
+    def record(self, condition: str, name: str, table: "pd.DataFrame") -> None:
+        """Keep ``table`` as the detail ``name`` of ``condition`` (a later record of the same pair appends rows)."""
+        import pandas as pd
+
+        key = (condition, name)
+        self.details[key] = pd.concat([self.details[key], table], ignore_index=True) if key in self.details else table
+
+    def role(self, model: "HookedLM") -> str:
+        """``original``, ``unlearned`` or ``other``: which model of the environment ``model`` is."""
+        if model is self.original:
+            return "original"
+        return "unlearned" if model is self.unlearned else "other"
+
 
 @dataclass(frozen=True)
 class Treatment:
     """How to evaluate items under an attack: ask ``model`` the ``questions`` (None = the items' own) with the
-    ``interventions`` active (None = none)."""
+    ``interventions`` active (None = none). ``encoded``: the attack's own encoded prompts, aligned with the items
+    (e.g. few-shot turns before the question; overrides ``questions``). ``readout``: a scorer that replaces the
+    greedy answer + teacher-forced scoring, ``readout(model, items) -> frame`` with at least the columns ``item_id``,
+    ``correct``, ``logprob``, ``rank`` (latent read-outs such as the logit lens)."""
 
     model: "HookedLM"
     questions: list[str] | None = None
     interventions: "InterventionFactory | None" = None
+    encoded: "list[EncodedQA] | None" = None
+    readout: "Callable[[HookedLM, Sequence[QAItem]], pd.DataFrame] | None" = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +167,20 @@ class Attack:
     ) -> Treatment:
         """The attack applied to ``items`` asked of ``model``, emphasising ``emphasis`` (aligned with ``items``)."""
         raise NotImplementedError
+
+    def treat_groups(
+        self, model: "HookedLM", items: Sequence["QAItem"], emphasis: Sequence["ItemKeywords"], env: AttackEnv
+    ) -> list[tuple[list[int], Treatment]]:
+        """The items split into groups that each get their own treatment, as (indices into ``items``, treatment);
+        default: one group. Cross-fitted attacks override it (e.g. ``relearn_split`` asks each fold of a model
+        relearned on the other fold). The runner evaluates every group and puts the rows back in item order."""
+        return [(list(range(len(items))), self.treat(model, items, emphasis, env))]
+
+    def control(self) -> "Attack | None":
+        """The condition run in the ``random_control`` arm, on the same items: by default the attack itself with
+        random emphasis when it uses keywords, else none. An attack without keywords may name its own matched
+        control (``ablate_direction``: a random direction of the same norm)."""
+        return self if self.uses_keywords else None
 
 
 # -- prompt rewrites ---------------------------------------------------------------------------------------------
@@ -241,3 +292,22 @@ class ModelAttack(Attack):
 
     def treat(self, model, items, emphasis, env) -> Treatment:
         return Treatment(env.cached((self.label, id(model)), lambda: self.transform(model, env)))
+
+
+# -- latent read-outs --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReadoutAttack(Attack):
+    """Recovery by reading the answer out of the model's internals (no answer is generated): an item counts as
+    recovered when :meth:`readout` says so (e.g. the answer's first token is top-1 under the logit lens)."""
+
+    family: str = "latent_readout"
+    uses_keywords: bool = False
+
+    kind: ClassVar[str] = "readout"
+
+    def readout(self, model: "HookedLM", items: Sequence["QAItem"], env: AttackEnv) -> "pd.DataFrame":
+        """One row per item: ``item_id``, ``split``, ``correct`` (0/1), ``logprob``, ``rank`` — the one way it acts."""
+        raise NotImplementedError
+
+    def treat(self, model, items, emphasis, env) -> Treatment:
+        return Treatment(model, readout=lambda m, its: self.readout(m, its, env))

@@ -11,19 +11,25 @@ from unpact_mech.recovery.run import RecoveryResult
 
 
 def long_results(result: RecoveryResult) -> pd.DataFrame:
-    """``item_id, split, metric, value, model, kind, condition, emphasis, generation`` for correct / logprob / rank /
-    truncated (the greedy answer next to its scores)."""
-    ids = ["item_id", "split", "model", "kind", "condition", "emphasis", "generation"]
+    """``item_id, split, metric, value, model, kind, condition, emphasis, arm, generation`` for correct / logprob /
+    rank / truncated (the greedy answer next to its scores)."""
+    ids = ["item_id", "split", "model", "kind", "condition", "emphasis", "arm", "generation"]
     long = result.per_item.melt(
         id_vars=ids, value_vars=["correct", "logprob", "rank", "truncated"], var_name="metric", value_name="value"
     )
     return long[["item_id", "split", "metric", "value", *ids[2:]]]
 
 
+def safe_name(label: str) -> str:
+    """A condition label as a file name: ``quantize[int4/g32]`` -> ``quantize[int4_g32]``."""
+    return "".join(ch if ch.isalnum() or ch in "[]-_.=+" else "_" for ch in label)
+
+
 def write_recovery(
     out_dir: str | Path, result: RecoveryResult, run: RunWriter, summary: dict, sweep: pd.DataFrame | None = None
 ) -> None:
-    """run.json, results.csv, summary.json, rates.csv, per_item.csv, keywords.csv, plots (+ ablation)."""
+    """run.json, results.csv, summary.json, rates.csv, per_item.csv, keywords.csv, plots (+ ablation), and the
+    conditions' detail tables as ``details/<condition>.<name>.csv`` (e.g. the logit lens per layer)."""
     from unpact_mech.report.recovery_plots import plot_layer_sweep, plot_recovery_rates
 
     out = Path(out_dir)
@@ -31,6 +37,8 @@ def write_recovery(
     atomic_write_text(out / "rates.csv", result.rates.to_csv(index=False))
     atomic_write_text(out / "per_item.csv", result.per_item.to_csv(index=False))
     atomic_write_text(out / "keywords.csv", result.keywords.to_csv(index=False))
+    for (condition, name), table in result.details.items():
+        atomic_write_text(out / "details" / f"{safe_name(condition)}.{name}.csv", table.to_csv(index=False))
     if len(result.rates):
         plot_recovery_rates(result.rates, out / "recovery_rates.png")
     if sweep is not None:

@@ -9,7 +9,9 @@ Two kinds:
 
 BOS is explicit: with ``add_bos=None`` ("auto") the BOS token is prepended exactly when the tokenizer has one and
 the rendered text does not already start with it (SmolLM2's template starts with ``<|im_start|>``, its BOS).
-Every prompt is rendered with the position of the question inside the text, so token/keyword alignment and
+``history``: earlier (question, answer) turns before the question — user/assistant turns in ``chat``, filled-in
+templates separated by a blank line in ``plain`` — as few-shot prompting uses them. Every prompt is rendered with
+the position of the question inside the text, so token/keyword alignment and
 "never ablate template tokens" work on any format.
 """
 
@@ -41,9 +43,14 @@ class PromptFormat:
     system: str | None = None
     answer_prefix: str | None = None
     add_bos: bool | None = None
+    history: tuple[tuple[str, str], ...] = ()
 
     def with_system(self, system: str | None) -> "PromptFormat":
         return replace(self, system=system)
+
+    def with_history(self, history: "tuple[tuple[str, str], ...] | list[tuple[str, str]]") -> "PromptFormat":
+        """A copy with ``history``: earlier (question, answer) turns, oldest first."""
+        return replace(self, history=tuple((str(q), str(a)) for q, a in history))
 
     def answer_text(self, answer: str) -> str:
         """The text that follows the prompt when the answer is teacher-forced (``" Paris"`` for plain)."""
@@ -54,12 +61,16 @@ class PromptFormat:
         if self.kind == "plain":
             if "{question}" not in self.template:
                 raise InputError(f"prompt template {self.template!r} has no {{question}} field")
-            return self.template.replace("{question}", _PLACEHOLDER)
+            shots = "".join(
+                self.template.replace("{question}", q) + self.answer_text(a) + "\n\n" for q, a in self.history
+            )
+            return shots + self.template.replace("{question}", _PLACEHOLDER)
         if not getattr(tokenizer, "chat_template", None):
             raise InputError("prompt format 'chat': the tokenizer has no chat template (use --prompt-format plain)")
-        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": _PLACEHOLDER}
-        ]
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        for q, a in self.history:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": _PLACEHOLDER})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def render(self, tokenizer, question: str) -> RenderedPrompt:

@@ -141,15 +141,22 @@ class EncodedQA:
 
 
 def encode_item(
-    model: "HookedLM", item: "QAItem", *, question: str | None = None, answer: str | None = None
+    model: "HookedLM",
+    item: "QAItem",
+    *,
+    question: str | None = None,
+    answer: str | None = None,
+    prompt_format: "PromptFormat | None" = None,
 ) -> EncodedQA:
-    """Encode an item for ``model`` (``question``/``answer`` override the item's text, e.g. for rewrites).
+    """Encode an item for ``model`` (``question``/``answer`` override the item's text, e.g. for rewrites;
+    ``prompt_format`` the model's format, e.g. with few-shot history).
 
     Raises :class:`InputError` if the answer tokenises to nothing or prompt + answer exceed the context.
     """
-    prompt = encode_prompt(model.tokenizer, model.prompt_format, item.question if question is None else question)
+    fmt = model.prompt_format if prompt_format is None else prompt_format
+    prompt = encode_prompt(model.tokenizer, fmt, item.question if question is None else question)
     answer = item.answer if answer is None else answer
-    answer_ids = encode_answer(model.tokenizer, model.prompt_format, answer) if answer.strip() else ()
+    answer_ids = encode_answer(model.tokenizer, fmt, answer) if answer.strip() else ()
     if not answer_ids:
         raise InputError(f"item {item.id!r}: the answer tokenises to nothing")
     model.check_length(len(prompt) + len(answer_ids), f"item {item.id!r}")

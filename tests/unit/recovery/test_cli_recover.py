@@ -154,10 +154,9 @@ def test_recover_prints_its_plan_and_the_counts_match_the_run(ga_unlearned_dir, 
     assert plan["conditions"] == len(pd.read_csv(out / "rates.csv")) == 4 and plan["controls"]
     assert plan["eligible"] == summary["n_eligible"] and plan["forget"] == summary["n_forget"]
     assert plan["answers"] == len(conditions)
-    # one evaluation per arm: emphasis / random control (unlearned, forget items), original control, general control
-    arm = conditions.model.where(conditions.model == "original", conditions.split.eq("forget").map({True: "forget"}))
-    assert plan["evaluations"] == len(conditions.assign(arm=arm.fillna("general")).groupby(["condition", "emphasis",
-                                                                                            "arm"]))  # fmt: skip
+    # one evaluation per arm: emphasis, forget_rest, random control, original control, general control
+    assert plan["evaluations"] == len(conditions.groupby(["condition", "arm"]))
+    assert set(conditions.arm) <= {"emphasis", "forget_rest", "random_control", "original_control", "general_control"}
     estimate = re.search(
         r"^estimate: about \d+(\.\d)? (s|min|h) for the conditions \(from the baselines: (\d+) answers", err, re.M
     )
@@ -176,7 +175,7 @@ def test_recover_prints_its_plan_and_the_counts_match_the_run(ga_unlearned_dir, 
         capsys,
     )  # fmt: skip
     bare = _plan_numbers(err)
-    assert code == 0 and not bare["controls"] and bare["evaluations"] == 1 and bare["answers"] == bare["eligible"]
+    assert code == 0 and not bare["controls"] and bare["evaluations"] == 2 and bare["answers"] == bare["forget"]
     code, _, err = run_cli(BASE + ["--unlearned", ga_unlearned_dir, "--out", tmp_path / "quiet", "--strategy",
                                    "focus", "--intervention", "none", "--no-controls"], capsys)  # fmt: skip
     assert code == 0 and "plan:" not in err and "estimate:" not in err

@@ -51,9 +51,7 @@ def test_rates_table_and_controls(result):
     assert list(result.rates.columns[: len(RATE_COLUMNS)]) == list(RATE_COLUMNS)
     # paired tests: p_vs_random recomputed from the per-item table; Holm never below the raw p
     per = result.per_item
-    emph = per[
-        (per.condition == "focus") & (per.emphasis == "keywords") & (per.split == "forget") & (per.model == "unlearned")
-    ]
+    emph = per[(per.condition == "focus") & (per.arm == "emphasis")]
     rand = per[(per.condition == "focus") & (per.emphasis == "random")]
     both = emph.set_index("item_id")["correct"].align(rand.set_index("item_id")["correct"], join="inner")
     assert rates.loc["focus", "p_vs_random"] == pytest.approx(
@@ -69,10 +67,21 @@ def test_rates_table_and_controls(result):
     )  # identity
     # recomputing one rate from the per-item table gives the same number
     per = result.per_item
-    focus = per[
-        (per.condition == "focus") & (per.emphasis == "keywords") & (per.model == "unlearned") & (per.split == "forget")
-    ]
+    focus = per[(per.condition == "focus") & (per.arm == "emphasis")]
     assert rates.loc["focus", "recovery_rate"] == pytest.approx(focus.correct.mean())
+    # the gap fraction, recomputed from the per-item rows of the whole forget set (emphasis + forget_rest)
+    attacked = per[(per.condition == "focus") & per.arm.isin(["emphasis", "forget_rest"])]
+    base = per[per.kind == "baseline"]
+    forget = attacked.item_id
+    acc = {m: base[(base.model == m) & base.item_id.isin(forget)].correct.mean() for m in ("original", "unlearned")}
+    assert len(attacked) == ((base.model == "original") & (base.split == "forget")).sum()
+    assert rates.loc["focus", "gap_fraction"] == pytest.approx(
+        (attacked.correct.mean() - acc["unlearned"]) / (acc["original"] - acc["unlearned"])
+    )
+    family = rates.loc["focus", "family"]
+    assert result.summary["worst_case_by_family"][family]["rate"] == pytest.approx(
+        rates[(rates.family == family) & ~rates.is_control.astype(bool)].recovery_rate.max()
+    )
 
 
 def test_intervention_rows_equal_an_independent_evaluation(result, original, ga_unlearned, synthetic_items):
@@ -81,7 +90,7 @@ def test_intervention_rows_equal_an_independent_evaluation(result, original, ga_
     from unpact_mech.scoring.tokens import encode_item
 
     per = result.per_item
-    rows = per[(per.condition == "patch[0,1]") & (per.emphasis == "keywords") & (per.split == "forget")].set_index(
+    rows = per[(per.condition == "patch[0,1]") & (per.arm == "emphasis")].set_index(
         "item_id"
     )
     eligible = [it for it in synthetic_items if it.id in rows.index]
