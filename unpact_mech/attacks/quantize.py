@@ -204,6 +204,11 @@ class Quantize(ModelAttack):
         return self
 
     def transform(self, model: "HookedLM", env: "AttackEnv") -> "HookedLM":
+        """The quantized copy; for the unlearned model also records :func:`grid_report` against the original
+        (``details/<label>.grid.csv``: per tensor ‖Δw‖ against the bin width, share back on the original's value)."""
+        if env.unlearned is not None and model is env.unlearned:
+            report = grid_report(env.original, model, self.scheme, self.group_size)
+            env.record(self.label, "grid", report.assign(layer=report["parameter"].map(layer_of)))
         return quantized_copy(model, self.scheme, self.group_size)
 
 
@@ -215,6 +220,14 @@ def quantized_copy(model: "HookedLM", scheme: str, group_size: int = 32) -> "Hoo
     copy.load_state_dict({name: roundtrip(weights[name], kind, group_size) for name, kind in plan.items()})
     copy.name = f"{model.name} (quantize[{scheme}])"
     return copy
+
+
+def layer_of(name: str) -> float:
+    """The block index in an HF parameter name (``model.layers.3.mlp.up_proj.weight`` -> 3), NaN outside blocks."""
+    import re
+
+    m = re.search(r"\.(\d+)\.", name)
+    return float(m.group(1)) if m else float("nan")
 
 
 def grid_report(original: "HookedLM", unlearned: "HookedLM", scheme: str, group_size: int = 32) -> pd.DataFrame:

@@ -8,13 +8,23 @@ import sys
 from unpact_mech.commands.common import add_max_new_tokens_option
 from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 
-HELP = "try to recover forgotten answers by keyword emphasis (prompt strategies and activation interventions)"
+HELP = (
+    "try to recover forgotten answers: keyword emphasis (prompt strategies, activation interventions) and the "
+    "'is it gone?' battery (quantization, relearning, logit lens, direction ablation, few-shot, rephrasing)"
+)
 EPILOG = """conditions come from the attack registry (unpact_mech.attacks); --strategy takes prompt strategies,
 --intervention activation interventions as NAME[:key=value,...] with integer lists as a-b ranges and + lists:
   scale:factor=3,layers=0-9   patch:layers=0-29   steer:coefficient=2   pasta:other_weight=0.05,layers=10-19,heads=0+4
 Defaults: scale x2 on the first half of the layers; patch from the original at all layers; steer (mean
 original-minus-unlearned residual at keyword positions, coefficient 1) on the first half; pasta (attention to
 other keys x0.1) on the middle third, all heads. Use 'none' to run no strategies / no interventions.
+--attack runs any registered conditions (any kind), e.g.
+  --attack quantize:scheme=int4 relearn_unrelated:steps=5 relearn_split logit_lens ablate_direction few_shot:shots=5
+or --attack all for the full battery (docs/recovery.md); with --attack, --strategy and --intervention run only
+when given. Each condition reports the recovery rate on the eligible items, the same attack on the original model,
+the collateral on utility items and the share of the forget-set gap it closes (gap_fraction); the summary names the
+worst case per family. Detail tables (logit lens per layer, depth curve, quantization grid per tensor, relearning
+losses) go to details/.
 --ablation sweeps the given interventions (default: patch and scale) over layers x position groups.
 --keywords-from RUN_DIR reads the KeyTokens of an earlier word-level occlusion run of the original model
 (unpact attribute --model ORIGINAL --method occlusion --level word --target answer --out RUN_DIR) instead of
@@ -27,7 +37,7 @@ def add_parser(sub) -> None:
     from unpact_mech.attribution.keytokens import DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA
     from unpact_mech.commands.common import add_run_options
 
-    strategies, interventions = attack_names("strategy"), attack_names("intervention")
+    strategies, interventions = default_names("strategy"), default_names("intervention")
     p = sub.add_parser(
         "recover",
         help=HELP,
@@ -47,16 +57,25 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--strategy",
         nargs="+",
-        default=strategies,
+        default=None,
         metavar="NAME",
-        help=f"prompt strategies ({', '.join(strategies)}; default: all; 'none' for no strategies)",
+        help=f"prompt strategies ({', '.join(strategies)}; default: all unless --attack is given; 'none' for none)",
     )
     p.add_argument(
         "--intervention",
         nargs="+",
-        default=interventions,
+        default=None,
         metavar="SPEC",
-        help=f"activation interventions at keyword positions (default: {' '.join(interventions)}; see below)",
+        help=f"activation interventions at keyword positions (default: {' '.join(interventions)} unless --attack is "
+        "given; see below)",
+    )
+    p.add_argument(
+        "--attack",
+        nargs="+",
+        default=None,
+        metavar="SPEC",
+        help=f"conditions of any kind by registered name ({', '.join(attack_names())}) or 'all' for the full "
+        "battery; see below",
     )
     p.add_argument(
         "--keywords",
@@ -100,12 +119,22 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _lists(values: list[str]) -> list[str]:
+def default_names(kind: str) -> list[str]:
+    """The keyword-emphasis conditions of ``kind`` that run by default (``unpact_mech.attacks.DEFAULT_ATTACKS``)."""
+    from unpact_mech.attacks import ATTACKS, DEFAULT_ATTACKS
+
+    return [name for name in DEFAULT_ATTACKS if ATTACKS[name].kind == kind]
+
+
+def _lists(values: list[str] | None, default: list[str]) -> list[str]:
+    """The names given (``none``: no names), or ``default`` when the option was not given."""
+    if values is None:
+        return default
     return [] if values == ["none"] else values
 
 
 def run(args: argparse.Namespace) -> int:
-    from unpact_mech.attacks import get_attack, select_keywords
+    from unpact_mech.attacks import get_attack, resolve_attacks, select_keywords
     from unpact_mech.attacks.keywords import keywords_from_run
     from unpact_mech.attribution.keytokens import check_keytoken_rule
     from unpact_mech.data import load_items
@@ -123,8 +152,22 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     # cheap validation first: nothing is loaded or written for bad names/values
     prepare_output_path(args.out, overwrite=args.overwrite)
-    strategies = [get_attack(name, kind="strategy") for name in _lists(args.strategy)]
-    interventions = [get_attack(text, kind="intervention") for text in _lists(args.intervention)]
+    from unpact_mech.attacks.battery import ALL, expand_specs
+
+    named = args.attack is not None
+    strategies = [
+        get_attack(name, kind="strategy") for name in _lists(args.strategy, [] if named else default_names("strategy"))
+    ]
+    interventions = [
+        get_attack(text, kind="intervention")
+        for text in _lists(args.intervention, [] if named else default_names("intervention"))
+    ]
+    battery = args.attack or []
+    for spec in battery:  # names and options checked now; model-dependent checks after loading, before any work
+        if spec != ALL:
+            get_attack(spec)
+    if named and not battery + strategies + interventions:
+        raise InputError("--attack: name at least one condition (or 'all')")
     try:
         check_keytoken_rule(args.keytoken_alpha, args.keytoken_beta)
     except InputError as err:
@@ -144,7 +187,10 @@ def run(args: argparse.Namespace) -> int:
     for model in (original, unlearned):
         check_outside(args.out, model.source_dir, "--out")
         model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
+    extra = resolve_attacks(expand_specs(battery, unlearned), unlearned) if battery else []
     attacks = [a.resolve(unlearned) for a in strategies + interventions]  # layer/head errors before any work
+    labels = {a.label for a in attacks}
+    attacks += [a for a in extra if a.label not in labels]
     if ablation_layers is not None:
         bad = [L for L in ablation_layers if not 0 <= L < unlearned.shape.n_layers]
         if bad:
@@ -253,6 +299,15 @@ def summary_lines(summary: dict, rates) -> list[str]:
         lines.append(
             f"  {r.kind:<12} {r.condition:<24} recovery {fmt(r.recovery_rate)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]"
             f"  random control {fmt(r.random_control_rate)}  p {fmt(r.p_vs_random, '.3f')}"
-            f" (Holm {fmt(r.p_vs_random_holm, '.3f')})"
+            f" (Holm {fmt(r.p_vs_random_holm, '.3f')})  original {fmt(r.original_accuracy_before)} ->"
+            f" {fmt(r.original_accuracy_after)}  gap closed {fmt(r.gap_fraction)}"
         )
+    worst = summary.get("worst_case_by_family") or {}
+    if len(worst) > 1:
+        lines.append("worst case per family (the most recovering condition of each; a maximum is optimistic):")
+        for family, w in worst.items():
+            lines.append(
+                f"  {family:<22} {w['condition']:<28} {w['recovered']}/{w['n_eligible']} = {fmt(w['rate'])}"
+                f" [{fmt(w['ci_low'])}, {fmt(w['ci_high'])}]  (max of {w['of']})"
+            )
     return lines

@@ -281,13 +281,11 @@ class _Evaluator:
             if missing:
                 raise ValueError(f"original_baseline lacks item {missing[0]!r}")
             known = known.set_index("item_id").loc[ids].reset_index()
-        return self.keep(
-            known, role=role, kind=BASELINE, condition="none", emphasis="none", arm=BASELINE
-        ).set_index("item_id")
+        return self.keep(known, role=role, kind=BASELINE, condition="none", emphasis="none", arm=BASELINE).set_index(
+            "item_id"
+        )
 
-    def keep(
-        self, df: pd.DataFrame, *, role: str, kind: str, condition: str, emphasis: str, arm: str
-    ) -> pd.DataFrame:
+    def keep(self, df: pd.DataFrame, *, role: str, kind: str, condition: str, emphasis: str, arm: str) -> pd.DataFrame:
         df = df.copy()
         for col, default in (("generation", ""), ("truncated", float("nan"))):  # read-outs generate nothing
             if col not in df:
@@ -434,7 +432,8 @@ def run_recovery(
     forget_rest = [i for i in forget if i not in set(eligible)]
     runs = 1 if original_baseline is not None else 2  # baseline evaluations measured
     run_plan = _run_plan(
-        attacks, cfg, Plan(eligible, forget_rest, original_control, general_control, general_split, {}, {}, {}), len(forget),
+        attacks, cfg, Plan(eligible, forget_rest, original_control, general_control, general_split, {}, {}, {}),
+        len(forget),
         baseline_answers=len(everything) * runs,
         baseline_seconds=baseline_seconds, keyword_items=0 if cheap else len(items),
     )  # fmt: skip

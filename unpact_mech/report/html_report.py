@@ -271,6 +271,8 @@ def rates_display(df: pd.DataFrame) -> pd.DataFrame:
     if df[["retain_accuracy_before"]].notna().any().any():
         out["retain acc"] = _pair(df, "retain_accuracy_before", "retain_accuracy_after")
     out["top-1"] = _pair(df, "top1_before", "top1_after")
+    if "gap_fraction" in df:
+        out["gap closed"] = [("" if pd.isna(v) else f"{v:.2f}") for v in df["gap_fraction"]]
     if "mean_logprob_gain" in df:
         out["Δ LP"] = [("" if pd.isna(v) else f"{v:+.2f}") for v in df["mean_logprob_gain"]]
     return out
@@ -306,6 +308,12 @@ def headline_display(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 else ""
             )
         row["destructive rate (utility)"] = _fmt(r.get("utility_destructive_rate"))
+        if r.get("battery_worst"):
+            row["is it gone? worst case"] = (
+                f"{r['battery_worst']}: {_fmt(r.get('battery_worst_recovery'))} "
+                f"[{_fmt(r.get('battery_worst_ci_low'))}, {_fmt(r.get('battery_worst_ci_high'))}] "
+                f"(max of {r.get('battery_of')}; original {_fmt(r.get('battery_worst_original_after'))})"
+            )
         out.append(row)
     return pd.DataFrame(out)
 
@@ -323,6 +331,40 @@ def _headline(run_dir: Path) -> str:
         "unlearned model; best "
         "recovery: the emphasis that brought back most forgotten items (random: the same emphasis on random "
         "non-keyword words); destructive rate: retain items the unlearning broke.</p>"
+    )
+
+
+def _is_it_gone(root: Path, stages: list[tuple[Path, dict[str, Any]]]) -> str:
+    """The "is it gone?" section: every recovery run of the directory as one models x conditions heatmap (written
+    to ``is_it_gone.png`` beside report.html) and the worst case per model. Empty when there is no recovery run."""
+    from unpact_mech.report.recovery_plots import battery_matrix, plot_battery_heatmap
+
+    rates = {}
+    for d, meta in stages:
+        if meta.get("command") == "recover" and (d / "rates.csv").is_file():
+            name = d.name if d != root else "unlearned"
+            table = pd.read_csv(d / "rates.csv")
+            rates[name] = pd.concat([rates[name], table]) if name in rates else table
+    matrix = battery_matrix(rates)
+    if not len(matrix):
+        return ""
+    plot_battery_heatmap(matrix, root / "is_it_gone.png")
+    worst = []
+    for model, g in matrix.dropna(subset=["recovery_rate"]).groupby("model", sort=False):
+        r = g.loc[g["recovery_rate"].idxmax()]
+        worst.append({"unlearned model": model, "worst case": r["condition"], "family": r.get("family", ""),
+                      "recovery": f"{r['recovery_rate']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
+                                  f"({int(r['recovered'])}/{int(r['n_eligible'])})",
+                      "of conditions": len(g)})  # fmt: skip
+    return (
+        "<h2>Is it really gone?</h2>"
+        + _img(root / "is_it_gone.png", "recovery rate per unlearned model and condition")
+        + _table(pd.DataFrame(worst))
+        + '<p class="meta">Every recovery condition run on each unlearned model (keyword emphasis and the battery: '
+        "quantization, relearning, logit lens, direction ablation, few-shot, rephrasing): the share of the eligible "
+        "forget items (original right, unlearned wrong) answered again, k/n and the exact 95% interval per cell. "
+        "The worst case is the maximum over the conditions run, which is optimistic for the attacker when there are "
+        "many; the per-condition tables below give the controls and paired tests.</p>"
     )
 
 
@@ -361,7 +403,7 @@ def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{REPORT_CSS}</style></head>\n<body>{header}"
-        f"<nav>{''.join(nav)}</nav><h2>Lineage</h2>{_lineage(stages)}{_headline(root)}"
+        f"<nav>{''.join(nav)}</nav><h2>Lineage</h2>{_lineage(stages)}{_headline(root)}{_is_it_gone(root, stages)}"
         + "".join(sections)
         + "\n</body></html>\n"
     )

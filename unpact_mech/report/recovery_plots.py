@@ -76,3 +76,45 @@ def plot_layer_sweep(
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def battery_matrix(rates_by_model: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Long table of every (unlearned model, condition): ``model, condition, family, recovery_rate, ci_low, ci_high,
+    recovered, n_eligible`` — the data of :func:`plot_battery_heatmap`, from each model's ``rates.csv`` (rows of
+    several runs of one model are concatenated; control conditions are left out)."""
+    cols = ["condition", "family", "recovery_rate", "ci_low", "ci_high", "recovered", "n_eligible"]
+    frames = []
+    for model, rates in rates_by_model.items():
+        keep = rates[~rates["is_control"].astype(bool)] if "is_control" in rates else rates
+        frames.append(keep[[c for c in cols if c in keep]].assign(model=model))
+    if not frames:
+        return pd.DataFrame(columns=["model", *cols])
+    out = pd.concat(frames, ignore_index=True)
+    return out[["model", *[c for c in cols if c in out]]]
+
+
+def plot_battery_heatmap(matrix: pd.DataFrame, path: str | Path, title: str = "Is it really gone?") -> Path:
+    """Heatmap, unlearned models (rows) x conditions (columns, in first-seen order): the recovery rate on the
+    eligible forget items, each cell annotated ``k/n`` and the exact 95% interval; blank where not run."""
+    models = list(dict.fromkeys(matrix["model"]))
+    conditions = list(dict.fromkeys(matrix["condition"]))
+    grid = np.full((len(models), len(conditions)), np.nan)
+    notes = [["" for _ in conditions] for _ in models]
+    for r in matrix.itertuples():
+        i, j = models.index(r.model), conditions.index(r.condition)
+        grid[i, j] = r.recovery_rate
+        if not pd.isna(r.recovery_rate):
+            notes[i][j] = f"{int(r.recovered)}/{int(r.n_eligible)}\n[{r.ci_low:.2f},{r.ci_high:.2f}]"
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.85 * len(conditions) + 2.5), 0.75 * len(models) + 2.4))
+    image = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap="magma_r", aspect="auto")
+    for i in range(len(models)):
+        for j in range(len(conditions)):
+            if notes[i][j]:
+                ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=6,
+                        color="white" if grid[i, j] > 0.55 else "black")  # fmt: skip
+    ax.set_xticks(range(len(conditions)), conditions, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(models)), models, fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.03, label="recovery rate")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

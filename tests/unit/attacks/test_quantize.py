@@ -3,6 +3,7 @@ report, and the condition inside a recovery run (with its original-model control
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,6 +118,11 @@ def test_quantize_in_a_recovery_run_with_its_original_model_control(original, ga
     asked = per[(per["condition"] == "quantize[int4/g32]") & (per["model"] == "unlearned")]
     recovered = asked[asked["item_id"].isin(result.eligible_ids)]["correct"].mean()
     assert row["recovery_rate"] == pytest.approx(recovered)
+    # the per-layer grid report of the unlearned model rides along as a detail table, once per run
+    grid = result.details[("quantize[int4/g32]", "grid")]
+    expected = grid_report(original, ga_unlearned, "int4", 32)
+    assert list(grid["parameter"]) == list(expected["parameter"])
+    assert np.allclose(grid["delta_norm"], expected["delta_norm"]) and grid["layer"].notna().all()
 
 
 @pytest.mark.slow

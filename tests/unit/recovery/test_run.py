@@ -90,9 +90,7 @@ def test_intervention_rows_equal_an_independent_evaluation(result, original, ga_
     from unpact_mech.scoring.tokens import encode_item
 
     per = result.per_item
-    rows = per[(per.condition == "patch[0,1]") & (per.arm == "emphasis")].set_index(
-        "item_id"
-    )
+    rows = per[(per.condition == "patch[0,1]") & (per.arm == "emphasis")].set_index("item_id")
     eligible = [it for it in synthetic_items if it.id in rows.index]
     positions = []
     for it in eligible:
