@@ -8,7 +8,9 @@ A sequence of the shared pipeline stages (:mod:`unpact_mech.pipeline`):
 3. per unlearning method, on a fresh copy of the model (the original stays loaded and untouched):
    ``unlearned/<method>/`` (a loadable model directory with dynamics), ``attribution/<method>/{occlusion,residual,
    attention}/`` (original vs unlearned, KeyToken shift), ``recovery/<method>/`` (prompt strategies and activation
-   interventions at the keywords, with random-word, original-model and retain controls, bootstrap CIs);
+   interventions at the keywords, with random-word, original-model and utility controls, exact intervals);
+   ``battery/<method>/`` ("is it really gone?": a fast subset of the battery — quantization, relearning, logit lens,
+   direction ablation, few-shot, rephrasing — with the same controls; its worst case goes into the headline);
 4. top level: ``summary.json`` (``methods``: one headline row per method), ``results.csv`` (long), ``run.json``
    (config, seed, versions, the lineage of every unlearned model) and ``report.html``.
 
@@ -52,6 +54,8 @@ class DemoConfig:
     lr: float | None = None
     strategies: Sequence[str] = DEMO_STRATEGIES
     interventions: Sequence[str] = DEMO_INTERVENTIONS
+    #: The "is it gone?" conditions (None: the model's fast subset, ``battery_specs(model, fast=True)``; () : none).
+    battery: Sequence[str] | None = None
     layer_items: int = 8
     max_control_items: int = MAX_CONTROL_ITEMS
     batch_size: int = EVAL_BATCH_SIZE
@@ -63,6 +67,8 @@ class DemoConfig:
         self.methods = one_or_many(self.methods) or ()
         self.strategies = one_or_many(self.strategies) or ()
         self.interventions = one_or_many(self.interventions) or ()
+        if self.battery is not None:
+            self.battery = one_or_many(self.battery) or ()
 
     @property
     def data_spec(self) -> str:
@@ -83,6 +89,9 @@ class DemoConfig:
             get_attack(name, kind="strategy")
         for text in self.interventions:
             get_attack(text, kind="intervention")
+        for text in self.battery or ():
+            if text != "all":
+                get_attack(text)
         check_training(self.steps, self.lr)
         if self.layer_items < 0:
             from unpact_mech.errors import InputError
@@ -119,7 +128,8 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run the demo into ``out`` (default: a new time-stamped directory under ``unpact-runs/``)."""
-    from unpact_mech.attacks import get_attack
+    from unpact_mech.attacks import get_attack, resolve_attacks
+    from unpact_mech.attacks.battery import battery_specs, expand_specs
     from unpact_mech.data import FORGET, load_items, require_split
     from unpact_mech.io import atomic_output_dir, check_outside
     from unpact_mech.models import load_model
@@ -137,13 +147,19 @@ def run_demo(
     for note in notes:
         log("note: " + note)
     seed_everything(cfg.seed)
-    stage = _Stages(3 + 3 * len(cfg.methods), log)
+    stage = _Stages(3 + (3 + (cfg.battery != ())) * len(cfg.methods), log)
 
     with atomic_output_dir(out) as tmp:
         stage(f"loading {cfg.model} ({cfg.backend}) and evaluating {len(items)} items of {cfg.data_spec}")
         original = load_model(cfg.model, backend=cfg.backend)
         check_outside(out, original.source_dir, "--out")
         interventions = [get_attack(t, kind="intervention").resolve(original) for t in cfg.interventions]
+        battery = resolve_attacks(
+            expand_specs(list(cfg.battery), original)
+            if cfg.battery is not None
+            else battery_specs(original, fast=True),
+            original,
+        )  # options checked against the model before any work
         session = Session(
             cfg.model,
             cfg.data_spec,
@@ -172,6 +188,7 @@ def run_demo(
         keywords = session.original_keywords(items, occlusion)  # the bare-answer KeyTokens (reuses a bare run)
 
         rcfg = session.recovery_config([*cfg.strategies, *interventions], max_control_items=cfg.max_control_items)
+        bcfg = session.recovery_config(battery, max_control_items=cfg.max_control_items)
         headline, long_rows = [], []
         for method in cfg.methods:
             stage(f"{method}: unlearning a fresh copy of {cfg.model}")
@@ -187,8 +204,12 @@ def run_demo(
                 f"{len(interventions)} interventions, with controls)"
             )
             rec = session.recover(model, method, rcfg, keywords)
-            headline.append(headline_row(method, result.summary, occ, rec))
-            long_rows.append(headline_long(method, result.summary, occ, rec))
+            gone = None
+            if battery:
+                stage(f"{method}: is it really gone? {len(battery)} battery conditions, with controls")
+                gone = session.recover(model, method, bcfg, keywords, folder="battery")
+            headline.append(headline_row(method, result.summary, occ, rec, gone))
+            long_rows.append(headline_long(method, result.summary, occ, rec, gone))
             del model
 
         stage("writing summary.json, results.csv and report.html")
@@ -250,8 +271,31 @@ def _none(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def headline_row(method: str, unlearn_summary: dict[str, Any], occ: dict[str, Any], rec) -> dict[str, Any]:
-    """One row of the demo's headline table (utility = held-out facts; retain = the facts the retain loss trains on)."""
+def battery_worst(gone) -> dict[str, Any]:
+    """The worst case of a battery run for the unlearned model: the non-control condition with the highest recovery
+    rate, its exact interval, the original's accuracy under the same attack, the share of the forget-set gap it
+    closes, and the number of conditions it was picked from (a maximum over K conditions is optimistic)."""
+    out: dict[str, Any] = {"battery_worst": "", "battery_worst_recovery": None, "battery_worst_ci_low": None,
+                           "battery_worst_ci_high": None, "battery_worst_original_after": None,
+                           "battery_worst_gap_fraction": None, "battery_of": 0}  # fmt: skip
+    if gone is None:
+        return out
+    controls = {a.label for a in gone.attacks if a.is_control}
+    pool = gone.rates[~gone.rates["condition"].isin(controls)]
+    out["battery_of"] = int(len(pool))
+    sub = pool.dropna(subset=["recovery_rate"])
+    if len(sub):
+        row = sub.loc[sub["recovery_rate"].idxmax()]
+        out |= {"battery_worst": str(row["condition"]), "battery_worst_recovery": float(row["recovery_rate"]),
+                "battery_worst_ci_low": _none(row["ci_low"]), "battery_worst_ci_high": _none(row["ci_high"]),
+                "battery_worst_original_after": _none(row["original_accuracy_after"]),
+                "battery_worst_gap_fraction": _none(row["gap_fraction"])}  # fmt: skip
+    return out
+
+
+def headline_row(method: str, unlearn_summary: dict[str, Any], occ: dict[str, Any], rec, gone=None) -> dict[str, Any]:
+    """One row of the demo's headline table (utility = held-out facts; retain = the facts the retain loss trains on;
+    ``gone``: the battery's recovery result, whose worst case is added)."""
     s = unlearn_summary
     row: dict[str, Any] = {"method": method}
     for split in SPLITS:
@@ -268,10 +312,10 @@ def headline_row(method: str, unlearn_summary: dict[str, Any], occ: dict[str, An
         row[f"best_{label}_p_holm"] = best["p_holm"]
     row["utility_destructive_rate"] = rec.summary.get("utility_destructive_rate")
     row["retain_destructive_rate"] = rec.summary.get("retain_destructive_rate")
-    return row
+    return row | battery_worst(gone)
 
 
-def headline_long(method: str, unlearn_summary: dict[str, Any], occ: dict[str, Any], rec) -> pd.DataFrame:
+def headline_long(method: str, unlearn_summary: dict[str, Any], occ: dict[str, Any], rec, gone=None) -> pd.DataFrame:
     """The headline numbers in the long ``results.csv`` format (``item_id`` "all": aggregates)."""
     base = {"item_id": "all", "method": method}
     rows = [
@@ -283,10 +327,11 @@ def headline_long(method: str, unlearn_summary: dict[str, Any], occ: dict[str, A
         base | {"split": "forget", "metric": key, "value": value, "stage": "attribution"}
         for key, value in keytoken_row(occ).items()
     ]
-    for r in rec.rates.itertuples():
-        for metric in ("recovery_rate", "random_control_rate", "p_vs_random_holm"):
-            rows.append(base | {"split": "forget", "metric": metric, "value": getattr(r, metric), "stage": "recovery",
-                                "kind": r.kind, "condition": r.condition})  # fmt: skip
+    for stage, result in (("recovery", rec), ("battery", gone)):
+        for r in result.rates.itertuples() if result is not None else ():
+            for metric in ("recovery_rate", "random_control_rate", "p_vs_random_holm", "gap_fraction"):
+                rows.append(base | {"split": "forget", "metric": metric, "value": getattr(r, metric), "stage": stage,
+                                    "kind": r.kind, "condition": r.condition})  # fmt: skip
     for split in ("utility", "retain"):
         rows.append(base | {"split": split, "metric": "destructive_rate", "stage": "recovery",
                             "value": rec.summary.get(f"{split}_destructive_rate")})  # fmt: skip
@@ -326,4 +371,12 @@ def format_headline(headline: pd.DataFrame) -> str:
             f"      destructive rate: utility items {fmt(r.get('utility_destructive_rate'))}, "
             f"retain (trained-on) items {fmt(r.get('retain_destructive_rate'))}"
         )
+        if r.get("battery_worst"):
+            lines.append(
+                f"      is it gone? worst case of the battery (max of {r['battery_of']}): {r['battery_worst']} "
+                f"{fmt(r['battery_worst_recovery'])} [{fmt(r['battery_worst_ci_low'])}, "
+                f"{fmt(r['battery_worst_ci_high'])}] of {r['eligible']} forgotten items (original under the same "
+                f"attack {fmt(r.get('battery_worst_original_after'))}; gap closed on the forget set "
+                f"{fmt(r.get('battery_worst_gap_fraction'))})"
+            )
     return "\n".join(lines)

@@ -79,6 +79,7 @@ class AttackEnv:
     seed: int = 0
     progress: bool = False
     memo: dict[Any, Any] = field(default_factory=dict, compare=False)
+    original_memo: dict[Any, Any] = field(default_factory=dict, compare=False)
     details: dict[tuple[str, str], "pd.DataFrame"] = field(default_factory=dict, compare=False)
 
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
@@ -86,6 +87,19 @@ class AttackEnv:
         if key not in self.memo:
             self.memo[key] = compute()
         return self.memo[key]
+
+    def cached_for(self, model: "HookedLM", key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per (``model``, ``key``): for the original model once per ``original_memo`` — which a
+        caller may share between the recovery runs of several unlearned models (``run_recovery(original_memo=)``),
+        so e.g. the original's quantized or relearned copy is made once for all of them —, for any other model once
+        per run."""
+        if model is self.original:
+            store, full = self.original_memo, (id(model), key)  # the original outlives every run that shares it
+        else:
+            store, full = self.memo, (id(model), key)
+        if full not in store:
+            store[full] = compute()
+        return store[full]
 
     def record(self, condition: str, name: str, table: "pd.DataFrame") -> None:
         """Keep ``table`` as the detail ``name`` of ``condition`` (a later record of the same pair appends rows)."""
@@ -291,7 +305,7 @@ class ModelAttack(Attack):
         raise NotImplementedError
 
     def treat(self, model, items, emphasis, env) -> Treatment:
-        return Treatment(env.cached((self.label, id(model)), lambda: self.transform(model, env)))
+        return Treatment(env.cached_for(model, self.label, lambda: self.transform(model, env)))
 
 
 # -- latent read-outs --------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import argparse
 HELP = "run the whole unPact study offline on the embedded model and write report.html (start here)"
 EPILOG = """Stages: evaluate the built-in facts; occlusion (KeyTokens), residual-stream and attention-path attribution
 on the original; per --methods: unlearn a fresh copy, attribute again (original vs unlearned), recover the forgotten
-answers by keyword emphasis in the prompt and in the activations, with controls. Outputs go to
+answers by keyword emphasis in the prompt and in the activations, with controls, then ask "is it really gone?"
+with a fast subset of the battery (--battery; `unpact recover --attack all` runs the whole one). Outputs go to
 unpact-runs/demo-MODEL-TIMESTAMP/ unless --out is given; an existing directory is never overwritten.
 `unpact report RUN_DIR` rebuilds report.html.
 
@@ -72,6 +73,15 @@ def add_parser(sub) -> None:
         help=f"activation interventions, syntax as in `unpact recover` (default: {' '.join(DEMO_INTERVENTIONS)})",
     )
     p.add_argument(
+        "--battery",
+        nargs="+",
+        default=None,
+        metavar="SPEC",
+        help="'is it gone?' conditions after the keyword emphasis, syntax as in `unpact recover --attack` (default: "
+        "quantize to the source grid and int4, relearn_unrelated:steps=5, relearn_split, logit_lens, "
+        "ablate_direction, few_shot:shots=3, rephrase; 'none' to skip; 'all' for the full battery)",
+    )
+    p.add_argument(
         "--layer-items",
         type=int,
         default=8,
@@ -102,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         strategies=tuple(args.strategies),
         interventions=tuple(args.interventions),
+        battery=None if args.battery is None else () if args.battery == ["none"] else tuple(args.battery),
         layer_items=args.layer_items,
         max_control_items=args.max_control_items,
     )

@@ -66,6 +66,9 @@ class Session:
     occlusion_batch: int = OCCLUSION_BATCH
     target: str = "auto"  # what attribution attributes (auto: the answer in context for chat-format prompts)
     lineages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: What recovery conditions computed for the ORIGINAL model (a quantized or relearned copy of it), reused by
+    #: every recovery run of this session (:meth:`AttackEnv.cached_for`).
+    original_memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # -- run records ---------------------------------------------------------------------------------------------
     def stage_command(self, stage: str) -> str:
@@ -273,9 +276,12 @@ class Session:
         label: str,
         config: "RecoveryConfig",
         keywords: Sequence["ItemKeywords"] | None = None,
+        *,
+        folder: str = "recovery",
     ) -> "RecoveryResult":
         """The recovery experiment on ``unlearned`` (the original's evaluation reused), written to
-        ``recovery/<label>/`` with the lineage base -> unlearned -> recovered."""
+        ``<folder>/<label>/`` (``recovery``; the demo's battery: ``battery``) with the lineage base -> unlearned ->
+        recovered."""
         from unpact_mech.recovery.outputs import write_recovery
         from unpact_mech.recovery.run import recovered_lineage, run_recovery
 
@@ -287,8 +293,9 @@ class Session:
             keywords=keywords,
             original_baseline=self.original_evaluation,
             progress=self.progress,
+            original_memo=self.original_memo,
         )
-        out = self.out / "recovery" / label
+        out = self.out / folder / label
         out.mkdir(parents=True)
         lineage = recovered_lineage(unlearned, rec.attacks, config.keyword_source, self.spec)
         run = self.stage_record(

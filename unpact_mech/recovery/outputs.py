@@ -37,6 +37,8 @@ def write_recovery(
     atomic_write_text(out / "rates.csv", result.rates.to_csv(index=False))
     atomic_write_text(out / "per_item.csv", result.per_item.to_csv(index=False))
     atomic_write_text(out / "keywords.csv", result.keywords.to_csv(index=False))
+    if result.details:
+        (out / "details").mkdir(exist_ok=True)
     for (condition, name), table in result.details.items():
         atomic_write_text(out / "details" / f"{safe_name(condition)}.{name}.csv", table.to_csv(index=False))
     if len(result.rates):

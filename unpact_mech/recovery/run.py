@@ -392,6 +392,7 @@ def run_recovery(
     original_baseline: pd.DataFrame | None = None,
     progress: bool = True,
     on_plan: Callable[[RunPlan], None] | None = None,
+    original_memo: dict[Any, Any] | None = None,
 ) -> RecoveryResult:
     """Run every condition of ``config.attacks`` with controls; see the module docstring.
 
@@ -399,7 +400,9 @@ def run_recovery(
     models); default: from ``config.keyword_source``. ``original_baseline``: the original model's
     :func:`~unpact_mech.scoring.evaluate.evaluate_items` frame of these items with the same judge and answer length
     (reused instead of evaluating the original again). ``on_plan``: called with the :class:`RunPlan` once the two
-    baselines have run, before the keywords' occlusion and the conditions (``unpact recover`` prints it)."""
+    baselines have run, before the keywords' occlusion and the conditions (``unpact recover`` prints it).
+    ``original_memo``: a dict shared by several runs with the same ``original`` (and data), in which conditions keep
+    what they compute for the original model (:meth:`~unpact_mech.attacks.base.AttackEnv.cached_for`)."""
     cfg = config or RecoveryConfig()
     check_compatible(original, unlearned)
     attacks = resolve_attacks(cfg.attacks, unlearned, cfg.templates)
@@ -451,12 +454,14 @@ def run_recovery(
     env = AttackEnv(
         original, unlearned, {e.item_id: e for e in encoded}, plan.keywords, tuple(forget), cfg.batch_size,
         items=evaluator.items, utility_ids=tuple(split[UTILITY]), seed=cfg.seed, progress=progress,
+        original_memo=original_memo if original_memo is not None else {},
     )  # fmt: skip
 
     rate_rows, emphasis_outcomes = [], {}
     for attack in attacks:
-        frames = {arm.name: evaluator.run(arm, attack, env) for arm in arms(attack, cfg, plan)}
         bar.set_postfix_str(attack.label)
+        frames = {arm.name: evaluator.run(arm, attack, env) for arm in arms(attack, cfg, plan)}
+        env.memo.clear()  # a condition's transformed models and fits are its own: free them (the original's stay)
         rate_rows.append(condition_row(attack, frames, plan, base_o, base_u, cfg))
         emphasis_outcomes[attack.label] = _outcomes(frames.get("emphasis"), plan.eligible)
         bar.update()

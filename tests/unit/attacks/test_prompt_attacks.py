@@ -59,12 +59,16 @@ def test_registry_order_kinds_and_flags():
         "uppercase",
         "keywords_first",
         "neutral",
+        "few_shot",
+        "rephrase",
     ]
-    assert attack_names("intervention") == ["scale", "patch", "steer", "pasta"]
-    assert {n for n in attack_names("strategy") if not ATTACKS[n].uses_keywords} == {"repeat_question", "neutral"}
+    assert attack_names("intervention") == ["scale", "patch", "steer", "pasta", "ablate_direction"]
+    assert {n for n in attack_names("strategy") if not ATTACKS[n].uses_keywords} == {
+        "repeat_question", "neutral", "few_shot", "rephrase",
+    }  # fmt: skip
     assert [n for n, a in ATTACKS.items() if a.is_control] == ["neutral"]
     families = {n: a.family for n, a in ATTACKS.items()}
     assert families["focus"] == families["repeat_keywords"] == families["keywords_first"] == "keywords_named"
     assert families["quote"] == families["uppercase"] == "keywords_marked"
     assert families["neutral"] == "instruction" and families["repeat_question"] == "question_repeated"
-    assert len({families[n] for n in attack_names("intervention")}) == 4  # one family per intervention
+    assert len({families[n] for n in attack_names("intervention")}) == 5  # one family per intervention
