@@ -56,14 +56,6 @@ FORGET_BOUND = 0.15
 UTILITY_TOLERANCE = 0.02
 #: The tuning / held-out split of the forget items is fixed (independent of --seed).
 SPLIT_SEED = 0
-#: Per-model overrides for the representation methods (the tiny 2-layer model has no layer 7; measured in the
-#: unit tests' TINY_RUNS). Other methods use the demo's per-model recipe overrides.
-REPRESENTATION_OVERRIDES = {
-    "tiny": {
-        "rmu": {"lr": 1e-2, "hyperparameters": {"layer": 1, "c": 20.0, "alpha": 1.0}},
-        "keyguard": {"lr": 1e-2, "hyperparameters": {"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0}},
-    }
-}
 
 
 #: The headline table (table.csv, printed); variants.csv has every column.
@@ -251,12 +243,8 @@ def train(ctx: Context, v: Variant, steps: int, *, evaluate: bool, eval_every: i
     from unpact_mech.runtime import seed_everything
     from unpact_mech.unlearning import unlearn
 
-    options = {k: x for k, x in train_overrides(ctx.spec).items() if k != "steps"}
-    hyperparameters = dict(v.hyperparameters)
-    override = REPRESENTATION_OVERRIDES.get(ctx.args.model, {}).get(v.method)
-    if override:
-        options["lr"] = override["lr"]
-        hyperparameters = override["hyperparameters"] | hyperparameters
+    options = {k: x for k, x in train_overrides(ctx.spec, v.method).items() if k != "steps"}
+    hyperparameters = options.pop("hyperparameters", {}) | dict(v.hyperparameters)
     seed_everything(ctx.seed)
     model = load_model(ctx.args.model, backend=ctx.args.backend)
     result = unlearn(

@@ -74,8 +74,9 @@ class DemoConfig:
     def data_spec(self) -> str:
         return self.data or default_data(self.model)
 
-    def train_options(self) -> dict[str, Any]:
-        options = train_overrides(self.model)
+    def train_options(self, method: str | None = None) -> dict[str, Any]:
+        """The training options of ``method`` (the model's overrides, then --steps / --lr)."""
+        options = train_overrides(self.model, method)
         options.update({k: v for k, v in (("steps", self.steps), ("lr", self.lr)) if v is not None})
         return options
 
@@ -193,7 +194,7 @@ def run_demo(
         for method in cfg.methods:
             stage(f"{method}: unlearning a fresh copy of {cfg.model}")
             model, result = session.unlearn_fresh_copy(
-                method, cfg.train_options(), initial_evaluation=session.original_evaluation
+                method, cfg.train_options(method), initial_evaluation=session.original_evaluation
             )
             stage(f"{method}: attributing again (original vs unlearned)")
             occ = session.attribute_pair("occlusion", occlusion, model, items, method)

@@ -303,6 +303,7 @@ def test_demo_results_columns_are_reserved():
                 "recovery_rate": 0.5,
                 "random_control_rate": 0.1,
                 "p_vs_random_holm": 1,
+                "gap_fraction": 0.4,
             }
         ]
     )

@@ -76,7 +76,7 @@ SUBSTITUTIONS = (
         "the --data default (builtin:real_facts, SmolLM2's facts) made tiny's",
     ),
     Sub(
-        r"^((?:\S*/)?(?:unpact demo|python experiments/keyword_aware_unlearning\.py))(?!.*--model )",
+        r"^((?:\S*/)?(?:unpact demo|python experiments/(?:keyword_aware_unlearning|is_it_gone)\.py))(?!.*--model )",
         r"\1 --model tiny",
         "the --model default (smollm2) made tiny",
     ),
@@ -86,6 +86,12 @@ SUBSTITUTIONS = (
         "some of its questions are longer than tiny's 64-token context (its other data with the three splits)",
     ),
     Sub(r"(quantization_probe\.py .*--schemes )source ", r"\1", "tiny was never a GGUF file: it has no source grid"),
+    Sub(r"\bquantize:scheme=source\b", "quantize:scheme=q4_1", "tiny was never a GGUF file: it has no source grid"),
+    Sub(
+        r"^(python experiments/is_it_gone\.py)(?!.*--attacks )",
+        r"\1 --attacks quantize:scheme=int4 relearn_split logit_lens few_shot:shots=1",
+        "four methods x the whole battery take minutes even on tiny (test_cli_recover.py runs 'all' on one)",
+    ),
     Sub(r"--layer (?:[2-9]|[1-9]\d+)\b", "--layer 1", "tiny has layers 0 and 1"),
     Sub(r"\blayers=\d+-\d+", "layers=0-1", "tiny has layers 0 and 1"),
     Sub(r"\blayers=range\(\d+, \d+\)", "layers=range(0, 2)", "tiny has layers 0 and 1"),

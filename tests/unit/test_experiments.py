@@ -133,7 +133,7 @@ def test_finding2_recovery_rates(run_dir):
     assert (df["n_eligible"] >= 1).all()
     for m in DEMO_METHODS:
         rates = pd.read_csv(out / "recovery" / m / "rates.csv")
-        assert set(attack_names("strategy")) <= set(rates["condition"])
+        assert [c for c in DEFAULT_ATTACKS if c in attack_names("strategy")] == list(rates["condition"][:7])
         lineage = json.loads((out / "recovery" / m / "run.json").read_text())["lineage"]
         assert [s["role"] for s in lineage] == ["base", "unlearned", "recovered"]
 
@@ -355,3 +355,32 @@ def test_compare_script_writes_the_table_and_refuses_a_missing_run(tmp_path, cap
     assert (table.loc["focus", "recovered_a"], table.loc["focus", "recovered_b"], table.loc["focus", "n"]) == (1, 0, 2)
     assert compare_recovery.main([str(tmp_path / "a"), str(tmp_path / "nope")]) == 2
     assert "nope/per_item.csv: no such file" in capsys.readouterr().err
+
+
+def test_is_it_gone_table_heatmap_and_worst_case(demo, tmp_path, capsys):
+    """Per method the worst case over the conditions (named, with its interval and K), per family the worst case,
+    the heatmap; the original's copies are made once for both methods; a bad condition exits 2 before any work."""
+    out = tmp_path / "gone"
+    attacks = ["focus", "quantize:scheme=int4", "relearn_unrelated:steps=1", "logit_lens", "few_shot:shots=1"]
+    code = run_script("is_it_gone", *COMMON, "--from-run", demo, "--methods", *DEMO_METHODS, "--attacks", *attacks,
+                      "--out", out)  # fmt: skip
+    assert code == 0
+    table = pd.read_csv(out / "table.csv").set_index("method")
+    rates = pd.read_csv(out / "rates.csv")
+    assert list(table.index) == list(DEMO_METHODS) and (table["of"] == len(attacks)).all()
+    for method, g in rates.groupby("method"):
+        top = g.loc[g["recovery_rate"].idxmax()]
+        assert table.loc[method, "worst_rate"] == pytest.approx(top["recovery_rate"])
+        row = table.loc[method]
+        assert row["worst_ci_low"] <= row["worst_rate"] <= row["worst_ci_high"]
+    worst = pd.read_csv(out / "worst_by_family.csv")
+    assert set(worst["family"]) == set(rates["family"]) and (worst["of"] >= 1).all()
+    assert (out / "is_it_gone.png").read_bytes()[:4] == b"\x89PNG"
+    # the relearned original is trained once for both methods: one training row for it, in the first method's run
+    trained = [pd.read_csv(p) for p in out.glob("recovery/*/details/relearn_unrelated*training.csv")]
+    assert sum((t["model"] == "original").sum() for t in trained) == 1
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert run_script("is_it_gone", *COMMON, "--from-run", demo, "--methods", "ga_gdr", "--attacks", "teleport",
+                      "--out", bad) == 2  # fmt: skip
+    assert "unknown attack 'teleport'" in capsys.readouterr().err and not bad.exists()

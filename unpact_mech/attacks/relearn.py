@@ -221,9 +221,9 @@ class RelearnUnrelated(ModelAttack):
     def pool(self) -> list["QAItem"]:
         """Every item the training items are drawn from (the built-in file, or ``data``)."""
         if not self.data:
-            from unpact_mech.data.builtin import builtin_unrelated_items
+            from unpact_mech.data.loaders import load_items
 
-            return builtin_unrelated_items()
+            return load_items("builtin:unrelated_qa")
         from unpact_mech.data.loaders import load_items
 
         try:
@@ -336,10 +336,11 @@ class RelearnSplit(ModelAttack):
         the detail ``fictional_control``."""
 
         def compute() -> dict[str, Any]:
-            from unpact_mech.data.builtin import fictional_items
+            from unpact_mech.data.loaders import load_items
 
+            fictional = load_items("builtin:fictional_facts")
             out = relearn_split_calibration(
-                model, self, fictional_items(), seed=env.seed, batch_size=env.batch_size, progress=env.progress
+                model, self, fictional, seed=env.seed, batch_size=env.batch_size, progress=env.progress
             )
             env.record(self.label, "fictional_control", pd.DataFrame([{"model": env.role(model), **out}]))
             return out

@@ -47,7 +47,7 @@ COLUMNS_BY_COMMAND: dict[str, tuple[str, ...]] = {
     "evaluate": (*ITEM_COLUMNS, "metric", "value", "model"),
     "attribute": (*LONG_COLUMNS, *ATTRIBUTION_COLUMNS),
     "unlearn": (*LONG_COLUMNS, "generation", "step", "method"),
-    "recover": (*ITEM_COLUMNS, "metric", "value", "model", "kind", "condition", "emphasis"),
+    "recover": (*ITEM_COLUMNS, "metric", "value", "model", "kind", "condition", "emphasis", "arm"),
     "demo": (*LONG_COLUMNS, "method", "stage", "kind", "condition"),
 }
 #: Names an extra field may not have: the result tables use them.

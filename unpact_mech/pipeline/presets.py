@@ -22,6 +22,15 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "smollm2": {"data": "builtin:real_facts", "train": {}},
     "tiny": {"data": "builtin:synthetic_facts", "train": {"lr": 5e-4, "steps": 6}},
 }
+#: Per-model overrides of single methods (lr and hyperparameters), on top of MODEL_DEFAULTS: the representation
+#: methods write at layer 7 of SmolLM2, which the 2-layer tiny model does not have (values measured in the unit
+#: tests' tiny runs of keyguard and rmu).
+METHOD_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "rmu": {"lr": 1e-2, "hyperparameters": {"layer": 1, "c": 20.0, "alpha": 1.0}},
+        "keyguard": {"lr": 1e-2, "hyperparameters": {"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0}},
+    }
+}
 FALLBACK_DATA = "builtin:real_facts"
 #: Evaluation settings of every pipeline stage besides the items per forward
 #: (:data:`~unpact_mech.scoring.batching.EVAL_BATCH_SIZE`): occlusion variants per forward, and the cap on the
@@ -36,9 +45,13 @@ def default_data(model: str) -> str:
     return MODEL_DEFAULTS.get(model, {}).get("data", FALLBACK_DATA)
 
 
-def train_overrides(model: str) -> dict[str, Any]:
-    """Training options that replace the recipes' for ``model`` (empty for SmolLM2 and local directories)."""
-    return dict(MODEL_DEFAULTS.get(model, {}).get("train", {}))
+def train_overrides(model: str, method: str | None = None) -> dict[str, Any]:
+    """Training options that replace the recipes' for ``model`` (empty for SmolLM2 and local directories), with
+    ``method``'s own overrides for that model (:data:`METHOD_OVERRIDES`: ``lr`` and a ``hyperparameters`` dict)."""
+    options = dict(MODEL_DEFAULTS.get(model, {}).get("train", {}))
+    override = METHOD_OVERRIDES.get(model, {}).get(method or "", {})
+    options |= {k: (dict(v) if isinstance(v, dict) else v) for k, v in override.items()}
+    return options
 
 
 def default_out(model: str, now: datetime | None = None, *, prefix: str = "demo") -> Path:

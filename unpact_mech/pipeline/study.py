@@ -197,7 +197,7 @@ class Context(Session):
                 model = load_model(Path(self.args.from_run) / "unlearned" / method, backend=self.backend)
                 self.lineages[method] = list(model.lineage)
             else:
-                model, _ = self.unlearn_fresh_copy(method, train_overrides(self.spec))
+                model, _ = self.unlearn_fresh_copy(method, train_overrides(self.spec, method))
             yield method, model
 
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from unpact_mech.scoring.tokens import encode_item
 
 if TYPE_CHECKING:
-    from unpact_mech.attacks import ItemKeywords, PromptAttack
+    from unpact_mech.attacks.base import PromptAttack
+    from unpact_mech.attacks.keywords import ItemKeywords
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
     from unpact_mech.unlearning.targets import TrainTarget

@@ -20,7 +20,6 @@ from unpact_mech.attacks.relearn import (
     gold_targets,
     seeded_folds,
 )
-from unpact_mech.data.builtin import builtin_unrelated_items, fictional_items
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.judges import contains_answer, normalize_tokens
 from unpact_mech.scoring.logprob import score_answers
@@ -99,7 +98,7 @@ def test_training_items_are_drawn_with_the_seed():
     attack = RelearnUnrelated(n_items=5)
     a, b = attack.training_items(0), attack.training_items(0)
     assert [it.id for it in a] == [it.id for it in b] and len(a) == 5 and len({it.id for it in a}) == 5
-    assert {it.id for it in a} <= {it.id for it in builtin_unrelated_items()}
+    assert {it.id for it in a} <= {it.id for it in load_items("builtin:unrelated_qa")}
     assert [it.id for it in a] != [it.id for it in attack.training_items(1)]
 
 
@@ -173,9 +172,9 @@ def overlaps(a, b) -> bool:
 
 
 def test_unrelated_items_are_disjoint_from_every_builtin_item():
-    unrelated = builtin_unrelated_items()
+    unrelated = load_items("builtin:unrelated_qa")
     assert 30 <= len(unrelated) <= 40 and len({it.id for it in unrelated}) == len(unrelated)
-    others = [it for items in builtin_sets().values() for it in items] + fictional_items()
+    others = [it for items in builtin_sets().values() for it in items] + load_items("builtin:fictional_facts")
     hits = [(u.id, o.id) for u in unrelated for o in others if overlaps(u, o)]
     assert not hits
     # case-insensitively, by hand: an unrelated answer spelled in upper case still contains no built-in answer
@@ -184,7 +183,7 @@ def test_unrelated_items_are_disjoint_from_every_builtin_item():
 
 
 def test_fictional_facts_load_and_overlap_no_real_fact():
-    fictional = fictional_items()
+    fictional = load_items("builtin:fictional_facts")
     assert len(fictional) == 40 and all(it.split == "forget" and it.keywords for it in fictional)
     real = [it for items in builtin_sets().values() for it in items]
     assert not [(f.id, r.id) for f in fictional for r in real if overlaps(f, r)]
@@ -276,3 +275,12 @@ def test_both_conditions_in_a_recovery_run(original, ga_unlearned, synthetic_ite
     expected = rate(np.arange(40) < fictional.iloc[0]["recovered"])
     assert fictional.iloc[0]["accuracy"] == expected.value == 0.0  # the tiny model cannot learn a fold from another
     assert (fictional.iloc[0]["ci_low"], fictional.iloc[0]["ci_high"]) == pytest.approx((expected.low, expected.high))
+
+
+def test_the_training_objective_recipe_equals_the_conditions_defaults():
+    from unpact_mech.attacks import relearn as R
+    from unpact_mech.unlearning.relearning import RelearnNLL
+
+    recipe = RelearnNLL.recipe
+    assert (recipe.lr, recipe.steps, recipe.batch_size) == (R.DEFAULT_LR, R.DEFAULT_STEPS, R.DEFAULT_BATCH_SIZE)
+    assert "relearn" not in __import__("unpact_mech.unlearning", fromlist=["x"]).UNLEARNING_METHODS  # not offered

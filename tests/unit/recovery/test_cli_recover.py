@@ -106,6 +106,14 @@ def other_tokenizer_dir(tmp_path):
         (["--intervention", "pasta:factor=0.5"], "unknown option 'factor'"),
         (["--keytoken-alpha", "0"], r"--keytoken-alpha must be in \(0, 1\]"),
         (["--ablation", "--ablation-layers", "0-9"], "--ablation-layers: layer 2 out of range"),
+        (["--attack", "teleport"], "unknown attack 'teleport'"),
+        (["--attack", "few_shot:shots=-1"], "shots must be an integer >= 0, got -1"),
+        (["--attack", "relearn_unrelated:steps=-1"], "steps must be an integer >= 0, got -1"),
+        (["--attack", "quantize:scheme=int3"], "unknown scheme 'int3'"),
+        (["--attack", "quantize"], "no GGUF source file"),
+        (["--attack", "logit_lens:layers=5"], r"layer 5 out of range"),
+        (["--attack", "ablate_direction:layers=0-3"], r"layer 2 out of range"),
+        (["--attack", "rephrase:style=yodish"], "unknown style 'yodish'"),
         (["ARCH"], "different architectures"),
         (["TOKENIZER"], "different tokenizers"),
     ],
@@ -276,3 +284,34 @@ def test_keywords_from_refuses_a_run_that_cannot_give_them(run, message, other_r
     assert code == 2 and len(lines) == 1 and re.search(message, lines[0]), err
     assert lines[0].startswith("unpact: error: --keywords-from") or run == "DATA"
     assert not out.exists() and not list(tmp_path.glob("out.tmp-*"))
+
+
+def test_recover_attack_all_runs_the_battery_with_its_details(ga_unlearned_dir, tmp_path, capsys):
+    """``--attack all``: every condition of the battery for the model, in order, each with its family and the
+    original-model control; the detail tables and the worst case per family come with it."""
+    from unpact_mech.attacks import ATTACKS, resolve_attacks
+    from unpact_mech.attacks.battery import battery_specs
+    from unpact_mech.models import load_model
+
+    out = tmp_path / "all"
+    code, stdout, err = run_cli(BASE + ["--unlearned", ga_unlearned_dir, "--out", out, "--attack", "all"], capsys)
+    assert code == 0, err
+    rates = pd.read_csv(out / "rates.csv")
+    tiny = load_model(ga_unlearned_dir)
+    expected = [a.label for a in resolve_attacks(battery_specs(tiny), tiny)]
+    assert list(rates["condition"]) == expected and len(expected) > len(set(rates["family"])) > 10
+    assert {ATTACKS[c.split("[")[0]].family for c in rates["condition"]} == set(rates["family"])
+    battery = rates[rates["kind"].isin(["transform", "readout"])]
+    assert battery["original_accuracy_after"].notna().all()  # the same attack on the original, beside it
+    assert rates["gap_fraction"].notna().all() and rates["forget_accuracy_after"].between(0, 1).all()
+    details = {p.name for p in (out / "details").iterdir()}
+    assert {"logit_lens.per_layer.csv", "logit_lens.depth_curve.csv", "quantize[q4_1].grid.csv",
+            "relearn_split[k5].fictional_control.csv", "relearn_unrelated[k1].training.csv"} <= details  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    worst = summary["worst_case_by_family"]
+    assert set(worst) == set(rates[~rates["is_control"]]["family"])
+    assert "worst case per family" in stdout and all(w["of"] >= 1 for w in worst.values())
+    # without --attack, only the keyword-emphasis conditions run (the default list is unchanged)
+    code, _, err = run_cli(BASE + ["--unlearned", ga_unlearned_dir, "--out", tmp_path / "d", "--strategy", "focus",
+                                   "--intervention", "none"], capsys)  # fmt: skip
+    assert code == 0 and list(pd.read_csv(tmp_path / "d" / "rates.csv")["condition"]) == ["focus"], err

@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from unpact_mech.attacks import ActivationAttack, AttackEnv, PromptAttack, get_attack
+from unpact_mech.attacks.base import ActivationAttack, AttackEnv, PromptAttack
 from unpact_mech.attacks.prompt import INSTRUCTION, KEYWORDS_NAMED
+from unpact_mech.attacks.registry import get_attack
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import hook_name
 from unpact_mech.unlearning import losses
