@@ -17,6 +17,8 @@ unless noted; blocks / groups run along the input dimension (the last axis of a 
 ``q8_0``    GGUF Q8_0 (blocks of 32: ``w ≈ d·q``, q in -127..127, ``d = max|w| / 127``)
 ``int8``    symmetric round-to-nearest, groups of ``group_size``: ``s = max|w_g| / 127``, ``q = round(w / s)``
 ``int4``    the same with 4 bits: ``s = max|w_g| / 7``, q in -7..7
+``f16``     IEEE half precision (the 16-bit "quantization": an exact no-op for weights that are already fp16
+            values, e.g. a model loaded from fp16 files; a bin is one fp16 ulp, ``2**(floor(log2|w|) - 10)``)
 ==========  ==============================================================================================
 
 The embedded SmolLM2 weights were dequantised from that Q4_1 GGUF, so they lie on the ``source`` grid: the round
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from unpact_mech.attacks.base import AttackEnv
     from unpact_mech.models.hooked import HookedLM
 
-SCHEMES = ("source", "q4_1", "q8_0", "int8", "int4")
+SCHEMES = ("source", "q4_1", "q8_0", "int8", "int4", "f16")
 #: GGUF block length of Q4_1 and Q8_0.
 GGUF_BLOCK = 32
 #: Parameter names that are not block weights (embedding and unembedding), by substring.
@@ -164,14 +166,20 @@ def scheme_plan(model: "HookedLM", scheme: str) -> dict[str, str]:
 
 
 def roundtrip(w: Tensor, kind: str, group_size: int) -> Tensor:
-    """``w`` quantized and dequantized by ``kind`` (a GGUF type name, ``int8`` or ``int4``)."""
+    """``w`` quantized and dequantized by ``kind`` (a GGUF type name, ``int8``, ``int4`` or ``f16``)."""
+    if kind == "f16":
+        return w.detach().to(torch.float16).to(w.dtype)
     if kind in ("int8", "int4"):
         return rtn_quantize(w, int(kind[3:]), group_size)
     return gguf_roundtrip(w, kind)
 
 
 def bin_width(w: Tensor, kind: str, group_size: int) -> Tensor:
-    """Per element of ``w``, the width of its bin under ``kind`` (the group's or GGUF block's step), shape of ``w``."""
+    """Per element of ``w``, the width of its bin under ``kind`` (the group's or GGUF block's step; for ``f16`` one
+    fp16 ulp at the element, subnormals included), shape of ``w``."""
+    if kind == "f16":
+        exponent = torch.floor(torch.log2(w.detach().double().abs().clamp_min(2.0**-14)))
+        return torch.pow(2.0, exponent - 10)
     if kind in ("int8", "int4"):
         return rtn_bin_width(w, int(kind[3:]), group_size)
     return gguf_bin_width(w, kind)

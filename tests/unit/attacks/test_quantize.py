@@ -9,11 +9,13 @@ import torch
 
 from unpact_mech.attacks import ATTACKS, get_attack
 from unpact_mech.attacks.quantize import (
+    bin_width,
     gguf_bin_width,
     gguf_roundtrip,
     grid_report,
     named_weights,
     quantized_copy,
+    roundtrip,
     rtn_bin_width,
     rtn_quantize,
     scheme_plan,
@@ -49,6 +51,31 @@ def test_gguf_q8_0_and_q4_1_reference_grids():
     assert torch.allclose(q, torch.round((w + 1) / 0.2) * 0.2 - 1, atol=2e-3)  # d and m are stored as fp16
     assert float(gguf_bin_width(w, "Q4_1")[0, 0]) == pytest.approx(0.2)
     assert torch.equal(gguf_roundtrip(w, "F32"), w)
+
+
+def test_q4_1_round_trip_is_exact_on_its_grid_when_the_block_extremes_are_on_it():
+    d, m = 2.0**-6, -0.25  # both exact in fp16 (GGUF stores d and m as fp16)
+    q = torch.tensor([0, 15] + [(7 * i) % 16 for i in range(30)], dtype=torch.float32)  # q = 0 and 15 both present
+    w = (d * q + m)[None, :]
+    assert torch.equal(gguf_roundtrip(w, "Q4_1"), w)
+    shifted = w.clone()
+    shifted[0, 2] += d / 3  # off the grid (not an extreme): rounds back to its grid point
+    assert torch.equal(gguf_roundtrip(shifted, "Q4_1"), w)
+
+
+def test_sixteen_bit_quantization_is_an_exact_no_op_on_fp16_weights(original):
+    """``f16``: a model whose weights are fp16 values is returned bit for bit; other weights move by < 1 ulp."""
+    halved = original.reference_copy()
+    weights = named_weights(halved)
+    halved.load_state_dict({n: w.half().float() for n, w in weights.items()})
+    copy = quantized_copy(halved, "f16")
+    assert all(torch.equal(named_weights(copy)[n], w) for n, w in named_weights(halved).items())
+    w = torch.tensor([[1.0 + 2.0**-12, 3.0, -0.1, 1e-3]])
+    q = roundtrip(w, "f16", 32)
+    assert not torch.equal(q, w) and ((q - w).abs() <= 0.5 * bin_width(w, "f16", 32)).all()
+    assert float(bin_width(torch.tensor([[1.5]]), "f16", 32)) == 2.0**-10
+    report = grid_report(halved, halved, "f16")
+    assert (report["moved"] == 0).all() and (report["back_on_original"] == 1).all()
 
 
 def test_quantized_copy_leaves_the_model_alone_and_plans_block_weights_only(original):
