@@ -18,16 +18,24 @@ condition, every column of the runner), ``worst_by_family.csv``, ``is_it_gone.pn
 ``recovery/<method>/`` (the ``unpact recover`` files, details/ included: logit lens per layer, depth curve,
 quantization grid, relearning losses, the fictional-facts control of relearn_split).
 
+Resuming: ``--resume-from DIR`` takes every method whose ``DIR/recovery/<method>/`` holds a finished recovery run
+with the same conditions, seed, data and control sample size (DIR: an earlier run of this script, finished or the
+``.tmp-*`` directory an interrupted one left) and copies it instead of computing it again; the other methods run.
+
     python experiments/is_it_gone.py --out runs/is_it_gone
     python experiments/is_it_gone.py --methods ga_gdr npo_gdr --from-run runs/demo --attacks all --out runs/gone2
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
+from pathlib import Path
 
 import pandas as pd
 
+from unpact_mech.errors import InputError
 from unpact_mech.pipeline.presets import MAX_CONTROL_ITEMS
 from unpact_mech.pipeline.study import Context, Study, StudyResult, main
 
@@ -51,6 +59,13 @@ def add_options(p) -> None:
         help="conditions (registered names / spec strings, as `unpact recover --attack`; default: all)",
     )
     p.add_argument(
+        "--resume-from",
+        default=None,
+        metavar="DIR",
+        help="reuse the finished recovery/<method>/ runs of an earlier (or interrupted) run of this script with the "
+        "same conditions, seed, data and --max-control-items",
+    )
+    p.add_argument(
         "--max-control-items",
         type=positive_int,
         default=MAX_CONTROL_ITEMS,
@@ -64,18 +79,53 @@ def worst_rows(method: str, worst: dict[str, dict]) -> list[dict]:
     return [{"method": method, "family": family} | w for family, w in worst.items()]
 
 
+def resumable(ctx: Context, labels: list[str]) -> dict[str, Path]:
+    """Method -> its finished recovery directory under ``--resume-from`` when that run asked the same conditions
+    (in order) with the same seed, data and control sample (read from its ``run.json``); the others are left out."""
+    if not ctx.args.resume_from:
+        return {}
+    root = Path(ctx.args.resume_from)
+    if not root.is_dir():
+        raise InputError(f"--resume-from {root}: not a directory")
+    found = {}
+    for method in ctx.methods:
+        d = root / "recovery" / method
+        if not all((d / f).is_file() for f in ("rates.csv", "per_item.csv", "summary.json", "run.json")):
+            continue
+        record = json.loads((d / "run.json").read_text())
+        config = record.get("config", {})
+        same = (
+            config.get("attacks") == labels and record.get("seed") == ctx.seed and config.get("data") == ctx.data
+            and config.get("max_control_items") == ctx.args.max_control_items
+            and config.get("max_new_tokens") == ctx.max_new_tokens
+        )  # fmt: skip
+        if same:
+            found[method] = d
+    return found
+
+
 def run(ctx: Context) -> StudyResult:
     from unpact_mech.attacks import resolve_attacks
     from unpact_mech.attacks.battery import expand_specs
-    from unpact_mech.recovery.outputs import long_results
+    from unpact_mech.recovery.outputs import long_results, read_recovery
     from unpact_mech.report.recovery_plots import battery_matrix, plot_battery_heatmap
 
     attacks = resolve_attacks(expand_specs(list(ctx.args.attacks), ctx.original), ctx.original)  # errors first
-    keywords = ctx.original_keywords() if any(a.uses_keywords for a in attacks) else None
+    done = resumable(ctx, [a.label for a in attacks])
+    todo = [m for m in ctx.methods if m not in done]
+    keywords = ctx.original_keywords() if todo and any(a.uses_keywords for a in attacks) else None
     rcfg = ctx.recovery_config(attacks, max_control_items=ctx.args.max_control_items)
     rates, long, worst, table = [], [], [], []
-    for method, model in ctx.unlearned():
-        rec = ctx.recover(model, method, rcfg, keywords)
+    models = ctx.unlearned(todo)
+    for method in ctx.methods:
+        if method in done:
+            shutil.copytree(done[method], ctx.out / "recovery" / method)
+            ctx.lineages[method] = json.loads((done[method] / "run.json").read_text())["lineage"][:-1]
+            rec, model = read_recovery(done[method]), None
+            print(f"is_it_gone: {method}: reused {done[method]}", file=sys.stderr)
+        else:
+            _, model = next(models)
+            rec = ctx.recover(model, method, rcfg, keywords)
         rates.append(rec.rates.assign(method=method).reindex(columns=RATE_COLUMNS))
         long.append(long_results(rec).assign(method=method))
         worst.append(pd.DataFrame(worst_rows(method, rec.summary["worst_case_by_family"])))

@@ -379,6 +379,18 @@ def test_is_it_gone_table_heatmap_and_worst_case(demo, tmp_path, capsys):
     # the relearned original is trained once for both methods: one training row for it, in the first method's run
     trained = [pd.read_csv(p) for p in out.glob("recovery/*/details/relearn_unrelated*training.csv")]
     assert sum((t["model"] == "original").sum() for t in trained) == 1
+    # resumed: the finished method runs are copied, not recomputed, and give the same table; other conditions rerun
+    capsys.readouterr()
+    again = tmp_path / "again"
+    code = run_script("is_it_gone", *COMMON, "--from-run", demo, "--methods", *DEMO_METHODS, "--attacks", *attacks,
+                      "--resume-from", out, "--out", again)  # fmt: skip
+    assert code == 0 and capsys.readouterr().err.count("reused") == len(DEMO_METHODS)
+    pd.testing.assert_frame_equal(pd.read_csv(again / "table.csv"), pd.read_csv(out / "table.csv"))
+    assert (again / "recovery" / "ga_gdr" / "details" / "index.json").is_file()
+    other = tmp_path / "other"
+    code = run_script("is_it_gone", *COMMON, "--from-run", demo, "--methods", "ga_gdr", "--attacks", "focus",
+                      "--resume-from", out, "--out", other)  # fmt: skip
+    assert code == 0 and "reused" not in capsys.readouterr().err
     capsys.readouterr()
     bad = tmp_path / "bad"
     assert run_script("is_it_gone", *COMMON, "--from-run", demo, "--methods", "ga_gdr", "--attacks", "teleport",

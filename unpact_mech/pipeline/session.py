@@ -305,6 +305,10 @@ class Session:
                 "unlearned": f"unlearned/{label}",
                 "attacks": [a.label for a in rec.attacks],
                 "keyword_source": config.keyword_source,
+                "data": self.data,
+                "max_control_items": config.max_control_items,
+                "max_new_tokens": config.max_new_tokens,
+                "judge": config.judge,
             },
             lineage,
         )

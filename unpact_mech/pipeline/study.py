@@ -187,12 +187,14 @@ class Context(Session):
 
         return split_items(self.items, name)
 
-    def unlearned(self) -> Iterator[tuple[str, "HookedLM"]]:
-        """One unlearned model per method (loaded from --from-run or trained now), one at a time."""
+    def unlearned(self, methods: Sequence[str] | None = None) -> Iterator[tuple[str, "HookedLM"]]:
+        """One unlearned model per method (loaded from --from-run or trained now), one at a time (``methods``: only
+        these of the study's methods, e.g. those a resumed run still lacks)."""
         from unpact_mech.models import load_model
         from unpact_mech.utils import progress_bar
 
-        for method in progress_bar(self.methods, enabled=self.progress, desc="methods"):
+        chosen = self.methods if methods is None else [m for m in self.methods if m in set(methods)]
+        for method in progress_bar(chosen, enabled=self.progress, desc="methods"):
             if self.args.from_run:
                 model = load_model(Path(self.args.from_run) / "unlearned" / method, backend=self.backend)
                 self.lineages[method] = list(model.lineage)

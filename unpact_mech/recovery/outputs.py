@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -39,11 +40,35 @@ def write_recovery(
     atomic_write_text(out / "keywords.csv", result.keywords.to_csv(index=False))
     if result.details:
         (out / "details").mkdir(exist_ok=True)
+    index = {}
     for (condition, name), table in result.details.items():
-        atomic_write_text(out / "details" / f"{safe_name(condition)}.{name}.csv", table.to_csv(index=False))
+        file = f"{safe_name(condition)}.{name}.csv"
+        atomic_write_text(out / "details" / file, table.to_csv(index=False))
+        index[file] = [condition, name]
+    if index:
+        atomic_write_text(out / "details" / "index.json", json.dumps(index, indent=1))
     if len(result.rates):
         plot_recovery_rates(result.rates, out / "recovery_rates.png")
     if sweep is not None:
         atomic_write_text(out / "ablation.csv", sweep.to_csv(index=False))
         if len(sweep):
             plot_layer_sweep(sweep, out / "ablation.png")
+
+
+def read_recovery(run_dir: str | Path) -> RecoveryResult:
+    """A :class:`RecoveryResult` read back from a directory :func:`write_recovery` wrote (the tables, the summary, the
+    eligible items and the detail tables; ``attacks`` and ``item_keywords`` stay empty: the conditions are named in
+    ``rates``). For resuming a study without recomputing a finished run."""
+    from unpact_mech.recovery.compare import eligible_ids
+
+    d = Path(run_dir)
+    per_item = pd.read_csv(d / "per_item.csv")
+    index = d / "details" / "index.json"
+    details = {
+        (condition, name): pd.read_csv(d / "details" / file)
+        for file, (condition, name) in (json.loads(index.read_text()).items() if index.is_file() else ())
+    }
+    return RecoveryResult(
+        per_item, pd.read_csv(d / "rates.csv"), pd.read_csv(d / "keywords.csv"),
+        json.loads((d / "summary.json").read_text()), eligible_ids=eligible_ids(per_item), details=details,
+    )  # fmt: skip
