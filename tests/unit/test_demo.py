@@ -34,6 +34,7 @@ def test_demo_writes_every_stage(demo_run):
         assert (out / "attribution" / m / "residual" / "residual_components.png").is_file()
         assert (out / "attribution" / m / "attention" / "attention_heads.png").is_file()
         assert (out / "recovery" / m / "rates.csv").is_file()
+        assert (out / "battery" / m / "rates.csv").is_file() and (out / "battery" / m / "details").is_dir()
     assert not list(out.parent.glob("*.tmp-*"))
 
 
@@ -59,6 +60,14 @@ def test_demo_numbers_are_sane(demo_run):
         assert r["eligible"] >= 1
         assert r["best_prompt_of"] == 3 and r["best_activation_of"] == 2  # best of K, neutral excluded
         assert r["keytoken_contribution_before"] > r["other_contribution_before"]  # KeyTokens are the top words
+        # the battery's worst case: the highest recovery rate of its non-control conditions, named, with K
+        battery = pd.read_csv(demo_run.out / "battery" / r["method"] / "rates.csv")
+        attacks = battery[~battery["is_control"].astype(bool)]
+        assert r["battery_of"] == len(attacks) == 8
+        assert r["battery_worst_recovery"] == pytest.approx(attacks["recovery_rate"].max())
+        assert r["battery_worst"] in set(attacks.loc[attacks["recovery_rate"] == attacks["recovery_rate"].max(),
+                                                     "condition"])  # fmt: skip
+        assert r["battery_worst_ci_low"] <= r["battery_worst_recovery"] <= r["battery_worst_ci_high"]
     for m in DEMO_METHODS:
         rates = pd.read_csv(demo_run.out / "recovery" / m / "rates.csv")
         assert set(rates["condition"]) >= {"focus", "repeat_question", "quote", "neutral"}
@@ -94,9 +103,12 @@ def test_report_shows_every_stage_and_rebuilds(demo_run, capsys):
         "attribute: attribution/ga_gdr/occlusion",
         "KeyToken shift",
         "data:image/png;base64,",
+        "Is it really gone?",
+        "recover: battery/ga_gdr",
     ):
         assert text in html, text
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained, no network
+    assert (demo_run.out / "is_it_gone.png").read_bytes()[:4] == b"\x89PNG"
     os.remove(demo_run.out / "report.html")
     code, out, _ = run_cli(["report", demo_run.out], capsys)
     assert code == 0 and (demo_run.out / "report.html").read_text().count("<section") == html.count("<section")
@@ -130,6 +142,8 @@ def test_default_out_never_reuses_a_directory(tmp_path, monkeypatch):
         (["--methods", "ga", "ga"], "--methods: a method is listed twice"),
         (["--strategies", "shout"], "unknown prompt strategy 'shout'"),
         (["--steps", "0"], "--steps must be an integer >= 1"),
+        (["--battery", "teleport"], "unknown attack 'teleport'"),
+        (["--battery", "few_shot:shots=-2"], "shots must be an integer >= 0"),
     ],
 )
 def test_bad_arguments_exit_2_and_write_nothing(argv, message, tmp_path, capsys, monkeypatch):

@@ -167,3 +167,17 @@ def test_embedded_smollm2_lies_on_its_source_grid(smollm2):
     for name in ("model.layers.0.self_attn.q_proj.weight", f"model.layers.{last}.mlp.down_proj.weight",
                  "model.embed_tokens.weight"):  # fmt: skip
         assert torch.equal(roundtrip(weights[name], plan[name], 32), weights[name]), name
+
+
+def test_quantize_acts_alike_on_both_backends(original, synthetic_items):
+    """The nnsight model quantized the same way holds the same weights and gives the same answers."""
+    from unpact_mech import load_model
+    from unpact_mech.scoring.evaluate import evaluate_items
+
+    twin = load_model("tiny", backend="nnsight")
+    a, b = quantized_copy(original, "int4", 32), quantized_copy(twin, "int4", 32)
+    assert b.backend.name == "nnsight" and all(torch.equal(w, named_weights(b)[n]) for n, w in named_weights(a).items())
+    items = synthetic_items[:8]
+    ea, eb = (evaluate_items(m, items, progress=False) for m in (a, b))
+    assert list(ea["generation"]) == list(eb["generation"])
+    assert np.allclose(ea["logprob"], eb["logprob"], atol=1e-5)
