@@ -53,31 +53,39 @@ _NOT_BLOCK = ("embed", "lm_head", "wte", "wpe")
 
 
 def _rtn_groups(w: Tensor, bits: int, group_size: int) -> tuple[Tensor, Tensor, int]:
-    """``w`` as (groups, group_size) float64, each group's scale ``max|w_g| / qmax`` (G, 1), and ``qmax``."""
-    if w.shape[-1] % group_size:
-        raise InputError(f"int{bits} quantization: last axis {w.shape[-1]} is not a multiple of group {group_size}")
+    """``w`` as (groups, group_size) float64 — each row of the last axis cut into groups of ``group_size``, the last
+    group of a row shorter when the axis is not a multiple (zero-padded here: zeros change no ``max|w_g|``) —, each
+    group's scale ``max|w_g| / qmax`` (G, 1), and ``qmax``."""
     qmax = 2 ** (bits - 1) - 1
-    g = w.detach().double().reshape(-1, group_size)
+    rows = w.detach().double().reshape(-1, w.shape[-1])
+    g = torch.nn.functional.pad(rows, (0, -w.shape[-1] % group_size)).reshape(-1, group_size)
     return g, g.abs().amax(dim=1, keepdim=True) / qmax, qmax
+
+
+def _unpad(g: Tensor, w: Tensor) -> Tensor:
+    """Groups of :func:`_rtn_groups` back to ``w``'s shape (the zero padding dropped)."""
+    n_rows = w.numel() // w.shape[-1]
+    return g.reshape(n_rows, -1)[:, : w.shape[-1]].reshape(w.shape)
 
 
 def rtn_quantize(w: Tensor, bits: int, group_size: int) -> Tensor:
     """Symmetric round-to-nearest quantize -> dequantize, per group of ``group_size`` along the last axis.
 
     With ``qmax = 2**(bits-1) - 1`` and a group ``w_g``: ``s = max|w_g| / qmax`` (1 for an all-zero group),
-    ``q = clamp(round(w_g / s), -qmax, qmax)``; returns ``q * s`` with ``w``'s shape and dtype. The last axis must be
-    a multiple of ``group_size``.
+    ``q = clamp(round(w_g / s), -qmax, qmax)``; returns ``q * s`` with ``w``'s shape and dtype. When the last axis
+    is not a multiple of ``group_size`` the last group of each row is shorter (SmolLM2's 576 inputs in groups of
+    128: four of 128 and one of 64).
     """
     g, scale, qmax = _rtn_groups(w, bits, group_size)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.clamp(torch.round(g / scale), -qmax, qmax)
-    return (q * scale).reshape(w.shape).to(w.dtype)
+    return _unpad(q * scale, w).to(w.dtype)
 
 
 def rtn_bin_width(w: Tensor, bits: int, group_size: int) -> Tensor:
     """Per element, the width of its round-to-nearest bin (the group's scale ``s``), shape of ``w``."""
     g, scale, _ = _rtn_groups(w, bits, group_size)
-    return scale.expand_as(g).reshape(w.shape)
+    return _unpad(scale.expand_as(g), w)
 
 
 def gguf_roundtrip(w: Tensor, qtype_name: str) -> Tensor:
@@ -209,6 +217,14 @@ class Quantize(ModelAttack):
             raise InputError(f"quantize: group_size must be >= 1, got {self.group_size}")
         if self.scheme == "source":
             source_gguf_types(model)  # fails here, before any work, for a model without a GGUF source
+        elif self.scheme in ("q4_1", "q8_0"):
+            weights = named_weights(model)
+            bad = [n for n in scheme_plan(model, self.scheme) if weights[n].shape[-1] % GGUF_BLOCK]
+            if bad:
+                raise InputError(
+                    f"quantize scheme {self.scheme}: {bad[0]} has {weights[bad[0]].shape[-1]} inputs, not a multiple of "
+                    f"the GGUF block {GGUF_BLOCK}"
+                )
         return self
 
     def transform(self, model: "HookedLM", env: "AttackEnv") -> "HookedLM":
