@@ -221,9 +221,10 @@ class Quantize(ModelAttack):
             weights = named_weights(model)
             bad = [n for n in scheme_plan(model, self.scheme) if weights[n].shape[-1] % GGUF_BLOCK]
             if bad:
+                n = weights[bad[0]].shape[-1]
                 raise InputError(
-                    f"quantize scheme {self.scheme}: {bad[0]} has {weights[bad[0]].shape[-1]} inputs, not a multiple of "
-                    f"the GGUF block {GGUF_BLOCK}"
+                    f"quantize scheme {self.scheme}: {bad[0]} has {n} inputs, not a multiple of the GGUF block "
+                    f"{GGUF_BLOCK}"
                 )
         return self
 
