@@ -184,6 +184,14 @@ def fold_of(item_ids: Sequence[str], folds: int) -> dict[str, int]:
     return {item_id: n % folds for n, item_id in enumerate(sorted(item_ids))}
 
 
+def fit_folds(fit_ids: Sequence[str], folds: int) -> tuple[list[str], int, dict[str, int]]:
+    """The fit ids, the number of folds actually used (``folds``, at most one per item, at least 2) and each id's
+    fold (:func:`fold_of`) — the split every cross-fitted attack (``steer``, ``ablate_direction``) estimates on."""
+    ids = list(fit_ids)
+    n_folds = int(min(folds, max(len(ids), 2)))
+    return ids, n_folds, fold_of(ids, n_folds)
+
+
 def cross_fitted(sums: dict[int, Tensor], counts: Tensor, folds: Sequence[int], n_folds: int) -> dict[int, Tensor]:
     """Direction per fold, fitted on the OTHER folds: ``d_L^(f) = sum_{i: fold_i != f} S_L[i] / sum_{i: fold_i != f}
     |P_i|`` -> {L: (n_folds + 1, d_model)}; the last row uses every item (for items outside the fit set). A fold
@@ -237,9 +245,7 @@ class Steer(ResidualEdit):
             raise ValueError("steer needs the unlearned model in its environment")
 
         def fit() -> tuple[dict[str, int], dict[int, Tensor]]:
-            ids = list(env.fit_ids)
-            n_folds = int(min(self.folds, max(len(ids), 2)))
-            folds = fold_of(ids, n_folds)
+            ids, n_folds, folds = fit_folds(env.fit_ids, self.folds)
             prompts = [env.encoded[i].prompt.ids for i in ids]
             positions = [env.keywords[i].positions for i in ids]
             sums, counts = residual_differences(

@@ -10,7 +10,7 @@ with h the residual at ``hook`` (default ``hook_resid_post``)::
     û_L = u_L / ||u_L||        (0 when u_L = 0, e.g. original == unlearned)
     h  <-  h - scale * (h · û_L) û_L          at EVERY position: prompt, answer and generated tokens
 
-CROSS-FITTED as ``steer`` is (:func:`~unpact_mech.attacks.activation.fold_of`,
+CROSS-FITTED as ``steer`` is (:func:`~unpact_mech.attacks.activation.fit_folds`,
 :func:`~unpact_mech.attacks.activation.residual_differences`, :func:`~unpact_mech.attacks.activation.cross_fitted`):
 the fit items (``env.fit_ids``, the forget items) fall into ``folds`` fixed folds and an item of fold f is ablated
 with the direction fitted on the other folds; items outside the fit set use the direction of every fit item. The
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from unpact_mech.attacks.activation import RESIDUAL_HOOKS, cross_fitted, fold_of, residual_differences
+from unpact_mech.attacks.activation import RESIDUAL_HOOKS, cross_fitted, fit_folds, residual_differences
 from unpact_mech.attacks.base import ActivationAttack, AttackEnv, Positions
 from unpact_mech.errors import InputError
 from unpact_mech.models.hooks import HookContext, Intervention, hook_name
@@ -158,9 +158,7 @@ class AblateDirection(ActivationAttack):
             raise ValueError("ablate_direction needs the unlearned model in its environment")
 
         def fit() -> tuple[dict[str, int], dict[int, Tensor]]:
-            ids = list(env.fit_ids)
-            n_folds = int(min(self.folds, max(len(ids), 2)))
-            folds = fold_of(ids, n_folds)
+            ids, n_folds, folds = fit_folds(env.fit_ids, self.folds)
             prompts = [(env.encoded.get(i) or encode_item(env.original, env.items[i])).prompt.ids for i in ids]
             directions = fitted_directions(
                 env.original, env.unlearned, prompts, [folds[i] for i in ids], n_folds, self.layers or (), self.hook,

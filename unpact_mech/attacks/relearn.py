@@ -193,7 +193,24 @@ def _label(name: str, steps: int, lr: float, batch_size: int, *extra: str) -> st
 
 
 @dataclass(frozen=True)
-class RelearnUnrelated(ModelAttack):
+class Relearning(ModelAttack):
+    """What both relearning conditions share: the family and the optimisation options (``steps`` AdamW steps at
+    ``lr`` in batches of ``batch_size``; see the module docstring), validated by :meth:`resolve`."""
+
+    family: str = "relearning"
+    steps: int = DEFAULT_STEPS
+    lr: float = DEFAULT_LR
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    options: ClassVar[tuple[str, ...]] = ("steps", "lr", "batch_size")
+
+    def resolve(self, model: "HookedLM") -> "Relearning":
+        check_training_options(self.name, self.steps, self.lr, self.batch_size)
+        return self
+
+
+@dataclass(frozen=True)
+class RelearnUnrelated(Relearning):
     """Ask a copy fine-tuned for ``steps`` AdamW steps (lr ``lr``, batches of ``batch_size``) on the gold answers of
     ``n_items`` unrelated QA items, drawn with the run's seed from ``unrelated_qa.jsonl`` or from ``data`` (a QA file,
     any format :func:`~unpact_mech.data.loaders.load_items` reads; it is the user's job that it is unrelated to the
@@ -201,11 +218,7 @@ class RelearnUnrelated(ModelAttack):
 
     name: str = "relearn_unrelated"
     description: str = "a few AdamW steps of NLL on the gold answers of unrelated QA items (benign relearning)"
-    family: str = "relearning"
-    steps: int = DEFAULT_STEPS
-    lr: float = DEFAULT_LR
     n_items: int = DEFAULT_N_ITEMS
-    batch_size: int = DEFAULT_BATCH_SIZE
     data: str = ""
 
     options: ClassVar[tuple[str, ...]] = ("steps", "lr", "n_items", "batch_size", "data")
@@ -232,7 +245,7 @@ class RelearnUnrelated(ModelAttack):
             raise InputError(f"model transform {self.name}: data={self.data}: {err}") from None
 
     def resolve(self, model: "HookedLM") -> "RelearnUnrelated":
-        check_training_options(self.name, self.steps, self.lr, self.batch_size)
+        super().resolve(model)
         n = self.n_items
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"model transform {self.name}: n_items must be an integer >= 1, got {n!r}")
@@ -261,7 +274,7 @@ class RelearnUnrelated(ModelAttack):
 
 
 @dataclass(frozen=True)
-class RelearnSplit(ModelAttack):
+class RelearnSplit(Relearning):
     """Held-out-split relearning, cross-fitted over two folds of the forget items (:func:`seeded_folds` of
     ``env.fit_ids`` and the run's seed): an item of fold f is asked of a copy relearned (``steps``, ``lr``,
     ``batch_size``) on the gold answers of the forget items of fold 1 − f; an item outside the fit set is asked of
@@ -271,20 +284,10 @@ class RelearnSplit(ModelAttack):
 
     name: str = "relearn_split"
     description: str = "fine-tune on the gold answers of one half of the forget items, ask the other half"
-    family: str = "relearning"
-    steps: int = DEFAULT_STEPS
-    lr: float = DEFAULT_LR
-    batch_size: int = DEFAULT_BATCH_SIZE
-
-    options: ClassVar[tuple[str, ...]] = ("steps", "lr", "batch_size")
 
     @property
     def label(self) -> str:
         return _label(self.name, self.steps, self.lr, self.batch_size)
-
-    def resolve(self, model: "HookedLM") -> "RelearnSplit":
-        check_training_options(self.name, self.steps, self.lr, self.batch_size)
-        return self
 
     def folds(self, env: AttackEnv) -> dict[str, int]:
         """The fold of every fit item (fixed for the run)."""
