@@ -156,7 +156,23 @@ def run(ctx: Context) -> StudyResult:
     pd.concat(worst, ignore_index=True).to_csv(ctx.out / "worst_by_family.csv", index=False)
     matrix = battery_matrix(dict(list(rates_table.groupby("method", sort=False))))
     plot_battery_heatmap(matrix, ctx.out / "is_it_gone.png", title=f"Is it really gone? ({ctx.spec})")
-    return StudyResult(pd.DataFrame(table), pd.concat(long, ignore_index=True))
+    return StudyResult(pd.DataFrame(table), pd.concat(long, ignore_index=True), source_grid_check(ctx))
+
+
+def source_grid_check(ctx: Context) -> dict:
+    """Whether the ORIGINAL model's copy under ``quantize[source]`` (made once by the run, kept in the session's
+    original memo) holds bit for bit the original's weights: the embedded SmolLM2 lies on its GGUF grid, so any
+    recovery under that condition is unlearning undone by rounding alone. Empty when the condition did not run."""
+    import torch
+
+    from unpact_mech.attacks.quantize import named_weights
+
+    copy = ctx.original_memo.get((id(ctx.original), "quantize[source]"))
+    if copy is None:
+        return {}
+    before, after = named_weights(ctx.original), named_weights(copy)
+    equal = [torch.equal(before[n], after[n]) for n in before]
+    return {"source_grid_roundtrip": {"tensors": len(equal), "bitwise_equal": int(sum(equal))}}
 
 
 STUDY = Study(
