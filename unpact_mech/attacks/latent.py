@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
     from unpact_mech.models.hooked import HookedLM
     from unpact_mech.scoring.batching import TeacherForcedBatch
+    from unpact_mech.scoring.own_answer import OwnAnswer
 
 #: Columns of the ``logit_lens`` read-out, of its ``per_layer`` detail, of :func:`lens_curve` and of
 #: :func:`depth_curve`.
@@ -276,15 +277,20 @@ def unlearning_depth(curve: pd.DataFrame, fraction: float = 0.5) -> int | None:
 class LogitLens(ReadoutAttack):
     """``logit_lens``: the answer's first token read from the residual stream of each layer in ``layers`` (None:
     every layer but the last) through the final norm and unembedding (module docstring). ``depth``: also record the
-    depth curve once per run (detail ``depth_curve``)."""
+    depth curve once per run (detail ``depth_curve``). ``context``: where the answer is read — ``own`` (default):
+    inside the ORIGINAL model's own greedy answer sentence, at the position before the gold answer's first token
+    there (:func:`own_context`; an instruct model writes "The capital of France is Paris", so right after the prompt
+    even the original never predicts "Paris" first); ``bare``: right after the prompt. Items whose original answer
+    does not contain the gold answer are read after the prompt."""
 
     name: str = "logit_lens"
     description: str = "the answer's first token top-1 under the logit lens of any layer before the last"
     family: str = "latent_readout"
     layers: tuple[int, ...] | None = None
     depth: bool = True
+    context: str = "own"
 
-    options: ClassVar[tuple[str, ...]] = ("layers", "depth")
+    options: ClassVar[tuple[str, ...]] = ("layers", "depth", "context")
 
     def __post_init__(self) -> None:  # layers=3 is the one layer 3 (frozen: set through object.__setattr__)
         object.__setattr__(self, "layers", one_or_many(self.layers))
@@ -293,7 +299,9 @@ class LogitLens(ReadoutAttack):
     def label(self) -> str:
         from unpact_mech.syntax import layers_label
 
-        return self.name if self.layers is None else f"{self.name}[{layers_label(self.layers)}]"
+        parts = [] if self.layers is None else [layers_label(self.layers)]
+        parts += ["bare"] if self.context == "bare" else []
+        return f"{self.name}[{','.join(parts)}]" if parts else self.name
 
     def lens_layers(self, n_layers: int) -> tuple[int, ...]:
         """The layers read: ``layers``, or every layer but the last (the last is the model's own answer)."""
@@ -301,6 +309,8 @@ class LogitLens(ReadoutAttack):
 
     def resolve(self, model: "HookedLM") -> "LogitLens":
         n_layers = model.shape.n_layers
+        if self.context not in ("own", "bare"):
+            raise InputError(f"{self.kind_noun} {self.name}: context must be 'own' or 'bare', got {self.context!r}")
         if self.layers is not None and not self.layers:
             raise InputError(f"{self.kind_noun} {self.name}: layers must name at least one layer")
         bad = [L for L in self.lens_layers(n_layers) if not 0 <= L < n_layers]
@@ -310,10 +320,28 @@ class LogitLens(ReadoutAttack):
             )
         return self
 
+    def own_answers(
+        self, items: Sequence["QAItem"], encoded: Sequence[EncodedQA], env: AttackEnv
+    ) -> list["OwnAnswer | None"]:
+        """The ORIGINAL model's own answer of each item (:func:`~unpact_mech.scoring.own_answer.own_answers`), computed
+        once per item and kept with the original's memo (the same context for both models and every run)."""
+        from unpact_mech.scoring.own_answer import own_answers
+
+        known = env.cached_for(env.original, ("own_answers",), dict)
+        missing = [(it, e) for it, e in zip(items, encoded) if it.id not in known]
+        if missing:
+            found = own_answers(
+                env.original, [m[0] for m in missing], [m[1] for m in missing], batch_size=env.batch_size
+            )
+            known.update({it.id: own for (it, _), own in zip(missing, found)})
+        return [known[it.id] for it in items]
+
     def readout(self, model: "HookedLM", items: Sequence["QAItem"], env: AttackEnv) -> pd.DataFrame:
         if not items:
             return pd.DataFrame(columns=list(READOUT_COLUMNS))
         encoded = [env.encoded.get(it.id) or encode_item(model, it) for it in items]
+        if self.context == "own":
+            encoded = [own_context(e, own) for e, own in zip(encoded, self.own_answers(items, encoded, env))]
         rank, logprob = logit_lens(model, encoded, batch_size=env.batch_size)
         role = env.role(model)
         env.record(self.label, "per_layer", per_layer_frame(role, items, rank, logprob))
@@ -330,6 +358,20 @@ class LogitLens(ReadoutAttack):
             "correct": (best_rank == 0).double().numpy(), "logprob": best_lp.double().numpy(),
             "rank": best_rank.numpy(), "best_layer": best_layer.numpy(),
         })  # fmt: skip
+
+
+def own_context(encoded: EncodedQA, own: "OwnAnswer | None") -> EncodedQA:
+    """``encoded`` with the original's own answer context appended to the prompt (ids ``prompt + context_ids``, text
+    extended by nothing: only the ids are read) and the answer tokens as they stand in that sentence; unchanged when
+    there is no own answer."""
+    if own is None:
+        return encoded
+    end = len(encoded.prompt.text)
+    prompt = replace(
+        encoded.prompt, ids=tuple(encoded.prompt.ids) + tuple(own.context_ids),
+        offsets=tuple(encoded.prompt.offsets) + ((end, end),) * len(own.context_ids),
+    )  # fmt: skip
+    return EncodedQA(encoded.item_id, prompt, tuple(own.answer_ids))
 
 
 def per_layer_frame(role: str, items: Sequence["QAItem"], rank: Tensor, logprob: Tensor) -> pd.DataFrame:

@@ -94,7 +94,7 @@ def _env(original, unlearned, items):
 def test_readout_rows_and_details(original, ga_unlearned, synthetic_items):
     items = synthetic_items[:10]
     env = _env(original, ga_unlearned, synthetic_items)
-    lens = LogitLens().resolve(ga_unlearned)
+    lens = LogitLens(context="bare").resolve(ga_unlearned)  # read right after the prompt
     frame = lens.readout(ga_unlearned, items, env)
     assert list(frame.columns) == ["item_id", "split", "correct", "logprob", "rank", "best_layer"]
     rank, lp = logit_lens(ga_unlearned, [env.encoded[it.id] for it in items])
@@ -103,18 +103,18 @@ def test_readout_rows_and_details(original, ga_unlearned, synthetic_items):
     assert frame["rank"].tolist() == early.min(0).values.tolist()
     assert frame["correct"].tolist() == (early.min(0).values == 0).float().tolist()
     assert torch.allclose(torch.tensor(frame["logprob"].to_numpy()), lp[:-1].max(0).values.double(), atol=1e-6)
-    per_layer = env.details[("logit_lens", "per_layer")]
+    per_layer = env.details[("logit_lens[bare]", "per_layer")]
     assert list(per_layer.columns) == list(PER_LAYER_COLUMNS) and set(per_layer["role"]) == {"unlearned"}
     assert len(per_layer) == len(items) * ga_unlearned.shape.n_layers
     row = per_layer[(per_layer.item_id == items[2].id) & (per_layer.layer == 1)].iloc[0]
     assert (row["rank"], row["top1"]) == (int(rank[1, 2]), float(rank[1, 2] == 0))
-    curve = env.details[("logit_lens", "depth_curve")]
+    curve = env.details[("logit_lens[bare]", "depth_curve")]
     assert list(curve.columns) == list(DEPTH_COLUMNS) and (curve["n"] == len(items)).all()
     # the original gets its per-layer rows but no second depth curve; a second read-out neither
     lens.readout(original, items[:4], env)
     lens.readout(ga_unlearned, items[:3], env)
-    assert env.details[("logit_lens", "depth_curve")].equals(curve)
-    per_layer = env.details[("logit_lens", "per_layer")]
+    assert env.details[("logit_lens[bare]", "depth_curve")].equals(curve)
+    per_layer = env.details[("logit_lens[bare]", "per_layer")]
     assert (per_layer.role == "original").sum() == 4 * original.shape.n_layers
     summary = lens_curve(per_layer)
     assert list(summary.columns) == ["role", "layer", "top1_rate", "mean_logprob", "n"]
@@ -122,8 +122,8 @@ def test_readout_rows_and_details(original, ga_unlearned, synthetic_items):
     orig_rows = per_layer[(per_layer.role == "original") & (per_layer.layer == 0)]
     assert first["n"] == 4 and first["top1_rate"] == pytest.approx(orig_rows["top1"].mean())
     quiet = _env(original, ga_unlearned, synthetic_items)
-    LogitLens(depth=False, layers=(1,)).readout(ga_unlearned, items[:2], quiet)
-    assert set(quiet.details) == {("logit_lens[1]", "per_layer")}
+    LogitLens(depth=False, layers=(1,), context="bare").readout(ga_unlearned, items[:2], quiet)
+    assert set(quiet.details) == {("logit_lens[1,bare]", "per_layer")}
 
 
 def test_depth_curve_endpoints_are_exact(original, blocks_perturbed, synthetic_items):
@@ -178,3 +178,27 @@ def test_options_and_labels(original):
         LogitLens(layers=()).resolve(original)
     with pytest.raises(InputError, match="unknown option 'folds'"):
         LogitLens().configure(folds=3)
+
+
+def test_the_answer_is_read_in_the_originals_own_sentence(original, ga_unlearned, synthetic_items):
+    """``context=own`` reads at the position before the gold answer inside the ORIGINAL's greedy answer (prompt +
+    the tokens it wrote before the answer); an item without an own answer is read after the prompt."""
+    from unpact_mech.attacks.latent import own_context
+    from unpact_mech.scoring.own_answer import OwnAnswer, own_answers
+
+    items = synthetic_items[:6]
+    env = _env(original, ga_unlearned, synthetic_items)
+    enc = env.encoded[items[0].id]
+    moved = own_context(enc, OwnAnswer(context_ids=(5, 6), answer_ids=(7, 8)))
+    assert moved.prompt.ids == tuple(enc.prompt.ids) + (5, 6) and moved.answer_ids == (7, 8)
+    assert len(moved.prompt.offsets) == len(moved.prompt.ids) and own_context(enc, None) is enc
+    frame = LogitLens(depth=False).readout(ga_unlearned, items, env)
+    owns = own_answers(original, items, [env.encoded[it.id] for it in items])
+    expected, _ = logit_lens(ga_unlearned, [own_context(env.encoded[it.id], o) for it, o in zip(items, owns)])
+    assert frame["rank"].tolist() == expected[:-1].min(0).values.tolist()
+    assert env.original_memo  # the original's own answers are kept for every later run
+    bare = LogitLens(depth=False, context="bare").readout(ga_unlearned, items, env)
+    plain, _ = logit_lens(ga_unlearned, [env.encoded[it.id] for it in items])
+    assert bare["rank"].tolist() == plain[:-1].min(0).values.tolist()
+    with pytest.raises(InputError, match="context must be 'own' or 'bare'"):
+        LogitLens(context="middle").resolve(original)
