@@ -56,7 +56,8 @@ def add_options(p) -> None:
         nargs="+",
         default=["all"],
         metavar="SPEC",
-        help="conditions (registered names / spec strings, as `unpact recover --attack`; default: all)",
+        help="conditions (registered names / spec strings, as `unpact recover --attack`; default: all; 'battery': "
+        "all but the keyword-emphasis conditions)",
     )
     p.add_argument(
         "--resume-from",

@@ -91,7 +91,7 @@ class DemoConfig:
         for text in self.interventions:
             get_attack(text, kind="intervention")
         for text in self.battery or ():
-            if text != "all":
+            if text not in ("all", "battery"):
                 get_attack(text)
         check_training(self.steps, self.lr)
         if self.layer_items < 0:

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 #: The word ``unpact recover --attack`` takes for the full battery.
 ALL = "all"
+#: ... and for the battery without the keyword-emphasis conditions (the 19 beyond emphasis).
+BEYOND = "battery"
 
 
 def quantize_specs(model: "HookedLM", *, fast: bool = False) -> list[str]:
@@ -69,9 +71,16 @@ def battery_specs(model: "HookedLM", *, fast: bool = False) -> list[str]:
 
 
 def expand_specs(specs: list[str], model: "HookedLM") -> list[str]:
-    """``all`` -> the full battery for ``model``; other specs pass through in order (duplicates are the
-    registry's error)."""
+    """``all`` -> the full battery for ``model``; ``battery`` -> the same without the keyword-emphasis conditions;
+    other specs pass through in order (duplicates are the registry's error)."""
+    from unpact_mech.attacks import DEFAULT_ATTACKS
+
     out: list[str] = []
     for spec in specs:
-        out += battery_specs(model) if spec == ALL else [spec]
+        if spec == ALL:
+            out += battery_specs(model)
+        elif spec == BEYOND:
+            out += [s for s in battery_specs(model) if s not in DEFAULT_ATTACKS]
+        else:
+            out.append(spec)
     return out

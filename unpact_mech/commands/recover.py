@@ -75,7 +75,7 @@ def add_parser(sub) -> None:
         default=None,
         metavar="SPEC",
         help=f"conditions of any kind by registered name ({', '.join(attack_names())}) or 'all' for the full "
-        "battery; see below",
+        "battery ('battery': all but the keyword-emphasis conditions); see below",
     )
     p.add_argument(
         "--keywords",
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     # cheap validation first: nothing is loaded or written for bad names/values
     prepare_output_path(args.out, overwrite=args.overwrite)
-    from unpact_mech.attacks.battery import ALL, expand_specs
+    from unpact_mech.attacks.battery import ALL, BEYOND, expand_specs
 
     named = args.attack is not None
     strategies = [
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     battery = args.attack or []
     for spec in battery:  # names and options checked now; model-dependent checks after loading, before any work
-        if spec != ALL:
+        if spec not in (ALL, BEYOND):
             get_attack(spec)
     if named and not battery + strategies + interventions:
         raise InputError("--attack: name at least one condition (or 'all')")

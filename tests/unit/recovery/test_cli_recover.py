@@ -311,6 +311,12 @@ def test_recover_attack_all_runs_the_battery_with_its_details(ga_unlearned_dir, 
     worst = summary["worst_case_by_family"]
     assert set(worst) == set(rates[~rates["is_control"]]["family"])
     assert "worst case per family" in stdout and all(w["of"] >= 1 for w in worst.values())
+    # 'battery': the same conditions without the keyword-emphasis ones, in the same order
+    from unpact_mech.attacks import DEFAULT_ATTACKS
+    from unpact_mech.attacks.battery import expand_specs
+
+    beyond = expand_specs(["battery"], tiny)
+    assert beyond == [s for s in battery_specs(tiny) if s not in DEFAULT_ATTACKS] and len(beyond) == 19
     # without --attack, only the keyword-emphasis conditions run (the default list is unchanged)
     code, _, err = run_cli(BASE + ["--unlearned", ga_unlearned_dir, "--out", tmp_path / "d", "--strategy", "focus",
                                    "--intervention", "none"], capsys)  # fmt: skip
