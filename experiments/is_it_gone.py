@@ -109,6 +109,7 @@ def run(ctx: Context) -> StudyResult:
     from unpact_mech.attacks import resolve_attacks
     from unpact_mech.attacks.battery import expand_specs
     from unpact_mech.recovery.outputs import long_results, read_recovery
+    from unpact_mech.recovery.worst_case import top_condition
     from unpact_mech.report.recovery_plots import battery_matrix, plot_battery_heatmap
 
     attacks = resolve_attacks(expand_specs(list(ctx.args.attacks), ctx.original), ctx.original)  # errors first
@@ -130,24 +131,20 @@ def run(ctx: Context) -> StudyResult:
         rates.append(rec.rates.assign(method=method).reindex(columns=RATE_COLUMNS))
         long.append(long_results(rec).assign(method=method))
         worst.append(pd.DataFrame(worst_rows(method, rec.summary["worst_case_by_family"])))
-        attacks_only = rec.rates[~rec.rates["is_control"].astype(bool)].dropna(subset=["recovery_rate"])
+        top = top_condition(rec.rates)
         row = {
             "method": method,
             "forget_acc": rec.summary.get("unlearned_forget_accuracy"),
             "utility_acc": rec.summary.get("unlearned_utility_accuracy"),
             "eligible": rec.summary.get("n_eligible"),
+            "worst_case": top["condition"],
+            "worst_rate": top.get("rate"),
+            "worst_ci_low": top.get("ci_low"),
+            "worst_ci_high": top.get("ci_high"),
+            "worst_original_after": top.get("original_after"),
+            "worst_gap_fraction": top.get("gap_fraction"),
+            "of": top["of"],
         }
-        if len(attacks_only):
-            top = attacks_only.loc[attacks_only["recovery_rate"].idxmax()]
-            row |= {
-                "worst_case": top["condition"],
-                "worst_rate": top["recovery_rate"],
-                "worst_ci_low": top["ci_low"],
-                "worst_ci_high": top["ci_high"],
-                "worst_original_after": top["original_accuracy_after"],
-                "worst_gap_fraction": top["gap_fraction"],
-                "of": len(attacks_only),
-            }
         for family, w in rec.summary["worst_case_by_family"].items():
             row[f"worst_{family}"] = w["rate"]
         table.append(row)
@@ -166,9 +163,10 @@ def source_grid_check(ctx: Context) -> dict:
     recovery under that condition is unlearning undone by rounding alone. Empty when the condition did not run."""
     import torch
 
+    from unpact_mech.attacks.base import memo_key
     from unpact_mech.attacks.quantize import named_weights
 
-    copy = ctx.original_memo.get((id(ctx.original), "quantize[source]"))
+    copy = ctx.original_memo.get(memo_key(ctx.original, "quantize[source]"))
     if copy is None:
         return {}
     before, after = named_weights(ctx.original), named_weights(copy)

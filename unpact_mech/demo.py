@@ -37,6 +37,7 @@ from unpact_mech.pipeline.presets import (
     default_data,
     train_overrides,
 )
+from unpact_mech.recovery.worst_case import top_condition
 from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 
@@ -250,49 +251,25 @@ def keytoken_row(comparison: dict[str, Any], split: str = "forget") -> dict[str,
 
 
 def best_condition(rec, kind: str) -> dict[str, Any]:
-    """The best non-control condition of ``kind``: its name, recovery rate, random-control rate, the number K of
-    conditions it was picked from, and its exact McNemar p-value against the random control, Holm-adjusted over every
-    condition of the run (so a best-of-K pick is not reported as if it were the only test)."""
-    controls = {a.label for a in rec.attacks if a.is_control}
-    rates = rec.rates
-    pool = rates[(rates["kind"] == kind) & ~rates["condition"].isin(controls)]
-    sub = pool.dropna(subset=["recovery_rate"])
-    out: dict[str, Any] = {"name": "", "recovery": None, "random_control": None, "of": int(len(pool)), "p_holm": None}
-    if len(sub):
-        row = sub.loc[sub["recovery_rate"].idxmax()]
-        out |= {
-            "name": str(row["condition"]),
-            "recovery": float(row["recovery_rate"]),
-            "random_control": _none(row.get("random_control_rate")),
-            "p_holm": _none(row.get("p_vs_random_holm")),
-        }
-    return out
-
-
-def _none(value: Any) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
+    """The best non-control condition of ``kind`` (:func:`~unpact_mech.recovery.worst_case.top_condition`): its
+    name, recovery rate, random-control rate, the number K of conditions it was picked from, and its exact McNemar
+    p-value against the random control, Holm-adjusted over every condition of the run (so a best-of-K pick is not
+    reported as if it were the only test)."""
+    top = top_condition(rec.rates, kind=kind)
+    return {"name": top["condition"] or "", "recovery": top.get("rate"), "random_control": top.get("random_control"),
+            "of": top["of"], "p_holm": top.get("p_holm")}  # fmt: skip
 
 
 def battery_worst(gone) -> dict[str, Any]:
-    """The worst case of a battery run for the unlearned model: the non-control condition with the highest recovery
-    rate, its exact interval, the original's accuracy under the same attack, the share of the forget-set gap it
-    closes, and the number of conditions it was picked from (a maximum over K conditions is optimistic)."""
-    out: dict[str, Any] = {"battery_worst": "", "battery_worst_recovery": None, "battery_worst_ci_low": None,
-                           "battery_worst_ci_high": None, "battery_worst_original_after": None,
-                           "battery_worst_gap_fraction": None, "battery_of": 0}  # fmt: skip
-    if gone is None:
-        return out
-    controls = {a.label for a in gone.attacks if a.is_control}
-    pool = gone.rates[~gone.rates["condition"].isin(controls)]
-    out["battery_of"] = int(len(pool))
-    sub = pool.dropna(subset=["recovery_rate"])
-    if len(sub):
-        row = sub.loc[sub["recovery_rate"].idxmax()]
-        out |= {"battery_worst": str(row["condition"]), "battery_worst_recovery": float(row["recovery_rate"]),
-                "battery_worst_ci_low": _none(row["ci_low"]), "battery_worst_ci_high": _none(row["ci_high"]),
-                "battery_worst_original_after": _none(row["original_accuracy_after"]),
-                "battery_worst_gap_fraction": _none(row["gap_fraction"])}  # fmt: skip
-    return out
+    """The worst case of a battery run for the unlearned model (:func:`~unpact_mech.recovery.worst_case.top_condition`
+    over every non-control condition): its recovery rate, exact interval, the original's accuracy under the same
+    attack, the share of the forget-set gap it closes, and the number of conditions it was picked from (a maximum
+    over K conditions is optimistic)."""
+    top = top_condition(gone.rates) if gone is not None else {"condition": None, "of": 0}
+    return {"battery_worst": top["condition"] or "", "battery_worst_recovery": top.get("rate"),
+            "battery_worst_ci_low": top.get("ci_low"), "battery_worst_ci_high": top.get("ci_high"),
+            "battery_worst_original_after": top.get("original_after"),
+            "battery_worst_gap_fraction": top.get("gap_fraction"), "battery_of": top["of"]}  # fmt: skip
 
 
 def headline_row(method: str, unlearn_summary: dict[str, Any], occ: dict[str, Any], rec, gone=None) -> dict[str, Any]:

@@ -31,3 +31,10 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True,
     from tqdm.auto import tqdm
 
     return tqdm(iterable, disable=None if enabled else True, **kwargs)
+
+
+def float_or_none(value: Any) -> float | None:
+    """A table cell as a JSON-ready number: None / NaN / NA -> None, anything else -> ``float(value)``."""
+    import pandas as pd
+
+    return None if value is None or pd.isna(value) else float(value)

@@ -55,6 +55,13 @@ KIND_NOUNS = {
 }  # fmt: skip
 
 
+def memo_key(model: "HookedLM", key: Any) -> tuple[int, Any]:
+    """The key under which :meth:`AttackEnv.cached_for` keeps what ``key`` computed for ``model`` (in ``memo``, or in
+    ``original_memo`` for the original) — e.g. ``original_memo[memo_key(original, "quantize[source]")]`` is the
+    original's copy under that condition, as the session shares it between runs."""
+    return (id(model), key)
+
+
 @dataclass(frozen=True)
 class AttackEnv:
     """What an attack may read besides the model it acts on.
@@ -93,10 +100,8 @@ class AttackEnv:
         caller may share between the recovery runs of several unlearned models (``run_recovery(original_memo=)``),
         so e.g. the original's quantized or relearned copy is made once for all of them —, for any other model once
         per run."""
-        if model is self.original:
-            store, full = self.original_memo, (id(model), key)  # the original outlives every run that shares it
-        else:
-            store, full = self.memo, (id(model), key)
+        store = self.original_memo if model is self.original else self.memo  # the original outlives the runs
+        full = memo_key(model, key)
         if full not in store:
             store[full] = compute()
         return store[full]

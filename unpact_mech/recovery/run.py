@@ -55,12 +55,13 @@ from unpact_mech.data.splits import FORGET, RETAIN, UTILITY, split_items
 from unpact_mech.errors import InputError
 from unpact_mech.recovery.controls import control_items, random_position_controls, random_word_controls
 from unpact_mech.recovery.metrics import eligible_for_recovery
+from unpact_mech.recovery.worst_case import top_condition, worst_case_by_family
 from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.evaluate import evaluate_items
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
 from unpact_mech.scoring.tokens import encode_item
 from unpact_mech.stats import destructive_rate, holm, mcnemar_exact, rate
-from unpact_mech.utils import one_or_many, progress_bar
+from unpact_mech.utils import float_or_none, one_or_many, progress_bar
 
 if TYPE_CHECKING:
     from unpact_mech.data.record import QAItem
@@ -531,37 +532,12 @@ def _summary(
             f"0 eligible forget items: the unlearned model still answers all {len(split[FORGET])} forget items the "
             "original answers"
         )
-    summary["recovery_rate"] = {r.condition: _none(r.recovery_rate) for r in rates.itertuples()}
-    summary["random_control_rate"] = {r.condition: _none(r.random_control_rate) for r in rates.itertuples()}
-    valid = rates.dropna(subset=["recovery_rate"])
+    summary["recovery_rate"] = {r.condition: float_or_none(r.recovery_rate) for r in rates.itertuples()}
+    summary["random_control_rate"] = {r.condition: float_or_none(r.random_control_rate) for r in rates.itertuples()}
     summary["worst_case_by_family"] = worst_case_by_family(rates)
-    summary["best_of"] = int(len(rates))
-    if len(valid):
-        best = valid.loc[valid["recovery_rate"].idxmax()]
-        summary["best_condition"] = str(best["condition"])
-        summary["best_recovery_rate"] = float(best["recovery_rate"])
-        summary["best_p_vs_random_holm"] = _none(best["p_vs_random_holm"])
-    else:
-        summary["best_condition"], summary["best_recovery_rate"], summary["best_p_vs_random_holm"] = None, None, None
+    best = top_condition(rates)
+    summary["best_of"] = best["of"]
+    summary["best_condition"] = best["condition"]
+    summary["best_recovery_rate"] = best.get("rate")
+    summary["best_p_vs_random_holm"] = best.get("p_holm")
     return summary
-
-
-def worst_case_by_family(rates: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per attack family, the condition (not a control) with the highest recovery rate: ``condition``, ``rate``,
-    ``ci_low``, ``ci_high``, ``recovered``, ``n_eligible``, ``gap_fraction`` and ``of`` (how many conditions of the
-    family it was picked from — a maximum over several conditions is optimistic for the attacker)."""
-    out: dict[str, dict[str, Any]] = {}
-    attacks = rates[~rates["is_control"].astype(bool)].dropna(subset=["recovery_rate"])
-    for family, group in attacks.groupby("family", sort=False):
-        best = group.loc[group["recovery_rate"].idxmax()]
-        out[str(family)] = {
-            "condition": str(best["condition"]), "rate": float(best["recovery_rate"]),
-            "ci_low": float(best["ci_low"]), "ci_high": float(best["ci_high"]), "recovered": int(best["recovered"]),
-            "n_eligible": int(best["n_eligible"]), "gap_fraction": _none(best["gap_fraction"]), "of": int(len(group)),
-        }  # fmt: skip
-    return out
-
-
-def _none(value: Any) -> Any:
-    """NaN -> None (JSON null) for summary values."""
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
