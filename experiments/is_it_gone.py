@@ -154,22 +154,21 @@ def run(ctx: Context) -> StudyResult:
     pd.concat(worst, ignore_index=True).to_csv(ctx.out / "worst_by_family.csv", index=False)
     matrix = battery_matrix(dict(list(rates_table.groupby("method", sort=False))))
     plot_battery_heatmap(matrix, ctx.out / "is_it_gone.png", title=f"Is it really gone? ({ctx.spec})")
-    return StudyResult(pd.DataFrame(table), pd.concat(long, ignore_index=True), source_grid_check(ctx))
+    grid = source_grid_check(ctx, [a.label for a in attacks])
+    return StudyResult(pd.DataFrame(table), pd.concat(long, ignore_index=True), grid)
 
 
-def source_grid_check(ctx: Context) -> dict:
-    """Whether the ORIGINAL model's copy under ``quantize[source]`` (made once by the run, kept in the session's
-    original memo) holds bit for bit the original's weights: the embedded SmolLM2 lies on its GGUF grid, so any
-    recovery under that condition is unlearning undone by rounding alone. Empty when the condition did not run."""
+def source_grid_check(ctx: Context, labels: list[str]) -> dict:
+    """Whether the ORIGINAL model re-quantized to its source file's own types (the condition ``quantize[source]``)
+    holds bit for bit the original's weights: the embedded SmolLM2 lies on its GGUF grid, so any recovery under
+    that condition is unlearning undone by rounding alone. Empty when the condition is not in ``labels``."""
     import torch
 
-    from unpact_mech.attacks.base import memo_key
-    from unpact_mech.attacks.quantize import named_weights
+    from unpact_mech.attacks.quantize import named_weights, quantized_copy
 
-    copy = ctx.original_memo.get(memo_key(ctx.original, "quantize[source]"))
-    if copy is None:
+    if "quantize[source]" not in labels:
         return {}
-    before, after = named_weights(ctx.original), named_weights(copy)
+    before, after = named_weights(ctx.original), named_weights(quantized_copy(ctx.original, "source"))
     equal = [torch.equal(before[n], after[n]) for n in before]
     return {"source_grid_roundtrip": {"tensors": len(equal), "bitwise_equal": int(sum(equal))}}
 

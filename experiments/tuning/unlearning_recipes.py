@@ -57,6 +57,16 @@ def parse_run(text: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the recipes with ``--threads`` torch threads (the caller's thread count is restored afterwards: the
+    script may run inside another process, e.g. its test)."""
+    threads = torch.get_num_threads()
+    try:
+        return _main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", nargs="+", default=None, help="explicit runs (default: every method's recipe)")
     parser.add_argument("--eval-every", type=int, default=0)

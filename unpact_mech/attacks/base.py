@@ -57,8 +57,8 @@ KIND_NOUNS = {
 
 def memo_key(model: "HookedLM", key: Any) -> tuple[int, Any]:
     """The key under which :meth:`AttackEnv.cached_for` keeps what ``key`` computed for ``model`` (in ``memo``, or in
-    ``original_memo`` for the original) — e.g. ``original_memo[memo_key(original, "quantize[source]")]`` is the
-    original's copy under that condition, as the session shares it between runs."""
+    ``original_memo`` for the original), and under which a model transform keeps ``model``'s copy in ``memo`` for
+    the length of one condition."""
     return (id(model), key)
 
 
@@ -98,8 +98,9 @@ class AttackEnv:
     def cached_for(self, model: "HookedLM", key: Any, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per (``model``, ``key``): for the original model once per ``original_memo`` — which a
         caller may share between the recovery runs of several unlearned models (``run_recovery(original_memo=)``),
-        so e.g. the original's quantized or relearned copy is made once for all of them —, for any other model once
-        per run."""
+        so e.g. the original's own answers (the logit lens) and its scored arms (:attr:`Attack.original_arm_shared`)
+        are computed once for all of them —, for any other model once per condition (``memo`` is cleared after
+        each). Keep whole models out of ``original_memo``: it lives as long as the session."""
         store = self.original_memo if model is self.original else self.memo  # the original outlives the runs
         full = memo_key(model, key)
         if full not in store:
@@ -151,6 +152,12 @@ class Attack:
     #: Rough cost of one answer under the attack, in plain answers (a plan's time estimate; 2 when every forward
     #: also runs another model, as ``patch`` runs the original).
     cost: ClassVar[float] = 1.0
+    #: Whether what the attack does to the ORIGINAL model depends on the original, the items and their emphasis
+    #: only — never on the unlearned model (prompt rewrites, quantization, relearning on fixed data, read-outs of the
+    #: original). Then the original model's arm is scored once per ``original_memo`` and reused by every recovery
+    #: run that shares it (``experiments/is_it_gone.py`` runs many unlearned models against one original). False
+    #: for edits fitted on the unlearned model (``steer``, ``ablate_direction``) and by default.
+    original_arm_shared: ClassVar[bool] = False
 
     kind: ClassVar[str] = ""
     #: The fields a user may set with :meth:`configure` or a spec string ``name:key=value,...``.
@@ -220,6 +227,7 @@ class PromptAttack(Attack):
     template: str = "{question}"
     rewrite_fn: Rewrite = fill_template
 
+    original_arm_shared: ClassVar[bool] = True
     kind: ClassVar[str] = "strategy"
 
     def rewrite(self, question: str, keywords: Sequence[str]) -> str:
@@ -298,7 +306,8 @@ class ActivationAttack(Attack):
 @dataclass(frozen=True)
 class ModelAttack(Attack):
     """Recovery by changing the model (e.g. relearning steps, quantization, direction ablation): the items are asked
-    of ``transform(model, env)``. The transformed model is computed once per model and run (``env.memo``)."""
+    of ``transform(model, env)``. The transformed model is computed once per model and condition (``env.memo``,
+    freed when the condition is done: a copy is a whole model)."""
 
     family: str = "weights"
     uses_keywords: bool = False
@@ -310,7 +319,7 @@ class ModelAttack(Attack):
         raise NotImplementedError
 
     def treat(self, model, items, emphasis, env) -> Treatment:
-        return Treatment(env.cached_for(model, self.label, lambda: self.transform(model, env)))
+        return Treatment(env.cached(memo_key(model, self.label), lambda: self.transform(model, env)))
 
 
 # -- latent read-outs --------------------------------------------------------------------------------------------

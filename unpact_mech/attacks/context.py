@@ -109,6 +109,7 @@ class FewShot(Attack):
     uses_keywords: bool = False
     shots: int = 3
 
+    original_arm_shared: ClassVar[bool] = True
     kind: ClassVar[str] = "strategy"
     options: ClassVar[tuple[str, ...]] = ("shots",)
 

@@ -290,6 +290,7 @@ class LogitLens(ReadoutAttack):
     depth: bool = True
     context: str = "own"
 
+    original_arm_shared: ClassVar[bool] = True
     options: ClassVar[tuple[str, ...]] = ("layers", "depth", "context")
 
     def __post_init__(self) -> None:  # layers=3 is the one layer 3 (frozen: set through object.__setattr__)

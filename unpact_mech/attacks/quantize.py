@@ -196,7 +196,7 @@ def bin_width(w: Tensor, kind: str, group_size: int) -> Tensor:
 @dataclass(frozen=True)
 class Quantize(ModelAttack):
     """Ask a quantize -> dequantize copy of the model (``scheme``, ``group_size`` for int8 / int4; see the module
-    docstring). The copy is made once per model and run; the model itself is not changed."""
+    docstring). The copy is made once per model and condition; the model itself is not changed."""
 
     name: str = "quantize"
     description: str = "the model's weights rounded to a quantization grid and back"
@@ -204,6 +204,7 @@ class Quantize(ModelAttack):
     scheme: str = "source"
     group_size: int = 32
 
+    original_arm_shared: ClassVar[bool] = True
     options: ClassVar[tuple[str, ...]] = ("scheme", "group_size")
 
     @property

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
-from unpact_mech.attacks.base import AttackEnv, ModelAttack, Treatment
+from unpact_mech.attacks.base import AttackEnv, ModelAttack, Treatment, memo_key
 from unpact_mech.errors import InputError
 
 if TYPE_CHECKING:
@@ -202,6 +202,7 @@ class Relearning(ModelAttack):
     lr: float = DEFAULT_LR
     batch_size: int = DEFAULT_BATCH_SIZE
 
+    original_arm_shared: ClassVar[bool] = True
     options: ClassVar[tuple[str, ...]] = ("steps", "lr", "batch_size")
 
     def resolve(self, model: "HookedLM") -> "Relearning":
@@ -278,8 +279,9 @@ class RelearnSplit(Relearning):
     """Held-out-split relearning, cross-fitted over two folds of the forget items (:func:`seeded_folds` of
     ``env.fit_ids`` and the run's seed): an item of fold f is asked of a copy relearned (``steps``, ``lr``,
     ``batch_size``) on the gold answers of the forget items of fold 1 − f; an item outside the fit set is asked of
-    the copy trained on fold 0. Each copy is trained once per model and run. Applied to the unlearned model, it also
-    records the calibration on invented facts (:func:`relearn_split_calibration`) as the detail ``fictional_control``.
+    the copy trained on fold 0. Each copy is trained once per model and condition. Applied to the unlearned model, it
+    also records the calibration on invented facts (:func:`relearn_split_calibration`) as the detail
+    ``fictional_control``.
     """
 
     name: str = "relearn_split"
@@ -299,8 +301,8 @@ class RelearnSplit(Relearning):
         return 0 if fold is None else (fold + 1) % N_FOLDS
 
     def relearned(self, model: "HookedLM", env: AttackEnv, train_fold: int) -> Relearned:
-        """The copy of ``model`` relearned on the forget items of ``train_fold`` (once per model, fold and run; its
-        ``training`` row is recorded then)."""
+        """The copy of ``model`` relearned on the forget items of ``train_fold`` (once per model, fold and
+        condition; its ``training`` row is recorded then)."""
 
         def fit() -> Relearned:
             folds = self.folds(env)
@@ -314,7 +316,7 @@ class RelearnSplit(Relearning):
             env.record(self.label, "training", pd.DataFrame([row]))
             return result
 
-        return env.cached_for(model, (self.label, train_fold), fit)
+        return env.cached(memo_key(model, (self.label, train_fold)), fit)
 
     def transform(self, model: "HookedLM", env: AttackEnv) -> "HookedLM":
         """The copy that asks the items outside the fit set (trained on fold 0)."""

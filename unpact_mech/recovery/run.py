@@ -248,13 +248,45 @@ class _Evaluator:
         """Evaluate ``arm`` (its attack acts; rows are labelled with ``condition``); None when it has no items."""
         if not arm.ids:
             return None
-        items = [self.items[i] for i in arm.ids]
-        groups = arm.attack.treat_groups(self.models[arm.role], items, [arm.words[i] for i in arm.ids], env)
-        parts = [self.evaluate([items[i] for i in idx], treated) for idx, treated in groups if idx]
-        df = pd.concat(parts, ignore_index=True).set_index("item_id").loc[arm.ids].reset_index()
+        if arm.role == "original" and arm.attack.original_arm_shared:
+            df = self.shared_original_arm(arm, env)
+        else:
+            df = self.evaluate_arm(arm, env)
         return self.keep(
             df, role=arm.role, kind=condition.kind, condition=condition.label, emphasis=arm.emphasis, arm=arm.name
         )
+
+    def evaluate_arm(self, arm: Arm, env: AttackEnv) -> pd.DataFrame:
+        """The arm's items under its attack, one evaluation per treatment group, rows in the arm's item order."""
+        items = [self.items[i] for i in arm.ids]
+        groups = arm.attack.treat_groups(self.models[arm.role], items, [arm.words[i] for i in arm.ids], env)
+        parts = [self.evaluate([items[i] for i in idx], treated) for idx, treated in groups if idx]
+        return pd.concat(parts, ignore_index=True).set_index("item_id").loc[arm.ids].reset_index()
+
+    def shared_original_arm(self, arm: Arm, env: AttackEnv) -> pd.DataFrame:
+        """:meth:`evaluate_arm` of an original-model arm whose attack is ``original_arm_shared``, once per
+        ``env.original_memo``: keyed by everything the rows depend on (the attack with its options, the arm, its
+        items and their emphasis, the judge and answer length, the fit / utility ids and the seed), so a later run
+        that shares the memo — another unlearned model against the same original — reuses the rows, and the detail
+        tables the attack recorded for the original are recorded again in that run."""
+        key = ("original_arm", repr((
+            arm.attack, arm.name, [self.items[i] for i in arm.ids], [arm.words[i] for i in arm.ids],
+            self.cfg.judge, self.cfg.max_new_tokens, env.fit_ids, env.utility_ids, env.seed,
+        )))  # fmt: skip
+        fresh = []
+
+        def compute() -> tuple[pd.DataFrame, dict[tuple[str, str], pd.DataFrame]]:
+            fresh.append(True)
+            before = {k: len(t) for k, t in env.details.items()}
+            df = self.evaluate_arm(arm, env)
+            added = {k: t.iloc[before.get(k, 0) :] for k, t in env.details.items() if len(t) > before.get(k, 0)}
+            return df, added
+
+        df, added = env.cached_for(env.original, key, compute)
+        if not fresh:
+            for (condition, name), table in added.items():
+                env.record(condition, name, table)
+        return df
 
     def evaluate(self, items: list["QAItem"], treated: Treatment) -> pd.DataFrame:
         """``items`` under one treatment: its read-out, or the greedy answer + teacher-forced scores."""
