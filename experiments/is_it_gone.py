@@ -32,12 +32,16 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from unpact_mech.errors import InputError
 from unpact_mech.pipeline.presets import MAX_CONTROL_ITEMS
 from unpact_mech.pipeline.study import Context, Study, StudyResult, main
+
+if TYPE_CHECKING:
+    from unpact_mech.attacks import Attack
 
 METHODS = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu", "task_vector", "keyguard")
 RATE_COLUMNS = [
@@ -80,9 +84,10 @@ def worst_rows(method: str, worst: dict[str, dict]) -> list[dict]:
     return [{"method": method, "family": family} | w for family, w in worst.items()]
 
 
-def resumable(ctx: Context, labels: list[str]) -> dict[str, Path]:
+def resumable(ctx: Context, attacks: list["Attack"]) -> dict[str, Path]:
     """Method -> its finished recovery directory under ``--resume-from`` when that run asked the same conditions
-    (in order) with the same seed, data and control sample (read from its ``run.json``); the others are left out."""
+    (in order, every setting equal: :meth:`~unpact_mech.attacks.base.Attack.settings`) with the same seed, data and
+    control sample (read from its ``run.json``); the others are left out."""
     if not ctx.args.resume_from:
         return {}
     root = Path(ctx.args.resume_from)
@@ -96,7 +101,8 @@ def resumable(ctx: Context, labels: list[str]) -> dict[str, Path]:
         record = json.loads((d / "run.json").read_text())
         config = record.get("config", {})
         same = (
-            config.get("attacks") == labels and record.get("seed") == ctx.seed and config.get("data") == ctx.data
+            config.get("attack_settings") == [a.settings() for a in attacks]
+            and record.get("seed") == ctx.seed and config.get("data") == ctx.data
             and config.get("max_control_items") == ctx.args.max_control_items
             and config.get("max_new_tokens") == ctx.max_new_tokens
         )  # fmt: skip
@@ -113,7 +119,7 @@ def run(ctx: Context) -> StudyResult:
     from unpact_mech.report.recovery_plots import battery_matrix, plot_battery_heatmap
 
     attacks = resolve_attacks(expand_specs(list(ctx.args.attacks), ctx.original), ctx.original)  # errors first
-    done = resumable(ctx, [a.label for a in attacks])
+    done = resumable(ctx, attacks)
     todo = [m for m in ctx.methods if m not in done]
     keywords = ctx.original_keywords() if todo and any(a.uses_keywords for a in attacks) else None
     rcfg = ctx.recovery_config(attacks, max_control_items=ctx.args.max_control_items)

@@ -394,6 +394,16 @@ def test_is_it_gone_table_heatmap_and_worst_case(demo, tmp_path, capsys):
     code = run_script("is_it_gone", *COMMON, "--from-run", demo, "--methods", "ga_gdr", "--attacks", "focus",
                       "--resume-from", out, "--out", other)  # fmt: skip
     assert code == 0 and "reused" not in capsys.readouterr().err
+    # same labels, one setting different (as when a default changes between versions): not reused
+    record_path = again / "recovery" / "npo_gdr" / "run.json"
+    record = json.loads(record_path.read_text())
+    lens = next(s for s in record["config"]["attack_settings"] if s["name"] == "logit_lens")
+    assert lens["context"] == "own" and record["config"]["attacks"][attacks.index("logit_lens")] == "logit_lens"
+    lens["context"] = "bare"
+    record_path.write_text(json.dumps(record))
+    code = run_script("is_it_gone", *COMMON, "--from-run", demo, "--methods", "npo_gdr", "--attacks", *attacks,
+                      "--resume-from", again, "--out", tmp_path / "edited")  # fmt: skip
+    assert code == 0 and "reused" not in capsys.readouterr().err
     capsys.readouterr()
     bad = tmp_path / "bad"
     assert run_script("is_it_gone", *COMMON, "--from-run", demo, "--methods", "ga_gdr", "--attacks", "teleport",

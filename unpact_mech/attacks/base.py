@@ -172,6 +172,20 @@ class Attack:
         """The condition's name in result tables (the name plus its parameters where it has any)."""
         return self.name
 
+    def settings(self) -> dict[str, Any]:
+        """Every field of the condition (its class, then each dataclass field but the description; a function by its
+        qualified name) as JSON values — what ``run.json`` records beside the label, so a later run can tell whether
+        an earlier one asked the same condition: a label names only the options that differ from their defaults,
+        and a default may change between versions."""
+        import json
+
+        out: dict[str, Any] = {"class": f"{type(self).__module__}.{type(self).__qualname__}"}
+        for f in dataclasses.fields(self):
+            if f.name != "description":
+                value = getattr(self, f.name)
+                out[f.name] = getattr(value, "__qualname__", str(value)) if callable(value) else value
+        return json.loads(json.dumps(out, default=str))
+
     def configure(self, **options: Any) -> "Attack":
         """A copy with ``options`` set; an option the attack does not take is an :class:`InputError`."""
         unknown = sorted(set(options) - set(self.options))

@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_meta = run_record(
         "recover",
-        config=vars(args),
+        config=vars(args) | {"attack_settings": [a.settings() for a in result.attacks]},
         seed=args.seed,
         data=args.data,
         lineage=recovered_lineage(unlearned, result.attacks, args.keywords, args.original),

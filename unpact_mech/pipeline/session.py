@@ -304,6 +304,7 @@ class Session:
                 "original": self.spec,
                 "unlearned": f"unlearned/{label}",
                 "attacks": [a.label for a in rec.attacks],
+                "attack_settings": [a.settings() for a in rec.attacks],
                 "keyword_source": config.keyword_source,
                 "data": self.data,
                 "max_control_items": config.max_control_items,

@@ -124,3 +124,19 @@ def test_the_docs_example_registers_conditions_that_run(original, ga_unlearned, 
     finally:
         ATTACKS.clear()
         ATTACKS.update(saved)
+
+
+def test_settings_record_every_field_as_json(original):
+    """``settings()`` (what run.json records, what ``is_it_gone --resume-from`` compares): every field but the
+    description, JSON-ready, different whenever one option differs — also where the label does not show it."""
+    import json
+
+    blend = Blend(layers=(0, 1))
+    s = blend.settings()
+    assert s["class"].endswith(".Blend") and s["strength"] == 0.5 and s["layers"] == [0, 1] and "description" not in s
+    assert json.loads(json.dumps(s)) == s
+    assert Blend(layers=(0, 1), strength=0.25).settings() != s
+    hint = PromptAttack("hint", template="Hint: {keywords}. {question}")
+    assert hint.settings()["rewrite_fn"] == "fill_template"  # a function by its name
+    assert hint.settings() != hint.with_template("{keywords}? {question}").settings()
+    assert hint.label == hint.with_template("{keywords}? {question}").label  # the label alone cannot tell them apart
