@@ -36,7 +36,8 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Default test run: unit tier (tiny models) + slow tier (real SmolLM2); benchmarks run with `make bench`.
+# Default test run: unit tier (tiny models) + slow tier (real SmolLM2); benchmarks run with `make bench`
+# (ratios ours / reference, measured in the same run, also go to bench-results/ratios.json).
 # Exit code 5 (no tests collected) is a failure.
 test: install
 	$(BIN)/python -m pytest -q --ignore=tests/benchmarks --durations=15 $(PYTEST_ARGS); rc=$$?; \
@@ -54,4 +55,4 @@ bench: install
 	if [ $$rc -eq 5 ]; then echo "no benchmarks collected: failing" >&2; exit 1; fi; exit $$rc
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks
+	rm -rf $(VENV) .pytest_cache .benchmarks bench-results

@@ -79,6 +79,7 @@ def test_occlusion_vs_captum_feature_ablation(benchmark, compare, captum_attr, s
         captum_run,
         rounds=3,
         goal="goal <= 0.1 (>= 10x faster)",
+        key="occlusion_vs_captum_feature_ablation",
     )
     print(f"\nocclusion: {1 / ratio:.1f}x faster than captum FeatureAblation")
 
@@ -139,6 +140,7 @@ def test_integrated_gradients_vs_captum_layer_ig(benchmark, compare, captum_attr
         captum_run,
         rounds=3,
         goal="goal <= 0.33 (>= 3x faster)",
+        key="ig_vs_captum_layer_ig",
     )
     print(
         f"\nIG: {1 / ratio:.1f}x faster than captum LayerIntegratedGradients; "

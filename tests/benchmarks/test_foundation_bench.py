@@ -41,7 +41,11 @@ def test_hooked_forward_vs_plain_hf(benchmark, compare, backend, smollm2, smollm
         with torch.no_grad():
             return plain_hf(input_ids=ids).logits
 
-    compare(benchmark, f"hooked forward 8x64 ({backend}) vs plain HF", hooked, plain, rounds=5, goal="goal <= 1.05x")
+    key = "hooked_forward_vs_hf" + ("" if backend == "transformer_lens" else f"_{backend}")
+    compare(
+        benchmark, f"hooked forward 8x64 ({backend}) vs plain HF", hooked, plain, rounds=5, goal="goal <= 1.05x",
+        key=key,
+    )  # fmt: skip
 
 
 def test_batched_logprob_vs_loop(benchmark, compare, smollm2, real_facts):
