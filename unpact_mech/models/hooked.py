@@ -140,6 +140,11 @@ class HookedLM:
             ids.update([source] if isinstance(source, int) else source)
         return sorted(ids)
 
+    @property
+    def has_context_hooks(self) -> bool:
+        """Whether a :meth:`hooks` context is active (every forward then runs its hooks)."""
+        return bool(self._context_hooks)
+
     def check_length(self, n_tokens: int, where: str) -> None:
         """Raise :class:`InputError` if ``n_tokens`` exceeds the model's context window."""
         if n_tokens > self.shape.n_ctx:
@@ -486,17 +491,37 @@ class HookedLM:
         run on the prompt forward and on every decoding step (with ``query_positions = T0 + step``). A row that
         emits a stop token is padded with ``pad_token_id`` afterwards.
         """
-        batch, prompt_len = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        stops = torch.tensor(self.stop_token_ids, dtype=torch.long, device=input_ids.device)
-        done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-        new_tokens: list[Tensor] = []
         out = self.forward(
             input_ids, attention_mask=attention_mask, interventions=interventions, use_cache=True, logits_to_keep=1
         )
+        return self.decode(
+            out.logits[:, -1], out.past_key_values, attention_mask, max_new_tokens=max_new_tokens,
+            interventions=interventions,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def decode(
+        self,
+        last_logits: Tensor,
+        past_key_values: Any,
+        attention_mask: Tensor,
+        *,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        interventions: Sequence[Intervention] = (),
+    ) -> Tensor:
+        """Greedy continuation of a prompt forward already run: ``last_logits`` (B, V) at its last position, its
+        KV cache (extended in place) and ``attention_mask`` (B, T0) over everything the cache holds. Returns the
+        new tokens (B, n <= max_new_tokens); a row that emits a stop token is padded with ``pad_token_id`` after it.
+        Interventions run on every decoding step, at ``query_positions = T0 + step``."""
+        batch, prompt_len = attention_mask.shape
+        stops = torch.tensor(self.stop_token_ids, dtype=torch.long, device=attention_mask.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=attention_mask.device)
+        new_tokens: list[Tensor] = []
+        logits = last_logits
         for step in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1)
+            nxt = logits.argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, self.pad_token_id), nxt)
             new_tokens.append(nxt)
             done |= torch.isin(nxt, stops)
@@ -506,11 +531,12 @@ class HookedLM:
             out = self.forward(
                 nxt[:, None],
                 attention_mask=attention_mask,
-                past_key_values=out.past_key_values,
+                past_key_values=past_key_values,
                 use_cache=True,
                 query_offset=prompt_len + step,
                 interventions=interventions,
             )
+            past_key_values, logits = out.past_key_values, out.logits[:, -1]
         return torch.stack(new_tokens, dim=1)
 
     # -- copies and persistence -------------------------------------------------------------------------------------

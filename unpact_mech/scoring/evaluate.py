@@ -17,6 +17,7 @@ from unpact_mech.scoring.batching import EVAL_BATCH_SIZE, InterventionFactory
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS, generate_answers
 from unpact_mech.scoring.judges import get_judge, rouge_l_recall
 from unpact_mech.scoring.logprob import score_answers
+from unpact_mech.scoring.prompt_cache import answer_and_score, supports_prompt_cache
 from unpact_mech.scoring.tokens import EncodedQA, encode_items
 
 if TYPE_CHECKING:
@@ -38,30 +39,32 @@ def evaluate_items(
     batch_size: int = EVAL_BATCH_SIZE,
     interventions: InterventionFactory | None = None,
     progress: bool = True,
+    prompt_cache: bool = True,
 ) -> pd.DataFrame:
     """One row per item: ``item_id, split, question, answer, generation, correct, rouge_l, logprob, first_prob,
     rank, truncated`` plus the items' extra fields (a list or dict as its JSON text; no extra is dropped).
     ``encoded`` overrides the prompts (e.g. rewritten questions); ``truncated`` is 1.0 when the greedy answer reached
-    ``max_new_tokens`` without a stop token."""
+    ``max_new_tokens`` without a stop token. Without interventions (and outside a :meth:`HookedLM.hooks` context)
+    the prompt runs once for the answer and the scores, its shared prefix once per batch
+    (:mod:`~unpact_mech.scoring.prompt_cache`; ``prompt_cache=False``: two passes, the reference it equals)."""
     judge_fn = get_judge(judge)
     encoded = list(encoded) if encoded is not None else encode_items(model, items)
     prompts = [e.prompt.ids for e in encoded]
-    answers = generate_answers(
-        model,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        interventions=interventions,
-        progress="generating answers" if progress else False,
-    )
-    scores = score_answers(
-        model,
-        prompts,
-        [e.answer_ids for e in encoded],
-        batch_size=batch_size,
-        interventions=interventions,
-        progress="scoring answers" if progress else False,
-    )
+    gold = [e.answer_ids for e in encoded]
+    if prompt_cache and interventions is None and not model.has_context_hooks and supports_prompt_cache(model):
+        answers, scores = answer_and_score(
+            model, prompts, gold, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            progress="answering" if progress else False,
+        )  # fmt: skip
+    else:
+        answers = generate_answers(
+            model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, interventions=interventions,
+            progress="generating answers" if progress else False,
+        )  # fmt: skip
+        scores = score_answers(
+            model, prompts, gold, batch_size=batch_size, interventions=interventions,
+            progress="scoring answers" if progress else False,
+        )  # fmt: skip
     rows: list[dict[str, Any]] = []
     for i, (item, generated) in enumerate(zip(items, answers)):
         text = generated.text

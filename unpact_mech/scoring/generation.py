@@ -53,13 +53,19 @@ def generate_answers(
         ivs = interventions(batch.layout) if interventions else ()
         new = model.generate(batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, interventions=ivs)
         for row, i in enumerate(idx):
-            tokens: list[int] = []
-            stopped = False
-            for t in new[row].tolist():
-                if t in stops:
-                    stopped = True
-                    break
-                tokens.append(t)
-            text = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            out[i] = GeneratedAnswer(text, truncated=not stopped and len(tokens) >= max_new_tokens)
+            out[i] = as_answer(model, new[row].tolist(), stops, max_new_tokens)
     return out
+
+
+def as_answer(model: "HookedLM", new_tokens: Sequence[int], stops: set[int], max_new_tokens: int) -> GeneratedAnswer:
+    """The tokens up to the first stop token, decoded and stripped; truncated when no stop token came within
+    ``max_new_tokens``."""
+    tokens: list[int] = []
+    stopped = False
+    for t in new_tokens:
+        if t in stops:
+            stopped = True
+            break
+        tokens.append(t)
+    text = model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return GeneratedAnswer(text, truncated=not stopped and len(tokens) >= max_new_tokens)

@@ -1,0 +1,117 @@
+"""The one-pass evaluation (shared prefix once, prompt once for answer and scores) against the two-pass reference:
+pure layout helpers by hand, scores by hand, equal answers and scores on tiny random architectures and both
+backends, and the fallback wherever an intervention or a hook context could be touched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import BACKENDS
+from unpact_mech.models.hooks import Intervention
+from unpact_mech.scoring import evaluate, evaluate_items, score_answers
+from unpact_mech.scoring.generation import generate_answers
+from unpact_mech.scoring.logprob import token_logprobs
+from unpact_mech.scoring.prompt_cache import (
+    answer_and_score,
+    answer_scores,
+    shared_prefix_len,
+    split_layout,
+    supports_prompt_cache,
+)
+
+
+def test_shared_prefix_len():
+    assert shared_prefix_len([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert shared_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2  # every row keeps one token of its own
+    assert shared_prefix_len([[1, 2, 3, 4], [1, 2]]) == 1
+    assert shared_prefix_len([[7]]) == 0 and shared_prefix_len([[1, 2], [3, 2]]) == 0
+
+
+def test_split_layout_pads_between_prefix_and_rest():
+    ids, mask = split_layout([[1, 2, 3, 4], [1, 2, 5]], 2, pad_id=0)
+    assert ids.tolist() == [[3, 4], [0, 5]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 1]]
+    ids, mask = split_layout([[1, 2, 3], [4]], 0, pad_id=9)
+    assert ids.tolist() == [[1, 2, 3], [9, 9, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_answer_scores_by_hand():
+    g = torch.Generator().manual_seed(0)
+    last, later = torch.randn(2, 7, generator=g), torch.randn(2, 3, 7, generator=g)
+    answers, lengths = torch.tensor([[4, 1, 6], [2, 0, 0]]), torch.tensor([3, 1])
+    s = answer_scores(last, later, answers, lengths)
+    row0 = torch.stack([last[0].log_softmax(-1)[4], later[0, 0].log_softmax(-1)[1], later[0, 1].log_softmax(-1)[6]])
+    assert s.logprob[0].item() == pytest.approx(row0.mean().item(), abs=1e-6)
+    assert s.logprob_sum[0].item() == pytest.approx(row0.sum().item(), abs=1e-6)
+    assert s.logprob[1].item() == pytest.approx(last[1].log_softmax(-1)[2].item(), abs=1e-6)  # pads not counted
+    assert s.first_prob[1].item() == pytest.approx(last[1].softmax(-1)[2].item(), abs=1e-6)
+    assert s.first_rank.tolist() == [int((last[0] > last[0, 4]).sum()), int((last[1] > last[1, 2]).sum())]
+    assert torch.equal(token_logprobs(last[:1], answers[:1, 0]), last[:1].log_softmax(-1)[:, 4])
+
+
+def _prompts(prefix_len: int = 6):
+    g = torch.Generator().manual_seed(1)
+    prefix = torch.randint(3, 300, (prefix_len,), generator=g).tolist()
+    prompts = [prefix + torch.randint(3, 300, (n,), generator=g).tolist() for n in (3, 7, 1, 5, 4, 9, 2)]
+    answers = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (2, 1, 4, 3, 1, 2, 5)]
+    return prompts, answers
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_pass_equals_two_passes(pair, backend):
+    """Same greedy answers and scores (to 1e-5) as generating, then scoring, with the prompt left-padded — on
+    llama (rotary positions) and gpt2 (learned positions), in batches of 3 with different rest lengths."""
+    _, models = pair
+    model = models[backend]
+    prompts, answers = _prompts()
+    generated, scores = answer_and_score(model, prompts, answers, max_new_tokens=6, batch_size=3)
+    reference = generate_answers(model, prompts, max_new_tokens=6, batch_size=3)
+    ref_scores = score_answers(model, prompts, answers, batch_size=3)
+    assert generated == reference
+    for field in ("logprob", "logprob_sum", "first_prob"):
+        torch.testing.assert_close(getattr(scores, field), getattr(ref_scores, field), atol=1e-5, rtol=1e-5)
+    assert torch.equal(scores.first_rank, ref_scores.first_rank)
+
+
+def test_last_logits_after_the_prefix_equal_each_prompt_alone(pair):
+    _, models = pair
+    model = models["transformer_lens"]
+    prompts, _ = _prompts()
+    p = shared_prefix_len(prompts)
+    assert p == 6
+    with torch.no_grad():
+        cache = model.forward(torch.tensor([prompts[0][:p]]), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(prompts))
+        rest, mask = split_layout(prompts, p, model.pad_token_id)
+        last = model.forward(rest, attention_mask=mask, past_key_values=cache, use_cache=True).logits[:, -1]
+        for row, prompt in enumerate(prompts):
+            alone = model.forward(torch.tensor([prompt])).logits[0, -1]
+            torch.testing.assert_close(last[row], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_evaluate_items_uses_one_pass_only_where_nothing_can_touch_the_prompt(tiny_model, synthetic_items, monkeypatch):
+    calls = []
+    real = evaluate.answer_and_score
+    monkeypatch.setattr(evaluate, "answer_and_score", lambda *a, **k: calls.append(1) or real(*a, **k))
+    items = synthetic_items[:6]
+    plain = evaluate_items(tiny_model, items, progress=False)
+    assert calls == [1] and supports_prompt_cache(tiny_model)
+    two_pass = evaluate_items(tiny_model, items, progress=False, prompt_cache=False)
+    assert calls == [1]
+    assert plain.drop(columns=["logprob", "first_prob"]).equals(two_pass.drop(columns=["logprob", "first_prob"]))
+    torch.testing.assert_close(
+        torch.tensor(plain["logprob"].to_numpy()), torch.tensor(two_pass["logprob"].to_numpy()), atol=1e-5, rtol=0
+    )
+    noop = Intervention("blocks.0.hook_resid_post", lambda act, ctx: act)
+    evaluate_items(tiny_model, items, progress=False, interventions=lambda layout: [noop])
+    with tiny_model.hooks([("blocks.0.hook_resid_post", lambda act, ctx: act)]):
+        evaluate_items(tiny_model, items, progress=False)
+    assert calls == [1]  # neither an intervention nor a hook context takes the one-pass path
+
+
+def test_sliding_window_models_take_the_two_pass_path(tiny_model, monkeypatch):
+    monkeypatch.setattr(tiny_model.config, "sliding_window", 8, raising=False)
+    assert not supports_prompt_cache(tiny_model)
+    monkeypatch.setattr(tiny_model.config, "use_sliding_window", False, raising=False)
+    assert supports_prompt_cache(tiny_model)  # Qwen2 configs name a window they do not use
