@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 #: Per-item emphasised prompt positions, aligned with the evaluated items.
 Positions = Sequence[Sequence[int]]
+#: The kind of the conditions that only change the prompt (rewrites, rephrasings, few-shot turns).
+PROMPT_KIND = "strategy"
 #: What a kind of attack is called in messages.
 KIND_NOUNS = {
     "strategy": "prompt strategy", "intervention": "intervention", "transform": "model transform",
@@ -242,7 +244,7 @@ class PromptAttack(Attack):
     rewrite_fn: Rewrite = fill_template
 
     original_arm_shared: ClassVar[bool] = True
-    kind: ClassVar[str] = "strategy"
+    kind: ClassVar[str] = PROMPT_KIND
 
     def rewrite(self, question: str, keywords: Sequence[str]) -> str:
         return self.rewrite_fn(question, keywords, self.template)

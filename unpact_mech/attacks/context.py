@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from unpact_mech.attacks.base import Attack, AttackEnv, PromptAttack, Treatment, fill_template
+from unpact_mech.attacks.base import PROMPT_KIND, Attack, AttackEnv, PromptAttack, Treatment, fill_template
 from unpact_mech.data.splits import RETAIN
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.tokens import encode_answer, encode_item, encode_prompt
@@ -110,7 +110,7 @@ class FewShot(Attack):
     shots: int = 3
 
     original_arm_shared: ClassVar[bool] = True
-    kind: ClassVar[str] = "strategy"
+    kind: ClassVar[str] = PROMPT_KIND
     options: ClassVar[tuple[str, ...]] = ("shots",)
 
     @property

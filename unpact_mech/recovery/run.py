@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from unpact_mech.attacks import DEFAULT_ATTACKS, Attack, AttackEnv, ItemKeywords, resolve_attacks, select_keywords
-from unpact_mech.attacks.base import Treatment
+from unpact_mech.attacks.base import PROMPT_KIND, Treatment, memo_key
 from unpact_mech.attacks.keywords import KEYWORD_SOURCES
 from unpact_mech.attribution.keytokens import DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA
 from unpact_mech.data.splits import FORGET, RETAIN, UTILITY, split_items
@@ -59,7 +59,7 @@ from unpact_mech.recovery.worst_case import top_condition, worst_case_by_family
 from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.evaluate import evaluate_items
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
-from unpact_mech.scoring.tokens import encode_item
+from unpact_mech.scoring.tokens import EncodedQA, encode_item
 from unpact_mech.stats import destructive_rate, holm, mcnemar_exact, rate
 from unpact_mech.utils import float_or_none, one_or_many, progress_bar
 
@@ -98,6 +98,10 @@ class RecoveryConfig:
     top_k: int = 5
     seed: int = 0
     max_control_items: int | None = None
+    #: Evaluate without interventions in one pass with each batch's shared prompt prefix computed once, and the
+    #: prompt-only conditions (kind ``strategy``) of the run together in full batches
+    #: (:meth:`_Evaluator.prompt_pass`). False: every arm apart, prompts computed twice — the reference it equals.
+    prompt_cache: bool = True
 
     def __post_init__(self) -> None:  # attacks="focus" is the one condition focus
         self.attacks = one_or_many(self.attacks) or ()
@@ -237,6 +241,16 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _detail_sizes(env: AttackEnv) -> dict[tuple[str, str], int]:
+    """How many rows each detail table of ``env`` has now."""
+    return {k: len(t) for k, t in env.details.items()}
+
+
+def _details_since(env: AttackEnv, before: dict[tuple[str, str], int]) -> dict[tuple[str, str], pd.DataFrame]:
+    """The detail rows recorded since :func:`_detail_sizes` gave ``before``."""
+    return {k: t.iloc[before.get(k, 0) :] for k, t in env.details.items() if len(t) > before.get(k, 0)}
+
+
 class _Evaluator:
     """Evaluates (model, items, treatment) and keeps every labelled per-item frame."""
 
@@ -244,49 +258,118 @@ class _Evaluator:
         self.models, self.items, self.cfg = models, items, cfg
         self.frames: list[pd.DataFrame] = []
 
-    def run(self, arm: Arm, condition: Attack, env: AttackEnv) -> pd.DataFrame | None:
-        """Evaluate ``arm`` (its attack acts; rows are labelled with ``condition``); None when it has no items."""
+    def run(self, arm: Arm, condition: Attack, env: AttackEnv, done: pd.DataFrame | None = None) -> pd.DataFrame | None:
+        """Evaluate ``arm`` (its attack acts; rows are labelled with ``condition``); None when it has no items.
+        ``done``: its rows, already evaluated (:meth:`prompt_pass`)."""
         if not arm.ids:
             return None
-        if arm.role == "original" and arm.attack.original_arm_shared:
-            df = self.shared_original_arm(arm, env)
-        else:
-            df = self.evaluate_arm(arm, env)
+        if done is None:
+            done = self.shared_original_arm(arm, env) if self.shares(arm) else self.evaluate_arm(arm, env)
         return self.keep(
-            df, role=arm.role, kind=condition.kind, condition=condition.label, emphasis=arm.emphasis, arm=arm.name
+            done, role=arm.role, kind=condition.kind, condition=condition.label, emphasis=arm.emphasis, arm=arm.name
         )
+
+    @staticmethod
+    def shares(arm: Arm) -> bool:
+        """Whether ``arm`` is the original model's and its attack's original arm is shared between runs."""
+        return arm.role == "original" and arm.attack.original_arm_shared
 
     def evaluate_arm(self, arm: Arm, env: AttackEnv) -> pd.DataFrame:
         """The arm's items under its attack, one evaluation per treatment group, rows in the arm's item order."""
         items = [self.items[i] for i in arm.ids]
         groups = arm.attack.treat_groups(self.models[arm.role], items, [arm.words[i] for i in arm.ids], env)
         parts = [self.evaluate([items[i] for i in idx], treated) for idx, treated in groups if idx]
+        return self.in_order(parts, arm)
+
+    @staticmethod
+    def in_order(parts: Sequence[pd.DataFrame], arm: Arm) -> pd.DataFrame:
         return pd.concat(parts, ignore_index=True).set_index("item_id").loc[arm.ids].reset_index()
+
+    def shared_key(self, arm: Arm, env: AttackEnv) -> tuple[int, Any]:
+        """The ``original_memo`` key of a shared original arm: everything its rows depend on (the attack with its
+        options, the arm, its items and their emphasis, the judge and answer length, the fit / utility ids and the
+        seed)."""
+        return memo_key(env.original, ("original_arm", repr((
+            arm.attack, arm.name, [self.items[i] for i in arm.ids], [arm.words[i] for i in arm.ids],
+            self.cfg.judge, self.cfg.max_new_tokens, env.fit_ids, env.utility_ids, env.seed,
+        ))))  # fmt: skip
 
     def shared_original_arm(self, arm: Arm, env: AttackEnv) -> pd.DataFrame:
         """:meth:`evaluate_arm` of an original-model arm whose attack is ``original_arm_shared``, once per
-        ``env.original_memo``: keyed by everything the rows depend on (the attack with its options, the arm, its
-        items and their emphasis, the judge and answer length, the fit / utility ids and the seed), so a later run
-        that shares the memo — another unlearned model against the same original — reuses the rows, and the detail
-        tables the attack recorded for the original are recorded again in that run."""
-        key = ("original_arm", repr((
-            arm.attack, arm.name, [self.items[i] for i in arm.ids], [arm.words[i] for i in arm.ids],
-            self.cfg.judge, self.cfg.max_new_tokens, env.fit_ids, env.utility_ids, env.seed,
-        )))  # fmt: skip
-        fresh = []
-
-        def compute() -> tuple[pd.DataFrame, dict[tuple[str, str], pd.DataFrame]]:
-            fresh.append(True)
-            before = {k: len(t) for k, t in env.details.items()}
-            df = self.evaluate_arm(arm, env)
-            added = {k: t.iloc[before.get(k, 0) :] for k, t in env.details.items() if len(t) > before.get(k, 0)}
-            return df, added
-
-        df, added = env.cached_for(env.original, key, compute)
-        if not fresh:
-            for (condition, name), table in added.items():
-                env.record(condition, name, table)
+        ``env.original_memo`` (:meth:`shared_key`): a later run that shares the memo — another unlearned model
+        against the same original — reuses the rows, and the detail tables the attack recorded for the original
+        are recorded again in that run."""
+        key = self.shared_key(arm, env)
+        if key in env.original_memo:
+            return self.replay(env.original_memo[key], env)
+        before = _detail_sizes(env)
+        df = self.evaluate_arm(arm, env)
+        env.original_memo[key] = (df, _details_since(env, before))
         return df
+
+    @staticmethod
+    def replay(stored: tuple[pd.DataFrame, dict[tuple[str, str], pd.DataFrame]], env: AttackEnv) -> pd.DataFrame:
+        """A shared original arm's rows, its detail tables recorded again in this run."""
+        df, added = stored
+        for (condition, name), table in added.items():
+            env.record(condition, name, table)
+        return df
+
+    def prompt_pass(self, arms_: Sequence[Arm], env: AttackEnv) -> list[pd.DataFrame | None]:
+        """The rows of arms whose every treatment only changes the prompt (the model itself, no intervention, no
+        read-out — prompt strategies, rephrasings, few-shot turns), evaluated TOGETHER: one
+        :func:`~unpact_mech.scoring.evaluate.evaluate_items` call per model over all their items, so batches are full
+        and each batch's shared prompt prefix is computed once (instead of one call per condition and arm, each a
+        few dozen items). Aligned with ``arms_`` (None: no items); an arm whose treatment does more is evaluated on
+        its own, a shared original arm already in the memo is taken from there."""
+        out: list[pd.DataFrame | None] = [None] * len(arms_)
+        pending: dict[str, list[tuple[int, list["QAItem"], list[EncodedQA]]]] = {}
+        to_store: dict[int, tuple[tuple[int, Any], dict[tuple[str, str], pd.DataFrame]]] = {}
+        for j, arm in enumerate(arms_):
+            if not arm.ids:
+                continue
+            key = self.shared_key(arm, env) if self.shares(arm) else None
+            if key is not None and key in env.original_memo:
+                out[j] = self.replay(env.original_memo[key], env)
+                continue
+            before = _detail_sizes(env)
+            model, items = self.models[arm.role], [self.items[i] for i in arm.ids]
+            groups = arm.attack.treat_groups(model, items, [arm.words[i] for i in arm.ids], env)
+            if not all(t.model is model and t.interventions is None and t.readout is None for _, t in groups):
+                out[j] = self.in_order([self.evaluate([items[i] for i in idx], t) for idx, t in groups if idx], arm)
+            else:
+                for idx, treated in groups:
+                    sub = [items[i] for i in idx]
+                    pending.setdefault(arm.role, []).append((j, sub, self.encoded(model, sub, treated)))
+            if key is not None:
+                to_store[j] = (key, _details_since(env, before))
+        parts: dict[int, list[pd.DataFrame]] = {}
+        for role, jobs in pending.items():
+            every = evaluate_items(
+                self.models[role], [it for _, sub, _ in jobs for it in sub],
+                encoded=[e for _, _, enc in jobs for e in enc], judge=self.cfg.judge,
+                max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size, progress=False,
+                prompt_cache=self.cfg.prompt_cache,
+            )  # fmt: skip
+            start = 0
+            for j, sub, _ in jobs:
+                parts.setdefault(j, []).append(every.iloc[start : start + len(sub)])
+                start += len(sub)
+        for j, frames in parts.items():
+            out[j] = self.in_order(frames, arms_[j])
+        for j, (key, added) in to_store.items():
+            env.original_memo[key] = (out[j], added)
+        return out
+
+    @staticmethod
+    def encoded(model: "HookedLM", items: list["QAItem"], treated: Treatment) -> list[EncodedQA]:
+        """The prompts a prompt-only treatment asks: its own encoded prompts, its rewritten questions, or the
+        items' own questions."""
+        if treated.encoded is not None:
+            return list(treated.encoded)
+        if treated.questions is not None:
+            return [encode_item(model, it, question=q) for it, q in zip(items, treated.questions)]
+        return [encode_item(model, it) for it in items]
 
     def evaluate(self, items: list["QAItem"], treated: Treatment) -> pd.DataFrame:
         """``items`` under one treatment: its read-out, or the greedy answer + teacher-forced scores."""
@@ -298,6 +381,7 @@ class _Evaluator:
         return evaluate_items(
             treated.model, items, encoded=encoded, judge=self.cfg.judge, max_new_tokens=self.cfg.max_new_tokens,
             batch_size=self.cfg.batch_size, interventions=treated.interventions, progress=False,
+            prompt_cache=self.cfg.prompt_cache,
         )  # fmt: skip
 
     def baseline(self, role: str, ids: list[str], known: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -306,7 +390,7 @@ class _Evaluator:
             items = [self.items[i] for i in ids]
             known = evaluate_items(
                 self.models[role], items, judge=self.cfg.judge, max_new_tokens=self.cfg.max_new_tokens,
-                batch_size=self.cfg.batch_size, progress=False,
+                batch_size=self.cfg.batch_size, progress=False, prompt_cache=self.cfg.prompt_cache,
             )  # fmt: skip
         else:
             have = set(known["item_id"])
@@ -491,9 +575,16 @@ def run_recovery(
     )  # fmt: skip
 
     rate_rows, emphasis_outcomes = [], {}
-    for attack in attacks:
+    done: dict[tuple[int, str], pd.DataFrame | None] = {}
+    if cfg.prompt_cache:  # the prompt-only conditions first, together (rows are labelled in run order below)
+        bar.set_postfix_str("prompt conditions, batched together")
+        jobs = [(n, arm) for n, a in enumerate(attacks) if a.kind == PROMPT_KIND for arm in arms(a, cfg, plan)]
+        done = {(n, arm.name): df for (n, arm), df in zip(jobs, evaluator.prompt_pass([a for _, a in jobs], env))}
+    for n, attack in enumerate(attacks):
         bar.set_postfix_str(attack.label)
-        frames = {arm.name: evaluator.run(arm, attack, env) for arm in arms(attack, cfg, plan)}
+        frames = {
+            arm.name: evaluator.run(arm, attack, env, done.pop((n, arm.name), None)) for arm in arms(attack, cfg, plan)
+        }
         env.memo.clear()  # a condition's transformed models and fits are its own: free them (the original's stay)
         rate_rows.append(condition_row(attack, frames, plan, base_o, base_u, cfg))
         emphasis_outcomes[attack.label] = _outcomes(frames.get("emphasis"), plan.eligible)

@@ -184,3 +184,36 @@ def test_zero_eligible_items_keep_every_column(result, original, synthetic_items
     assert code == 0, err
     assert "nan" not in out.lower() and "recovery — [—, —]" in out and "note: 0 eligible forget items" in out
     assert list(pd.read_csv(tmp_path / "r" / "rates.csv").columns[: len(RATE_COLUMNS)]) == list(RATE_COLUMNS)
+
+
+def test_prompt_conditions_batched_together_equal_the_arm_by_arm_reference(
+    original, ga_unlearned, synthetic_items, monkeypatch
+):
+    """``prompt_cache`` (default): the prompt-only conditions' arms go through ONE evaluation per model (full
+    batches, shared prefix once) — same per-item rows in the same order, same rates and details as evaluating
+    every condition and arm apart in two passes."""
+    from unpact_mech.recovery import run as runner
+
+    calls = []
+    real = runner.evaluate_items
+    monkeypatch.setattr(runner, "evaluate_items", lambda model, items, **k: calls.append(len(items)) or real(
+        model, items, **k))  # fmt: skip
+    attacks = ("focus", "neutral", "rephrase:style=quiz", "few_shot:shots=1", "scale:factor=3")
+    fast = run_recovery(
+        original, ga_unlearned, synthetic_items, RecoveryConfig(attacks=attacks, keyword_source="data"), progress=False
+    )
+    n_fast, calls[:] = len(calls), []
+    ref = run_recovery(
+        original, ga_unlearned, synthetic_items,
+        RecoveryConfig(attacks=attacks, keyword_source="data", prompt_cache=False), progress=False,
+    )  # fmt: skip
+    # baselines 2 + prompt pass 2 (one per model) + one per arm of scale, against one per arm of every condition
+    arms_of = ref.per_item[ref.per_item["kind"] != "baseline"].groupby("condition")["arm"].nunique()
+    assert n_fast == 2 + 2 + arms_of["scale[0]x3.0"] and len(calls) == 2 + arms_of.sum()
+    keys = ["model", "condition", "emphasis", "arm", "item_id", "generation", "correct", "rank"]
+    pd.testing.assert_frame_equal(fast.per_item[keys], ref.per_item[keys])
+    np.testing.assert_allclose(fast.per_item["logprob"], ref.per_item["logprob"], atol=1e-5)
+    pd.testing.assert_frame_equal(fast.rates, ref.rates, atol=1e-5)
+    assert sorted(fast.details) == sorted(ref.details)
+    for key, table in ref.details.items():
+        pd.testing.assert_frame_equal(fast.details[key].reset_index(drop=True), table.reset_index(drop=True))

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from unpact_mech.attacks import Attack
 from unpact_mech.models import HookedLM
 from unpact_mech.recovery import RecoveryConfig, run_recovery
-from unpact_mech.recovery.run import _Evaluator
 
 ATTACKS = ("focus", "quantize:scheme=int8", "relearn_unrelated:steps=1", "few_shot:shots=1", "steer")
 
@@ -18,16 +18,16 @@ ATTACKS = ("focus", "quantize:scheme=int8", "relearn_unrelated:steps=1", "few_sh
 @pytest.fixture(scope="module")
 def runs(original, ga_unlearned, blocks_perturbed, synthetic_items):
     calls: list[tuple[str, str]] = []
-    real = _Evaluator.evaluate_arm
+    real = Attack.treat_groups  # none of ATTACKS overrides it: every treatment of every arm passes here
 
-    def counting(self, arm, env):
-        calls.append((arm.role, arm.attack.label))
-        return real(self, arm, env)
+    def counting(self, model, items, emphasis, env):
+        calls.append((env.role(model), self.label))
+        return real(self, model, items, emphasis, env)
 
     cfg = RecoveryConfig(attacks=ATTACKS, keyword_source="data", max_control_items=6)
     memo: dict = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_Evaluator, "evaluate_arm", counting)
+        mp.setattr(Attack, "treat_groups", counting)
         first = run_recovery(original, ga_unlearned, synthetic_items, cfg, progress=False, original_memo=memo)
         n_first = len(calls)
         second = run_recovery(original, blocks_perturbed, synthetic_items, cfg, progress=False, original_memo=memo)
