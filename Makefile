@@ -38,13 +38,15 @@ format: install
 
 # Default test run: unit tier (tiny models) + slow tier (real SmolLM2); benchmarks run with `make bench`
 # (ratios ours / reference, measured in the same run, also go to bench-results/ratios.json).
-# Exit code 5 (no tests collected) is a failure.
+# Exit code 5 (no tests collected) is a failure. The tests run in two processes (pytest-xdist; one torch thread
+# each, a test file's tests in one process): `make test XDIST=` runs them in one, `XDIST="-n 8"` in eight.
+XDIST ?= -n 2 --dist loadfile
 test: install
-	$(BIN)/python -m pytest -q --ignore=tests/benchmarks --durations=15 $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -q --ignore=tests/benchmarks --durations=15 $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-fast: install
-	$(BIN)/python -m pytest -q --ignore=tests/benchmarks -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -q --ignore=tests/benchmarks -m "not slow" $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 demo: install

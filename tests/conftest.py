@@ -1,4 +1,5 @@
-"""Shared fixtures. Offline before any HF import; 2 threads (the CI machine's cores).
+"""Shared fixtures. Offline before any HF import; 2 torch threads (the CI machine's cores), 1 per process when
+``make test`` runs the tests in two pytest-xdist processes.
 
 Tiers: ``tests/unit`` (tiny random models + in-process tokenizer, fast), ``tests/slow`` (marker ``slow``: the real
 SmolLM2-135M, loaded once per session from the cache), ``tests/benchmarks`` (``make bench``).
@@ -19,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 CORPUS = [
     "Question: What is the capital of France?\nAnswer: Paris",
