@@ -35,6 +35,12 @@ split:
 
 Everything is scored by :func:`~unpact_mech.scoring.evaluate.evaluate_items` (greedy answer + judge, teacher-forced
 LP and rank), so "correct" means the same everywhere. Definitions: docs/concepts.md §9 and §13.
+
+Speed without changing a number (``RecoveryConfig.prompt_cache``, default on; off = the reference it equals): the
+arms of every prompt-only condition (kind ``strategy``) are evaluated together before the loop, one one-pass
+evaluation per model (:meth:`_Evaluator.prompt_pass`, :mod:`~unpact_mech.scoring.prompt_cache`); and the original
+model's arm of a condition that never reads the unlearned model (``Attack.original_arm_shared``) is scored once
+per ``original_memo``, i.e. once for every unlearned model a session recovers from.
 """
 
 from __future__ import annotations
