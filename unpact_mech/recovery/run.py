@@ -381,12 +381,10 @@ class _Evaluator:
         """``items`` under one treatment: its read-out, or the greedy answer + teacher-forced scores."""
         if treated.readout is not None:
             return treated.readout(treated.model, items)
-        encoded = treated.encoded
-        if encoded is None and treated.questions is not None:
-            encoded = [encode_item(treated.model, it, question=q) for it, q in zip(items, treated.questions)]
         return evaluate_items(
-            treated.model, items, encoded=encoded, judge=self.cfg.judge, max_new_tokens=self.cfg.max_new_tokens,
-            batch_size=self.cfg.batch_size, interventions=treated.interventions, progress=False,
+            treated.model, items, encoded=self.encoded(treated.model, items, treated), judge=self.cfg.judge,
+            max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
+            interventions=treated.interventions, progress=False,
             prompt_cache=self.cfg.prompt_cache,
         )  # fmt: skip
 
