@@ -92,6 +92,11 @@ SUBSTITUTIONS = (
         r"\1 --attacks quantize:scheme=int4 relearn_split logit_lens few_shot:shots=1",
         "four methods x the whole battery take minutes even on tiny (test_cli_recover.py runs 'all' on one)",
     ),
+    Sub(
+        r"^(python experiments/is_it_gone\.py.*--attacks )battery\b",
+        r"\1quantize:scheme=int4 relearn_split logit_lens few_shot:shots=1",
+        "several methods x the 19 battery conditions take minutes even on tiny (test_cli_recover.py runs 'all')",
+    ),
     Sub(r"--layer (?:[2-9]|[1-9]\d+)\b", "--layer 1", "tiny has layers 0 and 1"),
     Sub(r"\blayers=\d+-\d+", "layers=0-1", "tiny has layers 0 and 1"),
     Sub(r"\blayers=range\(\d+, \d+\)", "layers=range(0, 2)", "tiny has layers 0 and 1"),
