@@ -65,7 +65,7 @@ from unpact_mech.recovery.worst_case import top_condition, worst_case_by_family
 from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.evaluate import evaluate_items
 from unpact_mech.scoring.generation import DEFAULT_MAX_NEW_TOKENS
-from unpact_mech.scoring.tokens import EncodedQA, encode_item
+from unpact_mech.scoring.tokens import EncodedQA, encode_item, encode_items
 from unpact_mech.stats import destructive_rate, holm, mcnemar_exact, rate
 from unpact_mech.utils import float_or_none, one_or_many, progress_bar
 
@@ -375,7 +375,7 @@ class _Evaluator:
             return list(treated.encoded)
         if treated.questions is not None:
             return [encode_item(model, it, question=q) for it, q in zip(items, treated.questions)]
-        return [encode_item(model, it) for it in items]
+        return encode_items(model, items)
 
     def evaluate(self, items: list["QAItem"], treated: Treatment) -> pd.DataFrame:
         """``items`` under one treatment: its read-out, or the greedy answer + teacher-forced scores."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from unpact_mech.utils import float_or_none as _value
+from unpact_mech.utils import float_or_none
 
 
 def top_condition(rates: pd.DataFrame, *, kind: str | None = None, family: str | None = None) -> dict[str, Any]:
@@ -38,10 +38,11 @@ def top_condition(rates: pd.DataFrame, *, kind: str | None = None, family: str |
     get = best.get
     return out | {
         "condition": str(best["condition"]), "rate": float(best["recovery_rate"]),
-        "ci_low": _value(get("ci_low")), "ci_high": _value(get("ci_high")),
+        "ci_low": float_or_none(get("ci_low")), "ci_high": float_or_none(get("ci_high")),
         "recovered": int(best["recovered"]), "n_eligible": int(best["n_eligible"]),
-        "gap_fraction": _value(get("gap_fraction")), "original_after": _value(get("original_accuracy_after")),
-        "random_control": _value(get("random_control_rate")), "p_holm": _value(get("p_vs_random_holm")),
+        "gap_fraction": float_or_none(get("gap_fraction")),
+        "original_after": float_or_none(get("original_accuracy_after")),
+        "random_control": float_or_none(get("random_control_rate")), "p_holm": float_or_none(get("p_vs_random_holm")),
     }  # fmt: skip
 
 
