@@ -36,6 +36,8 @@ from unpact_mech.attribution.results import TokenAttribution
 from unpact_mech.attribution.targets import Target, scored_mask
 from unpact_mech.attribution.units import (
     ItemLike,
+    PreparedItem,
+    Unit,
     keyword_unit_mask,
     prepare_for,
     prompt_units,
@@ -215,11 +217,18 @@ def occlusion(
             interventions=interventions,
             n_context=prepared.n_context,
         )
+    return occlusion_result(prepared, tgt.name, level, units, values)
+
+
+def occlusion_result(
+    prepared: PreparedItem, target: str, level: str, units: Sequence[Unit], values: Tensor
+) -> TokenAttribution:
+    """The item's :class:`TokenAttribution` from the target values (n+1,) of its intact prompt and unit variants."""
     return TokenAttribution(
         item_id=prepared.item_id,
         split=prepared.split,
         method="occlusion",
-        target=tgt.name,
+        target=target,
         level=level,
         units=tuple(units),
         scores=occlusion_scores(values),

@@ -103,3 +103,51 @@ def packed_length(prompt_len: int, answer_len: int, units: Sequence[Sequence[int
     n_in = prompt_len + answer_len - 1
     removed = (lambda u: len(u)) if mode == "delete" else (lambda u: 0)
     return n_in + sum(n_in - min(u) - removed(u) for u in units)
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Several items' packed rows after a shared prefix of ``prefix_len`` tokens (held as a KV cache), right-padded
+    to ``Q`` tokens: ``input_ids``, ``position_ids`` (B, Q); ``allowed`` (B, Q, prefix_len + Q) bool (query may
+    attend key; keys are the prefix, then the row); ``predictors[b]`` (R_b, A_b): row-local answer-predicting
+    indices of row ``b``'s variants (as :attr:`PackedVariants.predictors`, shifted by ``-prefix_len``)."""
+
+    input_ids: Tensor
+    position_ids: Tensor
+    allowed: Tensor
+    predictors: tuple[Tensor, ...]
+    prefix_len: int
+
+
+def prefix_free_length(packs: Sequence[PackedVariants], prompts: Sequence[Sequence[int]]) -> int:
+    """Longest prefix that every packed row can take from one shared KV cache: the common prefix of ``prompts``,
+    no longer than any row's first branch point or first answer-predicting position (those must be queries)."""
+    common = min(len(p) for p in prompts)
+    first = list(prompts[0])
+    for p in prompts[1:]:
+        common = next((i for i, (a, b) in enumerate(zip(first, p)) if a != b), common)
+        first = first[:common]
+    for pack in packs:
+        branch_starts = pack.position_ids[1:] != pack.position_ids[:-1] + 1
+        first_branch = int(pack.position_ids[1:][branch_starts].min()) if bool(branch_starts.any()) else common
+        common = min(common, first_branch, int(pack.predictors.min()))
+    return max(common, 0)
+
+
+def batch_packed(packs: Sequence[PackedVariants], prefix_len: int, pad_id: int) -> PackedBatch:
+    """Stack packed rows minus their first ``prefix_len`` tokens (identical in every row, see
+    :func:`prefix_free_length`) into one right-padded batch. A pad query attends only to itself (no empty softmax
+    row); no real query ever attends a pad."""
+    L = prefix_len
+    Q = max(len(p) - L for p in packs)
+    B = len(packs)
+    ids = torch.full((B, Q), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, Q), dtype=torch.long)
+    allowed = torch.zeros((B, Q, L + Q), dtype=torch.bool)
+    allowed[:, torch.arange(Q), L + torch.arange(Q)] = True
+    for b, p in enumerate(packs):
+        q = len(p) - L
+        ids[b, :q] = p.input_ids[L:]
+        pos[b, :q] = p.position_ids[L:]
+        allowed[b, :q, : L + q] = p.allowed[L:, :]
+    return PackedBatch(ids, pos, allowed, tuple(p.predictors - L for p in packs), L)

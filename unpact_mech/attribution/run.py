@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 #: Identifying columns kept as (nullable) integers / booleans in the long frame.
 INT_COLUMNS = ("unit", "position", "n_tokens", "word_index", "layer", "head")
 BOOL_COLUMNS = ("is_keyword", "is_keytoken")
+#: Items handed to one :meth:`AttributionMethod.attribute_many` call (methods that batch items, like occlusion, share
+#: forwards within a call; the progress bar moves per call).
+ITEMS_PER_CALL = 32
 
 
 @dataclass
@@ -153,9 +156,13 @@ def attribute_items(
     if tgt.in_context:  # no own answer (the sentence lacks the gold answer): the bare answer, said explicitly
         prepared = [p if p.own is not None else replace(p, own=OwnAnswer((), p.encoded.answer_ids)) for p in prepared]
     results, units, extras, frames = [], [], [], []
-    for p in progress_bar(prepared, enabled=progress, desc=f"{cfg.method} ({label or model.name})", leave=False):
-        res = method.attribute(model, p, level=cfg.level, target=tgt.name)
-        results.append(res)
+    bar = progress_bar(total=len(prepared), enabled=progress, desc=f"{cfg.method} ({label or model.name})", leave=False)
+    for start in range(0, len(prepared), ITEMS_PER_CALL):
+        chunk = prepared[start : start + ITEMS_PER_CALL]
+        results += method.attribute_many(model, chunk, level=cfg.level, target=tgt.name)
+        bar.update(len(chunk))
+    bar.close()
+    for p, res in zip(prepared, results):
         view = method.token_view(res, p, level=cfg.level)
         keytokens = None if view is None else keytoken_mask(view.scores, cfg.keytoken_alpha, cfg.keytoken_beta)
         frames += method.frames(res, view, keytokens)

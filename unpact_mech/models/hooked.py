@@ -349,6 +349,11 @@ class HookedLM:
         """Token embeddings (B, T, d_model) of ``input_ids`` (``W_E[input_ids]``)."""
         return torch.nn.functional.embedding(input_ids, self.weights.W_E)
 
+    def unembed(self, normalized: Tensor) -> Tensor:
+        """Logits (..., d_vocab) from final-norm outputs (..., d_model) (the ``ln_final.hook_normalized``
+        activation): ``normalized @ W_U``, what the model's own head computes (docs/hooks.md)."""
+        return torch.nn.functional.linear(normalized, self.weights.W_U.T)  # W_U.T: the (V, d) head weight itself
+
     def _build_hooks(
         self,
         interventions: Sequence[Intervention],

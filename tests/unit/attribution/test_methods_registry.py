@@ -195,10 +195,10 @@ def test_config_is_json_serialisable_and_builds_the_method():
 
 
 def test_batched_and_packed_occlusion_give_the_same_frame(tiny_model, synthetic_items, monkeypatch):
-    occ = importlib.import_module("unpact_mech.attribution.occlusion")  # the module (the package exports the function)
+    occ = importlib.import_module("unpact_mech.attribution.occlusion_set")  # the runner packs many items per forward
     packed_calls = []
-    original = occ.target_of_variants_packed
-    monkeypatch.setattr(occ, "target_of_variants_packed", lambda *a, **k: packed_calls.append(1) or original(*a, **k))
+    original = occ._packed_values
+    monkeypatch.setattr(occ, "_packed_values", lambda *a, **k: packed_calls.append(1) or original(*a, **k))
     items = synthetic_items[:6]
     frames = {}
     for batching in ("batched", "packed"):

@@ -9,6 +9,8 @@ A method is a dataclass subclass of :class:`AttributionMethod`, registered by na
   the model: hook names, layer range, baseline token), both raising :class:`~unpact_mech.errors.InputError` with a
   one-line message;
 * :meth:`attribute`: one prepared item -> the method's result object (it has ``.to_frame()`` and ``target_value``);
+  :meth:`attribute_many` (what the runner calls, a chunk of items at a time) loops over it unless the method shares
+  work across items;
 * how a result joins a run (:func:`~unpact_mech.attribution.run.attribute_items`): :meth:`token_view` (its
   per-unit :class:`TokenAttribution`, which gets KeyTokens, keyword agreement and the token heatmap; None when it
   has none), :meth:`frames` (its long rows), :meth:`extra_results` (further per-item analyses, e.g. gradient x
@@ -63,6 +65,13 @@ class AttributionMethod:
     def attribute(self, model: "HookedLM", prepared: "PreparedItem", *, level: str, target: str) -> Any:
         """The method's result for one item: ``level`` is ``token`` or ``word``, ``target`` a target name."""
         raise NotImplementedError
+
+    def attribute_many(
+        self, model: "HookedLM", prepared: Sequence["PreparedItem"], *, level: str, target: str
+    ) -> list[Any]:
+        """:meth:`attribute` of every item, in order. Override to share work across items (occlusion packs many
+        items into one forward); the results must equal the item-by-item ones."""
+        return [self.attribute(model, p, level=level, target=target) for p in prepared]
 
     def token_view(self, result: Any, prepared: "PreparedItem", *, level: str) -> TokenAttribution | None:
         """The result's scores per question unit (the result itself when it is a :class:`TokenAttribution`)."""

@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING
 from unpact_mech.attribution.methods.base import AttributionMethod, check_positive_int
 from unpact_mech.attribution.methods.registry import register_attribution_method
 from unpact_mech.attribution.occlusion import check_occlusion_options, occlusion, resolve_baseline_token
+from unpact_mech.attribution.occlusion_set import occlusion_items
 from unpact_mech.attribution.results import TokenAttribution
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from unpact_mech.attribution.units import PreparedItem
     from unpact_mech.models.hooked import HookedLM
 
@@ -39,6 +42,20 @@ class Occlusion(AttributionMethod):
 
     def attribute(self, model: "HookedLM", prepared: "PreparedItem", *, level: str, target: str) -> TokenAttribution:
         return occlusion(
+            model,
+            prepared,
+            level=level,
+            mode=self.mode,
+            baseline_token=self.baseline_token,
+            target=target,
+            batching=self.batching,
+            batch_size=self.batch_size,
+        )
+
+    def attribute_many(
+        self, model: "HookedLM", prepared: "Sequence[PreparedItem]", *, level: str, target: str
+    ) -> list[TokenAttribution]:
+        return occlusion_items(
             model,
             prepared,
             level=level,
