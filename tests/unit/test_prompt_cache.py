@@ -115,3 +115,41 @@ def test_sliding_window_models_take_the_two_pass_path(tiny_model, monkeypatch):
     assert not supports_prompt_cache(tiny_model)
     monkeypatch.setattr(tiny_model.config, "use_sliding_window", False, raising=False)
     assert supports_prompt_cache(tiny_model)  # Qwen2 configs name a window they do not use
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decoding_drops_finished_rows_and_writes_the_same_tokens(pair, backend, monkeypatch):
+    """Rows that stop leave the batch (later forwards are smaller) and every row's tokens are unchanged; the stop
+    tokens are chosen from a decode without stops so that some rows stop at once and others run on."""
+    _, models = pair
+    model = models[backend]
+    prompts, _ = _prompts()
+
+    def run(drop: bool, sizes: list[int]):
+        rest, mask = split_layout(prompts, 0, model.pad_token_id)
+        real = model.forward
+        with torch.no_grad():
+            out = real(rest, attention_mask=mask, use_cache=True, logits_to_keep=1)
+            monkeypatch.setattr(model, "forward", lambda ids, **k: sizes.append(ids.shape[0]) or real(ids, **k))
+            try:
+                return model.decode(out.logits[:, -1], out.past_key_values, mask, max_new_tokens=8, drop_finished=drop)
+            finally:
+                monkeypatch.setattr(model, "forward", real)
+
+    free = run(False, [])
+    stops = [int(free[0, 0]), int(free[6, 0])]  # rows 0 and 6 stop at once, and the rows without these run on
+    assert sum(not set(row) & set(stops) for row in free.tolist()) >= 3
+    monkeypatch.setattr(type(model), "stop_token_ids", property(lambda self: stops))
+    plain_sizes, drop_sizes = [], []
+    plain, dropped = run(False, plain_sizes), run(True, drop_sizes)
+    assert torch.equal(plain, dropped)
+    assert set(plain_sizes) == {len(prompts)} and min(drop_sizes) < len(prompts)
+    assert (plain[0, 1:] == model.pad_token_id).all()  # a stopped row is padded after its stop token
+    with pytest.raises(ValueError, match="without interventions"):
+        model.decode(
+            plain[:, :1].float(),
+            None,
+            torch.ones(7, 1),
+            interventions=[Intervention("x", lambda a, c: a)],
+            drop_finished=True,
+        )

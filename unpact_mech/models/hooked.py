@@ -515,23 +515,36 @@ class HookedLM:
         *,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         interventions: Sequence[Intervention] = (),
+        drop_finished: bool = False,
     ) -> Tensor:
         """Greedy continuation of a prompt forward already run: ``last_logits`` (B, V) at its last position, its
         KV cache (extended in place) and ``attention_mask`` (B, T0) over everything the cache holds. Returns the
         new tokens (B, n <= max_new_tokens); a row that emits a stop token is padded with ``pad_token_id`` after it.
-        Interventions run on every decoding step, at ``query_positions = T0 + step``."""
+        Interventions run on every decoding step, at ``query_positions = T0 + step``.
+
+        ``drop_finished``: once a quarter of the rows still in the batch have stopped, remove them from the batch
+        and the cache (``batch_select_indices``) so later steps compute only unfinished rows; the tokens are the
+        same (rows are independent). Only without interventions, which may depend on the batch's rows; the cache
+        is then left holding the unfinished rows only."""
+        if drop_finished and (interventions or self._context_hooks):
+            raise ValueError("drop_finished needs a decode without interventions or hook contexts")
         batch, prompt_len = attention_mask.shape
-        stops = torch.tensor(self.stop_token_ids, dtype=torch.long, device=attention_mask.device)
-        done = torch.zeros(batch, dtype=torch.bool, device=attention_mask.device)
-        new_tokens: list[Tensor] = []
-        logits = last_logits
+        device = attention_mask.device
+        stops = torch.tensor(self.stop_token_ids, dtype=torch.long, device=device)
+        tokens = torch.full((batch, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
+        rows = torch.arange(batch, device=device)  # the original row of each row still in the batch
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        logits, n_new = last_logits, 0
         for step in range(max_new_tokens):
-            nxt = logits.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, self.pad_token_id), nxt)
-            new_tokens.append(nxt)
+            nxt = torch.where(done, torch.full_like(done, self.pad_token_id, dtype=torch.long), logits.argmax(-1))
+            tokens[rows, step], n_new = nxt, step + 1
             done |= torch.isin(nxt, stops)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
+            if drop_finished and 4 * int(done.sum()) >= len(done):
+                keep = (~done).nonzero().squeeze(1)
+                past_key_values.batch_select_indices(keep)
+                rows, done, nxt, attention_mask = rows[keep], done[keep], nxt[keep], attention_mask[keep]
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
             out = self.forward(
                 nxt[:, None],
@@ -542,7 +555,7 @@ class HookedLM:
                 interventions=interventions,
             )
             past_key_values, logits = out.past_key_values, out.logits[:, -1]
-        return torch.stack(new_tokens, dim=1)
+        return tokens[:, :n_new]
 
     # -- copies and persistence -------------------------------------------------------------------------------------
     def reference_copy(self, backend: str | None = None) -> "HookedLM":

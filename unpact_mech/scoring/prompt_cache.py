@@ -14,7 +14,9 @@ same system prompt and template (24 of the ~38 tokens of a built-in SmolLM2 prom
 3. Scores: the gold answers, right-padded to ``A`` tokens, go through one forward on that cache. The distribution of
    answer token k is the prompt's last logits for k = 0 and the answer forward's logits at k − 1 after that:
    LP = (1/T) Σ_k log p(y_k | x, y_<k), rank = #{v : logit_v > logit_{y_1}} (as :mod:`~.logprob`).
-4. The cache is cropped back to the prompt and greedy decoding continues from it (:meth:`HookedLM.decode`).
+4. The cache is cropped back to the prompt and greedy decoding continues from it (:meth:`HookedLM.decode`), rows
+   that have stopped leaving the batch as they finish (``drop_finished``): later steps compute only the answers
+   still being written (a correct short answer stops after a few tokens, a rambling one runs to the cap).
 
 It is only used without interventions (an edit at a prompt position cannot run on a prefix computed once, and the
 prompt's positions are not at their left-padded batch columns) and on models without sliding-window attention
@@ -133,7 +135,7 @@ def answer_and_score(
         ii = torch.tensor(idx)
         lp[ii], lp_sum[ii], p1[ii], rank[ii] = scores.logprob, scores.logprob_sum, scores.first_prob, scores.first_rank
         cache.crop(-ans.shape[1])  # back to the prompt (transformers 5: a negative count of tokens to drop)
-        new = model.decode(last, cache, mask, max_new_tokens=max_new_tokens)
+        new = model.decode(last, cache, mask, max_new_tokens=max_new_tokens, drop_finished=True)
         for row, i in enumerate(idx):
             generated[i] = as_answer(model, new[row].tolist(), stops, max_new_tokens)
     return generated, AnswerScores(lp, lp_sum, p1, rank)
