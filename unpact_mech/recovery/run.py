@@ -305,13 +305,21 @@ class _Evaluator:
         ``env.original_memo`` (:meth:`shared_key`): a later run that shares the memo — another unlearned model
         against the same original — reuses the rows, and the detail tables the attack recorded for the original
         are recorded again in that run."""
-        key = self.shared_key(arm, env)
-        if key in env.original_memo:
-            return self.replay(env.original_memo[key], env)
+        key, stored = self.shared_rows(arm, env)
+        if stored is not None:
+            return stored
         before = _detail_sizes(env)
         df = self.evaluate_arm(arm, env)
         env.original_memo[key] = (df, _details_since(env, before))
         return df
+
+    def shared_rows(self, arm: Arm, env: AttackEnv) -> tuple[tuple[int, Any] | None, pd.DataFrame | None]:
+        """``(key, rows)``: the arm's ``original_memo`` key (None unless :meth:`shares`) and, when the memo has it,
+        its stored rows (details recorded again in this run, :meth:`replay`); else None."""
+        if not self.shares(arm):
+            return None, None
+        key = self.shared_key(arm, env)
+        return key, self.replay(env.original_memo[key], env) if key in env.original_memo else None
 
     @staticmethod
     def replay(stored: tuple[pd.DataFrame, dict[tuple[str, str], pd.DataFrame]], env: AttackEnv) -> pd.DataFrame:
@@ -334,9 +342,9 @@ class _Evaluator:
         for j, arm in enumerate(arms_):
             if not arm.ids:
                 continue
-            key = self.shared_key(arm, env) if self.shares(arm) else None
-            if key is not None and key in env.original_memo:
-                out[j] = self.replay(env.original_memo[key], env)
+            key, stored = self.shared_rows(arm, env)
+            if stored is not None:
+                out[j] = stored
                 continue
             before = _detail_sizes(env)
             model, items = self.models[arm.role], [self.items[i] for i in arm.ids]
