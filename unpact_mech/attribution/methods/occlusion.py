@@ -41,27 +41,9 @@ class Occlusion(AttributionMethod):
             resolve_baseline_token(model, self.baseline_token)
 
     def attribute(self, model: "HookedLM", prepared: "PreparedItem", *, level: str, target: str) -> TokenAttribution:
-        return occlusion(
-            model,
-            prepared,
-            level=level,
-            mode=self.mode,
-            baseline_token=self.baseline_token,
-            target=target,
-            batching=self.batching,
-            batch_size=self.batch_size,
-        )
+        return occlusion(model, prepared, level=level, target=target, **self.options())
 
     def attribute_many(
         self, model: "HookedLM", prepared: "Sequence[PreparedItem]", *, level: str, target: str
     ) -> list[TokenAttribution]:
-        return occlusion_items(
-            model,
-            prepared,
-            level=level,
-            mode=self.mode,
-            baseline_token=self.baseline_token,
-            target=target,
-            batching=self.batching,
-            batch_size=self.batch_size,
-        )
+        return occlusion_items(model, prepared, level=level, target=target, **self.options())
