@@ -99,6 +99,8 @@ SUBSTITUTIONS = (
     ),
     Sub(r"--layer (?:[2-9]|[1-9]\d+)\b", "--layer 1", "tiny has layers 0 and 1"),
     Sub(r"\blayers=\d+-\d+", "layers=0-1", "tiny has layers 0 and 1"),
+    Sub(r"\bablate_direction:layers=7\b", "ablate_direction:layers=0", "tiny has layers 0 and 1 (two distinct layers)"),
+    Sub(r"\bablate_direction:layers=13\b", "ablate_direction:layers=1", "tiny has layers 0 and 1 (two distinct layers)"),
     Sub(r"\blayers=range\(\d+, \d+\)", "layers=range(0, 2)", "tiny has layers 0 and 1"),
     Sub(r"\bhook_name\((?:[2-9]|[1-9]\d+),", "hook_name(1,", "tiny has layers 0 and 1"),
     Sub(r"\bblocks\.(?:[2-9]|[1-9]\d+)\.", "blocks.1.", "tiny has layers 0 and 1"),
