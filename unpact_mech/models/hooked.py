@@ -489,12 +489,13 @@ class HookedLM:
         *,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         interventions: Sequence[Intervention] = (),
+        drop_finished: bool = False,
     ) -> Tensor:
         """Greedy decoding with a KV cache; returns the new tokens (B, n <= max_new_tokens).
 
         ``input_ids`` is a left-padded prompt batch (positions in the interventions' coordinates). Interventions
         run on the prompt forward and on every decoding step (with ``query_positions = T0 + step``). A row that
-        emits a stop token is padded with ``pad_token_id`` afterwards.
+        emits a stop token is padded with ``pad_token_id`` afterwards. ``drop_finished``: see :meth:`decode`.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -503,7 +504,7 @@ class HookedLM:
         )
         return self.decode(
             out.logits[:, -1], out.past_key_values, attention_mask, max_new_tokens=max_new_tokens,
-            interventions=interventions,
+            interventions=interventions, drop_finished=drop_finished,
         )  # fmt: skip
 
     @torch.no_grad()

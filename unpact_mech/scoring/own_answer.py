@@ -81,8 +81,9 @@ def own_answers(
         for idx in length_batches([len(p) for p in prompts], batch_size):
             batch = left_pad([prompts[i] for i in idx], model.pad_token_id, idx)
             new = model.generate(
-                batch.input_ids.to(model.device), batch.attention_mask.to(model.device), max_new_tokens=max_new_tokens
-            )
+                batch.input_ids.to(model.device), batch.attention_mask.to(model.device), max_new_tokens=max_new_tokens,
+                drop_finished=not model.has_context_hooks,  # finished answers leave the batch (same tokens)
+            )  # fmt: skip
             for row, i in enumerate(idx):
                 tokens: list[int] = []
                 for t in new[row].tolist():
