@@ -103,6 +103,23 @@ def choose_batching(
     return "packed" if packed < 0.8 * batched else "batched"
 
 
+def resolve_batching(
+    model: "HookedLM",
+    prompt_len: int,
+    answer_len: int,
+    units: Sequence[Sequence[int]],
+    mode: str,
+    batching: str,
+    interventions: InterventionFactory | None = None,
+) -> str:
+    """``batching`` with ``auto`` resolved: ``batched`` under interventions, else :func:`choose_batching`'s pick."""
+    if batching != "auto":
+        return batching
+    if interventions is not None:
+        return "batched"
+    return choose_batching(model, prompt_len, answer_len, units, mode)
+
+
 def _packed_groups(
     prompt_len: int, answer_len: int, units: Sequence[Sequence[int]], mode: str, batch_size: int
 ) -> list[list[int]]:
@@ -186,12 +203,7 @@ def occlusion(
     positions = [u.positions for u in units]
     baseline_id = resolve_baseline_token(model, baseline_token) if mode == "replace" else None
     prompt, answer = list(prepared.prompt.ids), list(prepared.continuation)
-    if batching == "auto":
-        batching = (
-            "batched"
-            if interventions is not None
-            else choose_batching(model, len(prompt), len(answer), positions, mode)
-        )
+    batching = resolve_batching(model, len(prompt), len(answer), positions, mode, batching, interventions)
     if batching == "packed" and interventions is not None:
         raise ValueError("interventions need batching='batched' (packed rows have no per-variant layout)")
     if batching == "packed" and positions:

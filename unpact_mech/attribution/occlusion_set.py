@@ -11,7 +11,7 @@ of France?" on SmolLM2), and no occlusion variant changes them. :func:`occlusion
 4. unembeds just each variant's answer-predicting positions (:meth:`HookedLM.unembed`) and scores them.
 
 Scores equal :func:`~.occlusion.occlusion` item by item (tested to 1e-4). Items whose single-item batching would not
-be ``packed`` (``batching="batched"``, or ``"auto"`` choosing ``batched``: :func:`~.occlusion.choose_batching`), items
+be ``packed`` (``batching="batched"``, or ``"auto"`` choosing ``batched``: :func:`~.occlusion.resolve_batching`), items
 without units and items whose row is longer than :data:`~.occlusion.MAX_PACKED_TOKENS` go through
 :func:`~.occlusion.occlusion` one by one.
 """
@@ -28,10 +28,10 @@ from unpact_mech.attribution.math import tree_attention_mask
 from unpact_mech.attribution.occlusion import (
     MAX_PACKED_TOKENS,
     check_occlusion_options,
-    choose_batching,
     occlusion,
     occlusion_result,
     resolve_baseline_token,
+    resolve_batching,
 )
 from unpact_mech.attribution.packing import PackedVariants, batch_packed, pack_variants, prefix_free_length
 from unpact_mech.attribution.results import TokenAttribution
@@ -120,18 +120,12 @@ def occlusion_items(
     prepared = [p for p, _ in pairs]
     units = [prompt_units(p.prompt, level) for p in prepared]
 
-    def packs_well(p: PreparedItem, positions: list) -> bool:
-        if not positions or batching == "batched":
-            return False
-        return (
-            batching == "packed"
-            or choose_batching(model, p.prompt_len, len(p.continuation), positions, mode) == "packed"
-        )
-
     packs: dict[int, PackedVariants] = {}
     for i, (p, us) in enumerate(zip(prepared, units)):
         positions = [u.positions for u in us]
-        if packs_well(p, positions):
+        if positions and resolve_batching(model, p.prompt_len, len(p.continuation), positions, mode, batching) == (
+            "packed"
+        ):
             pack = pack_variants(p.prompt.ids, p.continuation, positions, mode, baseline_id)
             if len(pack) <= MAX_PACKED_TOKENS:
                 packs[i] = pack
@@ -154,6 +148,6 @@ def occlusion_items(
             target=target,
             batching=batching,
             batch_size=batch_size,
-        )  # fmt: skip
+        )
         for i, p in enumerate(prepared)
     ]

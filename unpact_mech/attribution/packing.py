@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from unpact_mech.scoring.prompt_cache import shared_prefix_len
+
 #: How a unit is removed: deleted (the paper; later tokens move up) or replaced by a baseline token.
 OCCLUSION_MODES = ("delete", "replace")
 
@@ -122,11 +124,7 @@ class PackedBatch:
 def prefix_free_length(packs: Sequence[PackedVariants], prompts: Sequence[Sequence[int]]) -> int:
     """Longest prefix that every packed row can take from one shared KV cache: the common prefix of ``prompts``,
     no longer than any row's first branch point or first answer-predicting position (those must be queries)."""
-    common = min(len(p) for p in prompts)
-    first = list(prompts[0])
-    for p in prompts[1:]:
-        common = next((i for i, (a, b) in enumerate(zip(first, p)) if a != b), common)
-        first = first[:common]
+    common = shared_prefix_len(prompts)  # its cap, min(len) - 1, binds no tighter than the predictors below
     for pack in packs:
         branch_starts = pack.position_ids[1:] != pack.position_ids[:-1] + 1
         first_branch = int(pack.position_ids[1:][branch_starts].min()) if bool(branch_starts.any()) else common
