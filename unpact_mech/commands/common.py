@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 
@@ -107,9 +108,11 @@ def add_run_options(
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def load_run_inputs(args: argparse.Namespace, *, spec_attr: str = "model") -> tuple[Any, list]:
-    """Validate --out, load items (cheap errors first), then load the model (--out must not lie inside its directory)
-    and apply --prompt-format."""
+def load_run_inputs(
+    args: argparse.Namespace, *, spec_attr: str = "model", check_items: Callable[[list], Any] | None = None
+) -> tuple[Any, list]:
+    """Validate --out, load items (cheap errors first) and run ``check_items`` on them, then load the model (--out
+    must not lie inside its directory) and apply --prompt-format."""
     from unpact_mech.data import load_items
     from unpact_mech.io import check_outside, prepare_output_path
     from unpact_mech.models import load_model
@@ -117,6 +120,8 @@ def load_run_inputs(args: argparse.Namespace, *, spec_attr: str = "model") -> tu
 
     prepare_output_path(args.out, overwrite=args.overwrite)
     items = load_items(args.data, schema=args.schema)
+    if check_items is not None:
+        check_items(items)
     model = load_model(getattr(args, spec_attr), backend=args.backend, allow_pickle=args.allow_pickle)
     check_outside(args.out, model.source_dir, "--out")
     model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)

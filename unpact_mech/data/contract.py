@@ -35,6 +35,11 @@ ITEM_COLUMNS = (
     "item_id", "split", "question", "answer", "generation",
     "correct", "rouge_l", "logprob", "first_prob", "rank", "truncated",
 )  # fmt: skip
+#: Columns ``evaluate --mc-scoring loglik`` adds to the one-row-per-item frame (scoring/multiple_choice.py).
+MC_ITEM_COLUMNS = (
+    "gold_letter", "gold_index", "predicted_letter", "predicted_index", "predicted_norm_letter", "correct_norm",
+    "gold_loglik", "option_loglik", "option_length",
+)  # fmt: skip
 #: Columns of every long ``results.csv`` besides the identifying ones of each command.
 LONG_COLUMNS = ("item_id", "split", "metric", "value")
 #: The identifying columns of attribution rows (token/word units, heads, residual components, hooks).
@@ -44,7 +49,7 @@ ATTRIBUTION_COLUMNS = (
 )  # fmt: skip
 #: Every column each command writes per item or per row into a table that carries (or sits beside) extra fields.
 COLUMNS_BY_COMMAND: dict[str, tuple[str, ...]] = {
-    "evaluate": (*ITEM_COLUMNS, "metric", "value", "model"),
+    "evaluate": (*ITEM_COLUMNS, *MC_ITEM_COLUMNS, "metric", "value", "model"),
     "attribute": (*LONG_COLUMNS, *ATTRIBUTION_COLUMNS),
     "unlearn": (*LONG_COLUMNS, "generation", "step", "method"),
     "recover": (*ITEM_COLUMNS, "metric", "value", "model", "kind", "condition", "emphasis", "arm"),

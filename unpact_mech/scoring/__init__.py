@@ -3,6 +3,7 @@
 from unpact_mech.scoring.evaluate import evaluate_items, summarize_evaluation, to_long
 from unpact_mech.scoring.judges import contains_answer, rouge_l_recall
 from unpact_mech.scoring.logprob import score_answers
+from unpact_mech.scoring.multiple_choice import score_multiple_choice, summarize_multiple_choice
 from unpact_mech.scoring.prompt import PromptFormat, default_prompt_format
 from unpact_mech.scoring.tokens import EncodedPrompt, EncodedQA, encode_item, encode_items, encode_prompt
 
@@ -18,6 +19,8 @@ __all__ = [
     "evaluate_items",
     "rouge_l_recall",
     "score_answers",
+    "score_multiple_choice",
     "summarize_evaluation",
+    "summarize_multiple_choice",
     "to_long",
 ]

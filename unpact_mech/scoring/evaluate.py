@@ -86,23 +86,28 @@ def evaluate_items(
     return pd.DataFrame(rows)
 
 
-def to_long(per_item: pd.DataFrame, **labels: Any) -> pd.DataFrame:
-    """Wide per-item table -> long ``item_id, split, metric, value, generation`` (+ constant ``labels`` columns)."""
+def to_long(per_item: pd.DataFrame, *, metrics: Sequence[str] = METRICS, **labels: Any) -> pd.DataFrame:
+    """Wide per-item table -> long ``item_id, split, metric, value, generation`` (+ constant ``labels`` columns);
+    ``metrics``: the columns that become rows (multiple-choice log-likelihood scoring: its ``MC_METRICS``), their
+    values as floats (a bool as 0/1)."""
     ids = [c for c in LONG_ID_COLUMNS if c in per_item]
-    long = per_item.melt(id_vars=ids, value_vars=list(METRICS), var_name="metric", value_name="value")
+    long = per_item.melt(id_vars=ids, value_vars=list(metrics), var_name="metric", value_name="value")
+    long["value"] = long["value"].astype(float)
     long = long[["item_id", "split", "metric", "value", *ids[2:]]]
     for key, value in labels.items():
         long[key] = value
     return long
 
 
-def write_evaluation(out_dir, per_item: pd.DataFrame, summary: dict[str, Any], run, *, model: str) -> None:
-    """run.json, results.csv (long), summary.json and items.csv (one row per item) into ``out_dir``."""
+def write_evaluation(
+    out_dir, per_item: pd.DataFrame, summary: dict[str, Any], run, *, model: str, metrics: Sequence[str] = METRICS
+) -> None:
+    """run.json, results.csv (long, rows for ``metrics``), summary.json and items.csv (one row per item)."""
     from pathlib import Path
 
     from unpact_mech.io import atomic_write_text
 
-    run.write(out_dir, to_long(per_item, model=model), summary)
+    run.write(out_dir, to_long(per_item, metrics=metrics, model=model), summary)
     atomic_write_text(Path(out_dir) / "items.csv", per_item.to_csv(index=False))
 
 
