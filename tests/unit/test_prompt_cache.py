@@ -145,7 +145,7 @@ def test_decoding_drops_finished_rows_and_writes_the_same_tokens(pair, backend, 
     assert torch.equal(plain, dropped)
     assert set(plain_sizes) == {len(prompts)} and min(drop_sizes) < len(prompts)
     assert (plain[0, 1:] == model.pad_token_id).all()  # a stopped row is padded after its stop token
-    with pytest.raises(ValueError, match="without interventions"):
+    with pytest.raises(ValueError, match="without step interventions"):
         model.decode(
             plain[:, :1].float(),
             None,
@@ -153,3 +153,65 @@ def test_decoding_drops_finished_rows_and_writes_the_same_tokens(pair, backend, 
             interventions=[Intervention("x", lambda a, c: a)],
             drop_finished=True,
         )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prompt_only_edits_are_skipped_while_decoding_and_let_finished_rows_leave(pair, backend, monkeypatch):
+    """An edit at prompt positions (``edit_positions``: ``prompt_only``) changes the answers, yet decoding skips it
+    exactly: the same tokens as the same edit run on every step, and with finished rows dropped; an edit that acts
+    on every position keeps every row and is refused with ``drop_finished``."""
+    from unpact_mech.models.hooks import edit_positions
+    from unpact_mech.scoring.batching import left_pad
+
+    _, models = pair
+    model = models[backend]
+    prompts, _ = _prompts()
+    batch = left_pad(prompts, model.pad_token_id, list(range(len(prompts))))
+    mask = batch.layout.mask([[len(p) - 2, len(p) - 1] for p in prompts])
+    edit = edit_positions("blocks.0.hook_resid_post", mask, lambda rows: rows * 4.0)
+    assert edit.prompt_only
+    every_step = Intervention(edit.hook, edit.fn, "same edit, run on every step")
+    run = lambda ivs, drop=False: model.generate(
+        batch.input_ids, batch.attention_mask, max_new_tokens=8, interventions=ivs, drop_finished=drop
+    )
+    plain = run([])
+    edited = run([edit])
+    assert not torch.equal(plain, edited)  # the edit matters
+    free = run([every_step])
+    assert torch.equal(edited, free)
+    stops = [int(edited[0, 0]), int(edited[3, 0])]
+    monkeypatch.setattr(type(model), "stop_token_ids", property(lambda self: stops))
+    sizes: list[int] = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda ids, **k: sizes.append(ids.shape[0]) or real(ids, **k))
+    dropped = run([edit], drop=True)
+    assert torch.equal(dropped, run([every_step])) and min(sizes) < len(prompts)
+    assert model.can_drop_finished([edit]) and not model.can_drop_finished([every_step])
+    everywhere = Intervention(edit.hook, lambda act, ctx: act * 1.0)
+    with pytest.raises(ValueError, match="without step interventions"):
+        run([everywhere], drop=True)
+
+
+def test_repeated_prompts_are_computed_once(tiny_model, synthetic_items, monkeypatch):
+    """A (prompt, answer) pair that occurs twice is answered and scored once, and both occurrences get its results:
+    equal to the call without the repeats, and the model sees only the distinct rows."""
+    from unpact_mech.scoring.tokens import encode_items
+
+    enc = encode_items(tiny_model, synthetic_items[:5])
+    prompts, answers = [e.prompt.ids for e in enc], [e.answer_ids for e in enc]
+    order = [0, 1, 2, 1, 3, 4, 0, 2]
+    rows: list[int] = []
+    real = tiny_model.forward
+    monkeypatch.setattr(tiny_model, "forward", lambda ids=None, **k: rows.append(ids.shape[0]) or real(ids, **k))
+    once, once_scores = answer_and_score(tiny_model, prompts, answers)
+    n_once = sum(rows)
+    rows.clear()
+    rep, rep_scores = answer_and_score(tiny_model, [prompts[i] for i in order], [answers[i] for i in order])
+    assert [a.text for a in rep] == [once[i].text for i in order]
+    for field in ("logprob", "logprob_sum", "first_prob", "first_rank"):
+        torch.testing.assert_close(getattr(rep_scores, field), getattr(once_scores, field)[order])
+    assert sum(rows) == n_once  # no row computed twice
+    # a different answer after the same prompt is a different pair
+    rows.clear()
+    answer_and_score(tiny_model, [prompts[0], prompts[0]], [answers[0], answers[1]])
+    assert max(rows) == 2

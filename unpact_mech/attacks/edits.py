@@ -79,7 +79,7 @@ def edit_at_positions(
                 ).cache
         items = torch.as_tensor(list(layout.items), dtype=torch.long)
         return [
-            Intervention(name, _apply(mask, edit, L, donor.get(name), items), f"{label}@{name}")
+            Intervention(name, _apply(mask, edit, L, donor.get(name), items), f"{label}@{name}", prompt_only=True)
             for L, name in names.items()
         ]
 

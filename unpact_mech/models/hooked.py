@@ -42,6 +42,7 @@ from unpact_mech.models.hooks import (
     Intervention,
     all_hook_names,
     compose,
+    decoding_interventions,
     hook_name,
     parse_hook,
 )
@@ -50,6 +51,8 @@ from unpact_mech.utils import one_or_many
 #: Greedy answer length cap of :meth:`HookedLM.generate` and every evaluation: fits a one-sentence answer (measured
 #: in :mod:`unpact_mech.scoring.generation`).
 DEFAULT_MAX_NEW_TOKENS = 32
+#: :meth:`HookedLM.decode` with ``drop_finished`` removes finished rows once this share of the batch has stopped.
+DROP_FRACTION = 0.25
 
 #: ``fwd_hooks`` entries: ``(name, fn)`` with ``fn(activation, hook) -> Tensor | None`` (``hook`` is a
 #: :class:`HookContext`: ``.name``, ``.layer``, ``.query_positions``), ``(predicate(name) -> bool, fn)``, or an
@@ -507,6 +510,11 @@ class HookedLM:
             interventions=interventions, drop_finished=drop_finished,
         )  # fmt: skip
 
+    def can_drop_finished(self, interventions: Sequence[Intervention] = ()) -> bool:
+        """Whether decoding with ``interventions`` may drop finished rows (:meth:`decode`): none of them acts on a
+        decoding step and no :meth:`hooks` context is active."""
+        return not decoding_interventions(interventions) and not self._context_hooks
+
     @torch.no_grad()
     def decode(
         self,
@@ -525,10 +533,13 @@ class HookedLM:
 
         ``drop_finished``: once a quarter of the rows still in the batch have stopped, remove them from the batch
         and the cache (``batch_select_indices``) so later steps compute only unfinished rows; the tokens are the
-        same (rows are independent). Only without interventions, which may depend on the batch's rows; the cache
-        is then left holding the unfinished rows only."""
-        if drop_finished and (interventions or self._context_hooks):
-            raise ValueError("drop_finished needs a decode without interventions or hook contexts")
+        same (rows are independent). Only when no intervention acts on decoding steps (interventions that are
+        ``prompt_only`` are skipped there, exact no-ops beyond the prompt) and no hook context is active: those may
+        depend on the batch's rows (:meth:`can_drop_finished`). The cache is then left holding the unfinished rows
+        only."""
+        interventions = decoding_interventions(interventions)
+        if drop_finished and not self.can_drop_finished(interventions):
+            raise ValueError("drop_finished needs a decode without step interventions or hook contexts")
         batch, prompt_len = attention_mask.shape
         device = attention_mask.device
         stops = torch.tensor(self.stop_token_ids, dtype=torch.long, device=device)
@@ -542,7 +553,7 @@ class HookedLM:
             done |= torch.isin(nxt, stops)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            if drop_finished and 4 * int(done.sum()) >= len(done):
+            if drop_finished and DROP_FRACTION * len(done) <= int(done.sum()) > 0:
                 keep = (~done).nonzero().squeeze(1)
                 past_key_values.batch_select_indices(keep)
                 rows, done, nxt, attention_mask = rows[keep], done[keep], nxt[keep], attention_mask[keep]

@@ -165,12 +165,21 @@ HookFn = Callable[[Tensor, HookContext], "Tensor | None"]
 class Intervention:
     """A function applied at a hook during a forward pass and during greedy generation.
 
-    ``fn(activation, ctx)`` returns the edited activation (same shape) or None for "unchanged".
+    ``fn(activation, ctx)`` returns the edited activation (same shape) or None for "unchanged". ``prompt_only``:
+    the function edits prompt positions only, so on a decoding step (one query at a position beyond the prompt) it is
+    an exact no-op and :meth:`~unpact_mech.models.hooked.HookedLM.decode` skips it (which also lets finished rows
+    leave the batch); :func:`edit_positions` and the attacks' ``edit_at_positions`` build such interventions.
     """
 
     hook: str
     fn: HookFn
     label: str = ""
+    prompt_only: bool = False
+
+
+def decoding_interventions(interventions: Sequence[Intervention]) -> list[Intervention]:
+    """The interventions that can act on a decoding step (every one that is not ``prompt_only``)."""
+    return [iv for iv in interventions if not iv.prompt_only]
 
 
 def query_mask(mask: Tensor, ctx: HookContext) -> Tensor:
@@ -207,7 +216,7 @@ def edit_positions(hook: str, mask: Tensor, edit: Callable[[Tensor], Tensor], la
         out[sel] = edit(act[sel])
         return out
 
-    return Intervention(hook, fn, label)
+    return Intervention(hook, fn, label, prompt_only=True)
 
 
 def add_vector(hook: str, mask: Tensor, vector: Tensor, label: str = "") -> Intervention:

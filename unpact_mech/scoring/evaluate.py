@@ -46,7 +46,9 @@ def evaluate_items(
     ``encoded`` overrides the prompts (e.g. rewritten questions); ``truncated`` is 1.0 when the greedy answer reached
     ``max_new_tokens`` without a stop token. Without interventions (and outside a :meth:`HookedLM.hooks` context)
     the prompt runs once for the answer and the scores, its shared prefix once per batch
-    (:mod:`~unpact_mech.scoring.prompt_cache`; ``prompt_cache=False``: two passes, the reference it equals)."""
+    (:mod:`~unpact_mech.scoring.prompt_cache`); with interventions that edit prompt positions only, finished answers
+    leave the decoding batch. ``prompt_cache=False``: two passes, every row decoded to the cap — the reference both
+    equal."""
     judge_fn = get_judge(judge)
     encoded = list(encoded) if encoded is not None else encode_items(model, items)
     prompts = [e.prompt.ids for e in encoded]
@@ -59,7 +61,7 @@ def evaluate_items(
     else:
         answers = generate_answers(
             model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, interventions=interventions,
-            progress="generating answers" if progress else False,
+            progress="generating answers" if progress else False, drop_finished=prompt_cache,
         )  # fmt: skip
         scores = score_answers(
             model, prompts, gold, batch_size=batch_size, interventions=interventions,

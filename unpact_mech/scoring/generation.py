@@ -41,8 +41,13 @@ def generate_answers(
     batch_size: int = EVAL_BATCH_SIZE,
     interventions: InterventionFactory | None = None,
     progress: bool | str = False,
+    drop_finished: bool = True,
 ) -> list[GeneratedAnswer]:
-    """The greedy continuation of each prompt (token id lists), decoded, with its truncation flag."""
+    """The greedy continuation of each prompt (token id lists), decoded, with its truncation flag.
+
+    ``drop_finished``: rows that have stopped leave the batch when the batch's interventions allow it
+    (:meth:`HookedLM.can_drop_finished`: none acts on decoding steps, e.g. edits at keyword positions only) — the
+    same tokens, fewer rows computed; False keeps every row to the cap (the reference path)."""
     out: list[GeneratedAnswer] = [GeneratedAnswer("", False)] * len(prompts)
     desc = progress if isinstance(progress, str) else "generating"
     stops = set(model.stop_token_ids)
@@ -51,7 +56,10 @@ def generate_answers(
     ):
         batch = left_pad([prompts[i] for i in idx], model.pad_token_id, idx)
         ivs = interventions(batch.layout) if interventions else ()
-        new = model.generate(batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, interventions=ivs)
+        drop = drop_finished and model.can_drop_finished(ivs)
+        new = model.generate(
+            batch.input_ids, batch.attention_mask, max_new_tokens=max_new_tokens, interventions=ivs, drop_finished=drop
+        )
         for row, i in enumerate(idx):
             out[i] = as_answer(model, new[row].tolist(), stops, max_new_tokens)
     return out

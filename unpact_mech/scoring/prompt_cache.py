@@ -101,7 +101,38 @@ def answer_and_score(
     progress: bool | str = False,
 ) -> tuple[list[GeneratedAnswer], AnswerScores]:
     """The greedy answer to each prompt and the teacher-forced scores of ``answers[i]`` after ``prompts[i]``, the
-    prompt computed once for both and each batch's shared prefix once (module docstring). No interventions."""
+    prompt computed once for both and each batch's shared prefix once (module docstring). No interventions.
+
+    A (prompt, answer) pair that occurs more than once (a recovery condition that leaves some prompts as they were, a
+    control equal to its treatment) is computed once and its results copied to every occurrence."""
+    pairs = [(tuple(p), tuple(a)) for p, a in zip(prompts, answers, strict=True)]
+    first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+    unique = [first.setdefault(pair, len(first)) for pair in pairs]  # row of each pair among the distinct ones
+    if len(first) < len(pairs):
+        distinct = list(first)
+        gen, scores = _answer_and_score(
+            model, [p for p, _ in distinct], [a for _, a in distinct], max_new_tokens=max_new_tokens,
+            batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+        at = torch.tensor(unique, dtype=torch.long)
+        return [gen[j] for j in unique], AnswerScores(
+            scores.logprob[at], scores.logprob_sum[at], scores.first_prob[at], scores.first_rank[at]
+        )
+    return _answer_and_score(
+        model, prompts, answers, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
+
+
+def _answer_and_score(
+    model: "HookedLM",
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool | str,
+) -> tuple[list[GeneratedAnswer], AnswerScores]:
+    """:func:`answer_and_score` on distinct pairs."""
     n = len(prompts)
     generated: list[GeneratedAnswer] = [GeneratedAnswer("", False)] * n
     lp, lp_sum, p1 = torch.zeros(n), torch.zeros(n), torch.zeros(n)
