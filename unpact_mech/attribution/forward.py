@@ -20,6 +20,7 @@ from torch import Tensor
 from unpact_mech.attribution.targets import Target, scored_mask
 from unpact_mech.attribution.units import PreparedItem
 from unpact_mech.scoring.batching import BatchLayout, InterventionFactory, TeacherForcedBatch, right_pad_teacher_forced
+from unpact_mech.scoring.prompt_cache import supports_prompt_cache
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -88,9 +89,12 @@ class SharedPrefix:
 
 
 def shared_prefix(model: "HookedLM", ids: Sequence[int], length: int) -> SharedPrefix | None:
-    """Run ``ids[:length]`` once (no grad) and keep its keys/values; None when ``length`` is 0."""
+    """Run ``ids[:length]`` once (no grad) and keep its keys/values; None when ``length`` is 0. Not on a model with
+    sliding-window attention, whose cache keeps only a window of the prefix (ValueError)."""
     if length <= 0:
         return None
+    if not supports_prompt_cache(model):
+        raise ValueError(f"{model.arch.family}: a sliding-window layer's cache does not keep the whole shared prefix")
     with torch.no_grad():
         out = model.forward(torch.tensor([list(ids[:length])]), use_cache=True, logits_to_keep=1)
     layers = tuple((k.detach(), v.detach()) for k, v, *_ in out.past_key_values)

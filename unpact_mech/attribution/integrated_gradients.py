@@ -16,9 +16,9 @@ Choices (documented defaults):
   SmolLM2 converges badly when it moves.
 * baseline embedding: zeros (``baseline="zero"``) or the embedding of a baseline token (id or one-token text).
 * speed: the tokens before the first interpolated position are identical in every step, so they are run once
-  and their keys/values reused (:class:`~unpact_mech.attribution.forward.SharedPrefix`); the steps then run as
-  one batch of the remaining positions (chunked by ``batch_size`` rows), parameters frozen, logits only at the
-  answer positions.
+  and their keys/values reused (:class:`~unpact_mech.attribution.forward.SharedPrefix`; not on models with
+  sliding-window attention, whose cache keeps only a window of them); the steps then run as one batch of the
+  remaining positions (chunked by ``batch_size`` rows), parameters frozen, logits only at the answer positions.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from unpact_mech.attribution.targets import Target
 from unpact_mech.attribution.units import ItemLike, keyword_unit_mask, prepare_for, prompt_units
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.batching import InterventionFactory
+from unpact_mech.scoring.prompt_cache import supports_prompt_cache
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -86,7 +87,9 @@ def integrated_gradients(
     units = prompt_units(prepared.prompt, level)
     chosen = prepared.prompt.question_positions if positions == "question" else range(prepared.prompt_len)
     interp = sorted(p for p in chosen if p > 0)  # the first token keeps its real embedding
-    start = interp[0] if (interp and share_prefix and interventions is None) else 0
+    # the prefix before the first interpolated position runs once, unless a sliding-window layer would drop its keys
+    shared = share_prefix and interventions is None and supports_prompt_cache(model)
+    start = interp[0] if (interp and shared) else 0
     prefix = shared_prefix(model, prepared.sequence, start)
 
     alphas, weights = integration_rule(steps, rule)

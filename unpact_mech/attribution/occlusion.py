@@ -18,7 +18,9 @@ All n+1 variants (the intact prompt and one per unit) are scored in ONE forward,
   15-20% faster for the short synthetic prompts (chosen) but 2.3x slower for a 34-token prompt with 28 question
   tokens, where the quadratic packed row dominates (the estimate picks batched).
 
-Both give the same scores as a loop of one forward per variant (tested to 1e-4).
+On a model with sliding-window attention (Mistral) only ``batched`` runs: the tree mask cannot express the window,
+so ``auto`` resolves to ``batched`` and ``packed`` is an ``InputError``. Both give the same scores as a loop of
+one forward per variant (tested to 1e-4).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from unpact_mech.attribution.units import (
 )
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.batching import InterventionFactory
+from unpact_mech.scoring.prompt_cache import supports_prompt_cache
 
 if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
@@ -112,7 +115,16 @@ def resolve_batching(
     batching: str,
     interventions: InterventionFactory | None = None,
 ) -> str:
-    """``batching`` with ``auto`` resolved: ``batched`` under interventions, else :func:`choose_batching`'s pick."""
+    """``batching`` with ``auto`` resolved: ``batched`` under interventions or on a model with sliding-window attention
+    (the tree mask of a packed row cannot express the window; ``packed`` is then an :class:`InputError`), else
+    :func:`choose_batching`'s pick."""
+    if not supports_prompt_cache(model):
+        if batching == "packed":
+            raise InputError(
+                f"occlusion batching 'packed' cannot run {model.arch.family}'s sliding-window attention (the packed "
+                "row's tree mask ignores the window); use 'batched' or 'auto'"
+            )
+        return "batched"
     if batching != "auto":
         return batching
     if interventions is not None:

@@ -1,20 +1,22 @@
 """nnsight 0.8 backend: a ``TransformersModel`` envoy tree over the HookedLM's own HF module.
 
 nnsight runs the intervention code interleaved with the forward, so hook sites must be visited in execution
-order (see :attr:`~unpact_mech.models.hooks.HookSite.order`); sites that live in one tensor (GPT-2's fused q/k/v
-projection, Llama's rotated ``(q, k)``) are edited in one visit. Native locations per hook kind:
+order (see :attr:`~unpact_mech.models.hooks.HookSite.order`); sites that live in one tensor (a fused q/k/v
+projection, the rotated ``(q, k)``) are edited in one visit. Native locations per hook kind:
 
 * ``hook_resid_pre``  -> ``layers[L].input``            * ``hook_resid_post`` -> ``layers[L].output``
 * ``hook_attn_out``   -> ``layers[L].attn.output[0]``   * ``hook_mlp_out``    -> ``layers[L].mlp.output``
-* ``attn.hook_v``     -> output of the value projection (GPT-2: last third of ``c_attn``), as (B, T, H_kv, d_head)
-* ``attn.hook_q`` / ``attn.hook_k`` -> Llama: the output of the ``apply_rotary_pos_emb`` call inside the attention
-  forward (nnsight ``.source``), transposed to (B, T, heads, d_head); GPT-2: the first / second third of ``c_attn``
+* ``attn.hook_v``     -> output of the value projection, as (B, T, H_kv, d_head); of a fused projection its v part
+  (GPT-2's ``c_attn`` and Phi-3's ``qkv_proj``: [q | k | v]; GPT-NeoX's ``query_key_value``: per head [q_h | k_h | v_h])
+* ``attn.hook_q`` / ``attn.hook_k`` -> rotary families: the output of the ``apply_rotary_pos_emb`` call inside the
+  attention forward (nnsight ``.source``), transposed to (B, T, heads, d_head); GPT-2: the q / k part of ``c_attn``
 * ``attn.hook_attn_scores`` -> the input of the softmax op inside the eager attention function (scaled scores plus
   the additive mask)
 * ``attn.hook_pattern`` -> the dropout op inside the eager attention function (identity in eval; its output
   feeds ``attn @ V``), reached with nnsight's ``.source`` drilling.
 * ``attn.hook_z``     -> input of the attention output projection, viewed as (B, T, H, d_head)
-* ``mlp.hook_pre``    -> output of the MLP's first projection (Llama: ``gate_proj``; GPT-2: ``c_fc``)
+* ``mlp.hook_pre``    -> output of the MLP's first projection (Llama: ``gate_proj``; GPT-2: ``c_fc``; Phi-3: the
+  gate half of ``gate_up_proj``)
 * ``mlp.hook_post``   -> input of the MLP's output projection (Llama: ``down_proj``; GPT-2: ``c_proj``)
 * ``ln_final.hook_normalized`` -> output of the final norm module
 The model must run eager attention (set at load) so the scores and the pattern exist as tensors.
@@ -103,7 +105,8 @@ class NNsightBackend(Backend):
         return env
 
     def _visit_projection(self, attn, proj_name: str, group: list[tuple[HookSite, ActFn]]) -> None:
-        """q / k / v at the output of their projection (GPT-2: thirds of the fused ``c_attn``)."""
+        """q / k / v at the output of their projection, or their part of a fused one: [q | k | v] (GPT-2's
+        ``c_attn``, Phi-3's ``qkv_proj``) or per head [q_h | k_h | v_h] (GPT-NeoX's ``query_key_value``)."""
         proj = walk(attn, proj_name)
         out = proj.output
         chunks = [self._chunk(site.kind) for site, _ in group]
@@ -113,11 +116,18 @@ class NNsightBackend(Backend):
             return
         if None in chunks:  # pragma: no cover - an Architecture entry mixing fused and separate projections
             raise ValueError(f"{self.arch.family}: projection {proj_name!r} is both fused and not")
-        parts = list(out.chunk(3, dim=-1))
-        for (site, fn), c in zip(group, chunks):
-            part = parts[c]
-            parts[c] = fn(part.unflatten(-1, (self._heads(site.kind), self.shape.d_head))).reshape(part.shape)
-        proj.output = torch.cat(parts, dim=-1)
+        s = self.shape
+        if self.arch.qkv_per_head:  # (..., H, 3 * d_head): each part already (..., H, d_head)
+            parts = list(out.unflatten(-1, (s.n_heads, 3 * s.d_head)).chunk(3, dim=-1))
+        else:
+            widths = [s.n_heads * s.d_head, s.n_kv_heads * s.d_head, s.n_kv_heads * s.d_head]
+            parts = [part.unflatten(-1, (w // s.d_head, s.d_head)) for part, w in zip(out.split(widths, -1), widths)]
+        for (_, fn), c in zip(group, chunks):
+            parts[c] = fn(parts[c])
+        if self.arch.qkv_per_head:
+            proj.output = torch.cat(parts, dim=-1).flatten(-2)
+        else:
+            proj.output = torch.cat([part.flatten(-2) for part in parts], dim=-1)
 
     def _visit_rotary(self, attn, group: list[tuple[HookSite, ActFn]]) -> None:
         """q and k after the rotary embedding: the ``(q, k)`` output of the call, each (B, heads, T, d_head)."""
@@ -176,6 +186,11 @@ class NNsightBackend(Backend):
             new = fn(act)
             if new is not act:
                 attn.output = (new, *out[1:])
+        elif site.kind == "mlp.hook_pre" and self.arch.mlp_in_chunk is not None:  # a half of a fused [gate | up]
+            env = walk(walk(block, self.arch.mlp), self.arch.mlp_in)
+            halves = list(env.output.chunk(2, dim=-1))
+            halves[self.arch.mlp_in_chunk] = fn(halves[self.arch.mlp_in_chunk])
+            env.output = torch.cat(halves, dim=-1)
         elif site.kind in ("mlp.hook_pre", "mlp.hook_post"):  # the first projection's output / the last one's input
             pre = site.kind == "mlp.hook_pre"
             env = walk(walk(block, self.arch.mlp), self.arch.mlp_in if pre else self.arch.mlp_out_proj)

@@ -28,16 +28,13 @@ if TYPE_CHECKING:
     from unpact_mech.models.hooked import HookedLM
     from unpact_mech.unlearning.batches import UnlearningSet
 
-#: The MLP output projection per architecture family (the matrix the original recipe trains).
-MLP_OUT = {"llama": "down_proj", "gpt2": "c_proj"}
-
 
 def mlp_out_pattern(model: "HookedLM", layers) -> str:
-    """Regex over HF parameter names selecting the MLP output projections of ``layers``."""
+    """Regex over HF parameter names selecting the MLP output projections of ``layers`` (the matrix the original
+    recipe trains; the architecture's ``mlp_out_proj``: ``down_proj`` on Llama-style models, ``c_proj`` on GPT-2)."""
     alt = "|".join(str(L) for L in sorted(set(layers)))
-    return (
-        rf"^{re.escape(model.arch.layers)}\.({alt})\.{re.escape(model.arch.mlp)}\.{MLP_OUT[model.arch.family]}\.weight$"
-    )
+    arch = model.arch
+    return rf"^{re.escape(arch.layers)}\.({alt})\.{re.escape(arch.mlp)}\.{re.escape(arch.mlp_out_proj)}\.weight$"
 
 
 def control_vector(d_model: int, c: float, seed: int) -> Tensor:
