@@ -82,6 +82,12 @@ def add_parser(sub) -> None:
     t.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default: 0)")
     t.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm, 0 = off (default: 1.0)")
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: 0)")
+    t.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute each decoder layer's activations in the backward instead of storing them (HF activation "
+        "checkpointing): less memory (docs/bigger_models.md), about one more forward per step, the same weights",
+    )
     s = p.add_argument_group("stop rules (evaluate after every step; the recipe's --steps is then the most it trains)")
     s.add_argument(
         "--stop-when-forget-below",

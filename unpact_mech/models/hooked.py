@@ -3,7 +3,7 @@
 It owns the HF causal LM (``.hf``): unlearning updates exactly these parameters. The backend
 (TransformerLens bridge or nnsight) wraps the same module, so a weight update is visible to attribution and
 recovery with no reload and no copy. The only copy is the explicit, frozen :meth:`HookedLM.reference_copy`
-(for KL/NPO/RMU references and patching from the original).
+(the reference of ga_klr, npo_klr, rmu and keyguard, and patching from the original).
 
 One small interface:
 
@@ -571,7 +571,8 @@ class HookedLM:
 
     # -- copies and persistence -------------------------------------------------------------------------------------
     def reference_copy(self, backend: str | None = None) -> "HookedLM":
-        """A frozen deep copy of the current weights (for KL/NPO/RMU references, patching from the original)."""
+        """A frozen deep copy of the current weights (the reference of ga_klr, npo_klr, rmu and keyguard; patching
+        from the original)."""
         from transformers import AutoModelForCausalLM
 
         config = copy.deepcopy(self.config)

@@ -20,7 +20,10 @@ One optimizer step (``step`` counts these):
 Evaluations (step 0, every ``eval_every`` steps, the end) and checkpoints (every ``checkpoint_every`` steps) run
 on the main process. Guards: a non-finite loss or gradient norm raises :class:`UnlearningFailed` before any
 update with it (the last checkpoint stays the last good state); so does a run in which no weight changed.
-Training runs in eval mode (no dropout): deterministic by seed, and the model attribution sees.
+Training runs in eval mode (no dropout): deterministic by seed, and the model attribution sees. With
+``gradient_checkpointing`` the decoder layers recompute their activations in the backward of each step
+(:mod:`~unpact_mech.unlearning.grad_checkpointing`: how it is switched on in eval mode, and which interventions it
+refuses).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from unpact_mech.errors import InputError
 from unpact_mech.unlearning import params as P
 from unpact_mech.unlearning.batches import UnlearningSet, make_batch, sample_indices
 from unpact_mech.unlearning.checkpoint import CheckpointStore
+from unpact_mech.unlearning.grad_checkpointing import GradientCheckpointing, check_interventions, maybe_checkpointing
 from unpact_mech.unlearning.methods.base import LossTerms, PolicyOutput, UnlearningMethod
 from unpact_mech.utils import progress_bar
 
@@ -72,6 +76,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     stop_when_forget_below: float | None = None
     max_utility_drop: float | None = None
+    #: Recompute each decoder layer's activations in the backward instead of storing them (HF activation
+    #: checkpointing, ``use_reentrant=False``): less memory, about one more forward per step, the same weights.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         def bad(flag: str, why: str, value: Any) -> InputError:
@@ -103,6 +110,8 @@ class TrainConfig:
         ):
             if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
                 raise bad(flag, "must be an accuracy in [0, 1]", value)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise bad("--gradient-checkpointing", "must be True or False", self.gradient_checkpointing)
         if self.stop_rule is not None and self.eval_every not in (0, 1):
             raise bad("--eval-every", "must be 1 with a stop rule (it evaluates after every step)", self.eval_every)
 
@@ -194,13 +203,18 @@ class TrainResult:
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
-def policy_forward(model: "HookedLM", method: UnlearningMethod, batch) -> PolicyOutput:
+def policy_forward(model: "HookedLM", method: UnlearningMethod, batch, *, checkpointing: bool = False) -> PolicyOutput:
     """The micro-step's single forward: logits over the answer span (if needed) and the method's hooks, with grad,
-    under the method's interventions for this batch (none for every method but ``keyguard``)."""
+    under the method's interventions for this batch (none for every method but ``keyguard``). ``checkpointing``:
+    the layers recompute their activations in the backward, so interventions inside a layer are refused
+    (:func:`~unpact_mech.unlearning.grad_checkpointing.check_interventions`)."""
+    interventions = method.interventions(model, batch)
+    if checkpointing:
+        check_interventions(interventions, model.shape.n_layers)
     out = model.forward(
         batch.tf.input_ids,
         cache=method.cache_hooks(model),
-        interventions=method.interventions(model, batch),
+        interventions=interventions,
         logits_to_keep=batch.tf.keep if method.needs_logits else 1,
     )
     return PolicyOutput(batch, out.logits if method.needs_logits else None, out.cache)
@@ -216,12 +230,14 @@ def make_accelerator(model: "HookedLM"):
 @dataclass
 class TrainingSession:
     """The prepared training objects of a :meth:`Trainer.session`: the (possibly DDP-wrapped) module, the AdamW
-    optimizer over the trainable parameters and its lr schedule."""
+    optimizer over the trainable parameters and its lr schedule; ``checkpointing`` when the run recomputes
+    activations (``TrainConfig.gradient_checkpointing``)."""
 
     prepared: Any
     optimizer: Any
     scheduler: Any
     params: list[torch.nn.Parameter]
+    checkpointing: GradientCheckpointing | None = None
 
 
 class Trainer:
@@ -345,15 +361,19 @@ class Trainer:
     # -- one optimizer step ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def session(self):
-        """Trainable flags set, model and optimizer prepared by accelerate; everything released on exit."""
+        """Trainable flags set, model and optimizer prepared by accelerate, gradient checkpointing switched on if
+        configured; everything released (and switched off) on exit."""
         cfg, acc = self.cfg, self.acc
-        with P.trainable_only(self.model, self.trainable) as params:
+        with (
+            P.trainable_only(self.model, self.trainable) as params,
+            maybe_checkpointing(self.model.hf, cfg.gradient_checkpointing) as checkpointing,
+        ):
             prepared = acc.prepare(self.model.hf)
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
             scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, partial(lr_factor, steps=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule)
             )
-            session = TrainingSession(prepared, acc.prepare(optimizer), scheduler, params)
+            session = TrainingSession(prepared, acc.prepare(optimizer), scheduler, params, checkpointing)
             try:
                 yield session
             finally:
@@ -374,6 +394,12 @@ class Trainer:
 
     def step(self, step: int, session: TrainingSession) -> dict[str, Any]:
         """Optimizer step ``step`` (0-based): accumulate ``grad_accum`` micro-batches, clip, AdamW, schedule."""
+        with session.checkpointing.active() if session.checkpointing is not None else contextlib.nullcontext():
+            sums = self.accumulate(step, session)
+        return self.update(step, session, sums)
+
+    def accumulate(self, step: int, session: TrainingSession) -> Tensor:
+        """The ``grad_accum`` micro-batches of step ``step``: forward, loss, backward; the mean logged terms."""
         cfg, acc, model = self.cfg, self.acc, self.model
         sums = torch.zeros(3)
         for micro in range(cfg.grad_accum):
@@ -381,7 +407,8 @@ class Trainer:
             last = micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if last else acc.no_sync(session.prepared):
                 with model.forward_through(session.prepared):
-                    terms: LossTerms = self.method.loss(policy_forward(model, self.method, batch))
+                    policy = policy_forward(model, self.method, batch, checkpointing=session.checkpointing is not None)
+                    terms: LossTerms = self.method.loss(policy)
                 retain = (
                     terms.retain.detach() if terms.retain is not None else torch.zeros((), device=terms.total.device)
                 )
@@ -389,6 +416,11 @@ class Trainer:
                 self.check_finite(logged[0], "the loss", step, logged)
                 acc.backward(terms.total / cfg.grad_accum)
             sums += logged.cpu() / cfg.grad_accum
+        return sums
+
+    def update(self, step: int, session: TrainingSession, sums: Tensor) -> dict[str, Any]:
+        """Clip, AdamW step, schedule step after the gradients of step ``step`` were accumulated."""
+        cfg, acc = self.cfg, self.acc
         grad_norm = float("nan")
         if cfg.max_grad_norm > 0:
             grad_norm = float(acc.clip_grad_norm_(session.params, cfg.max_grad_norm))

@@ -40,6 +40,9 @@ TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
 #: The optimisation settings a run's summary records (the evaluation / checkpoint / stop-rule fields have their own
 #: keys).
 OPTIMISATION_FIELDS = TRAIN_OPTIONS[: TRAIN_OPTIONS.index("seed") + 1]
+#: Options a resumed run may change (they change memory and time, not the weights): a run that ran out of memory
+#: resumes with ``--gradient-checkpointing``.
+NOT_FINGERPRINTED = ("gradient_checkpointing",)
 
 
 def resolve_config(method: UnlearningMethod, **options: Any) -> TrainConfig:
@@ -143,6 +146,7 @@ def _summary(
         resumed_from_step=res.resumed_from,
         stop_when_forget_below=cfg.stop_when_forget_below,
         max_utility_drop=cfg.max_utility_drop,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         final_forget_loss=res.loss_log[-1]["forget_loss"] if res.loss_log else None,
         final_retain_loss=res.loss_log[-1]["retain_loss"] if res.loss_log else None,
         dynamics=res.dynamics,
@@ -229,9 +233,9 @@ def unlearn(
     ``target``: ``generated`` (the base model's own answer up to the gold answer; loss on the answer tokens) or
     ``gold`` (the bare gold answer), see :mod:`~unpact_mech.unlearning.targets`;
     ``train_options``: :class:`TrainConfig` fields (``steps``, ``lr``, ``batch_size``, ``grad_accum``, ``seed``,
-    ``lr_schedule``, ``warmup_steps``, ``max_grad_norm``, ``weight_decay``, ``eval_every``, ``checkpoint_every``),
-    unset ones from the method's recipe. ``evaluate``: greedy accuracy + LP of all items at step 0, every
-    ``eval_every`` steps and at the end; ``initial_evaluation``: the
+    ``lr_schedule``, ``warmup_steps``, ``max_grad_norm``, ``weight_decay``, ``eval_every``, ``checkpoint_every``,
+    ``gradient_checkpointing``), unset ones from the method's recipe. ``evaluate``: greedy accuracy + LP of all
+    items at step 0, every ``eval_every`` steps and at the end; ``initial_evaluation``: the
     :func:`~unpact_mech.scoring.evaluate.evaluate_items` frame of ``items`` on the current weights (same judge and
     answer length), used as the step-0 evaluation instead of computing it again. Bad input raises
     :class:`InputError` before any update; :class:`~unpact_mech.unlearning.loop.UnlearningFailed` means the run
@@ -258,7 +262,8 @@ def unlearn(
         check_outside(checkpoint_dir, model.source_dir, "checkpoint directory")
         fingerprint = {
             **m.describe(),
-            **{k: v for k, v in vars(cfg).items() if k not in ("eval_every", "checkpoint_every")},
+            # how often it evaluates / saves, and whether it recomputes activations, do not change the weights
+            **{k: v for k, v in vars(cfg).items() if k not in ("eval_every", "checkpoint_every", *NOT_FINGERPRINTED)},
             "trainable": pattern,
             "target": target,
             "data": _data_digest(items),
