@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 INSTALL_INPUTS := requirements.txt requirements-dev.txt pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install browser lint format test test-fast demo bench clean
+.PHONY: install browser lint format test test-fast demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ demo: install
 bench: install
 	$(BIN)/python -m pytest tests/benchmarks -q --benchmark-only --benchmark-columns=min,median,rounds $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no benchmarks collected: failing" >&2; exit 1; fi; exit $$rc
+
+# On a machine with CUDA: the slow tier and the demo on the GPU in bfloat16, timings, bf16-vs-fp32 agreement
+# (scripts/gpu_check.py; also written to bench-results/gpu_check.json). Exit 2 without CUDA.
+gpu-check: install
+	$(BIN)/python scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks bench-results

@@ -23,6 +23,8 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from unpact_mech.commands.common import add_backend_option
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from-run", required=True, metavar="DIR", help="an `unpact demo` run directory")
     parser.add_argument(
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-control-items", type=int, default=16, help="items of the original / utility controls")
     parser.add_argument("--seed", type=int, default=0)
+    add_backend_option(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist)")
     args = parser.parse_args(argv)
 
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech import load_items, load_model
     from unpact_mech.attacks import get_attack
     from unpact_mech.attacks.quantize import grid_report
+    from unpact_mech.commands.common import model_kwargs
     from unpact_mech.errors import InputError
     from unpact_mech.io import atomic_output_dir, run_record, write_json
     from unpact_mech.pipeline.presets import default_data
@@ -76,12 +80,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out}: already exists")
     args.model = args.model or base_spec(unlearned_dir / methods[0])
     seed_everything(args.seed)
-    original = load_model(args.model)
+    original = load_model(args.model, **model_kwargs(args))
     attacks = [get_attack(f"quantize:scheme={s}").resolve(original) for s in args.schemes]  # bad schemes fail here
     items = load_items(args.data or default_data(args.model))
     rates, grids = [], []
     for method in methods:
-        unlearned = load_model(unlearned_dir / method)
+        unlearned = load_model(unlearned_dir / method, **model_kwargs(args))
         if "source" in args.schemes:
             grids.append(grid_report(original, unlearned, "source").assign(method=method))
         cfg = RecoveryConfig(

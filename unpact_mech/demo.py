@@ -50,6 +50,8 @@ class DemoConfig:
     methods: Sequence[str] = DEFAULT_METHODS
     data: str | None = None  # default: the model's data set (presets.MODEL_DEFAULTS)
     backend: str = "transformer_lens"
+    device: str = "auto"
+    dtype: str = "float32"
     seed: int = 0
     steps: int | None = None  # None: the method's recipe (or the model's override)
     lr: float | None = None
@@ -154,7 +156,7 @@ def run_demo(
 
     with atomic_output_dir(out) as tmp:
         stage(f"loading {cfg.model} ({cfg.backend}) and evaluating {len(items)} items of {cfg.data_spec}")
-        original = load_model(cfg.model, backend=cfg.backend)
+        original = load_model(cfg.model, backend=cfg.backend, device=cfg.device, dtype=cfg.dtype)
         check_outside(out, original.source_dir, "--out")
         interventions = [get_attack(t, kind="intervention").resolve(original) for t in cfg.interventions]
         battery = resolve_attacks(
@@ -171,6 +173,8 @@ def run_demo(
             tmp,
             seed=cfg.seed,
             backend=cfg.backend,
+            device=cfg.device,
+            dtype=cfg.dtype,
             progress=progress,
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,

@@ -97,6 +97,8 @@ SUBSTITUTIONS = (
         r"\1quantize:scheme=int4 relearn_split logit_lens few_shot:shots=1",
         "several methods x the 19 battery conditions take minutes even on tiny (test_cli_recover.py runs 'all')",
     ),
+    Sub(r"/models/Llama-2-7b-chat-hf", "tiny", "no 7B model (nor a GPU) on the test machine"),
+    Sub(r"--device cuda --dtype bfloat16", "--device cpu --dtype bfloat16", "no GPU on the test machine"),
     Sub(r"--layer (?:[2-9]|[1-9]\d+)\b", "--layer 1", "tiny has layers 0 and 1"),
     Sub(r"\blayers=\d+-\d+", "layers=0-1", "tiny has layers 0 and 1"),
     Sub(r"\bablate_direction:layers=7\b", "ablate_direction:layers=0", "tiny has two layers (two distinct ones)"),

@@ -126,6 +126,7 @@ def relearn(
     """A copy of ``model`` fine-tuned for ``steps`` AdamW steps of NLL on the gold answers of ``items`` (batches of
     ``batch_size`` drawn with ``seed``); ``model`` is not changed. ``steps == 0`` or no items: an untrained copy
     (weights equal to the model's)."""
+    from unpact_mech.distributed import local_accelerator
     from unpact_mech.unlearning import params as P
     from unpact_mech.unlearning.batches import UnlearningSet
     from unpact_mech.unlearning.loop import TrainConfig, train
@@ -144,9 +145,9 @@ def relearn(
     config = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
     bar = progress_bar(total=steps, desc=desc, leave=False, enabled=progress)
     try:
-        result = train(
+        result = train(  # each process of a launch trains its own copy as one process would (no DDP between them)
             copy, RelearnNLL(), data, config, trainable=P.select_trainable(copy, None), progress=False,
-            callback=lambda step: bar.update(1),
+            callback=lambda step: bar.update(1), accelerator=local_accelerator(),
         )  # fmt: skip
     finally:
         bar.close()

@@ -94,7 +94,7 @@ def integrated_gradients(
 
     alphas, weights = integration_rule(steps, rule)
     with torch.no_grad():
-        inputs = model.embed(input_ids(prepared)[:, start:])[0]  # (N - 1 - start, d)
+        inputs = model.embed(input_ids(prepared)[:, start:])[0].float()  # (N - 1 - start, d); the math in float32
         base = inputs.clone()
         mask = torch.zeros(inputs.shape[0], dtype=torch.bool)
         mask[[p - start for p in interp]] = True

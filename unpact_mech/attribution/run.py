@@ -29,6 +29,7 @@ from unpact_mech.attribution.results import CONTRIBUTION, TokenAttribution
 from unpact_mech.attribution.targets import get_target
 from unpact_mech.attribution.units import PreparedItem, check_level, prepare_item
 from unpact_mech.data.splits import SPLITS
+from unpact_mech.distributed import map_items, process_rank_and_count, shard_positions
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.own_answer import OwnAnswer
 from unpact_mech.utils import progress_bar
@@ -113,17 +114,21 @@ def prepare_items(
 
 
 def own_answers_of(
-    model: "HookedLM", items: Sequence["QAItem"] | Sequence[PreparedItem], batch_size: int = 16
+    model: "HookedLM", items: Sequence["QAItem"] | Sequence[PreparedItem], batch_size: int = 16, *, shard: bool = False
 ) -> dict[str, OwnAnswer | None]:
     """``model``'s own answer sentence per item id (:func:`~unpact_mech.scoring.own_answer.own_answers`; items
-    already carrying one keep it)."""
+    already carrying one keep it). ``shard``: each process of a launch generates its share (:func:`attribute_items`)."""
     from unpact_mech.data.record import QAItem
     from unpact_mech.scoring.own_answer import own_answers
     from unpact_mech.scoring.tokens import encode_item
 
     out = {it.item_id: it.own for it in items if isinstance(it, PreparedItem) and it.own is not None}
     todo = [it for it in items if isinstance(it, QAItem) and it.id not in out]
-    found = own_answers(model, todo, [encode_item(model, it) for it in todo], batch_size=batch_size)
+
+    def answer(share: list["QAItem"]) -> list[OwnAnswer | None]:
+        return own_answers(model, share, [encode_item(model, it) for it in share], batch_size=batch_size)
+
+    found = map_items(answer, todo) if shard else answer(todo)
     return out | {it.id: own for it, own in zip(todo, found)}
 
 
@@ -135,6 +140,7 @@ def attribute_items(
     label: str | None = None,
     progress: bool = False,
     own_answers: Mapping[str, OwnAnswer | None] | None = None,
+    shard: bool = False,
 ) -> AttributionRun:
     """Attribute every item with ``config.method``; returns an :class:`AttributionRun`.
 
@@ -145,30 +151,53 @@ def attribute_items(
     ``own_answers``: for the ``answer_in_context`` target, the ORIGINAL model's own answer sentence per item id —
     pass the original run's :attr:`AttributionRun.own_answers` when attributing the unlearned model, so both score the
     same tokens; default: computed on ``model`` (right for the original).
+
+    ``shard``: under a multi-process ``accelerate launch`` (every process attributing the same items), each process
+    computes the method's results, extra results and own answers of its share of the items and all get every one
+    (:mod:`unpact_mech.distributed`); tables and summary are then built from all items, as one process builds them.
+    No effect on one process.
     """
     cfg = config or AttributionConfig()
     cfg.validate()
     cfg.validate_for(model)
     method = cfg.method_object()
     tgt = get_target(cfg.target, model)
-    own = dict(own_answers) if own_answers is not None else own_answers_of(model, items) if tgt.in_context else {}
+    own = (
+        dict(own_answers)
+        if own_answers is not None
+        else own_answers_of(model, items, shard=shard)
+        if tgt.in_context
+        else {}
+    )
     prepared = prepare_items(model, items, own)
     if tgt.in_context:  # no own answer (the sentence lacks the gold answer): the bare answer, said explicitly
         prepared = [p if p.own is not None else replace(p, own=OwnAnswer((), p.encoded.answer_ids)) for p in prepared]
-    results, units, extras, frames = [], [], [], []
-    bar = progress_bar(total=len(prepared), enabled=progress, desc=f"{cfg.method} ({label or model.name})", leave=False)
-    for start in range(0, len(prepared), ITEMS_PER_CALL):
-        chunk = prepared[start : start + ITEMS_PER_CALL]
-        results += method.attribute_many(model, chunk, level=cfg.level, target=tgt.name)
-        bar.update(len(chunk))
+    units, extras, frames = [], [], []
+    rank, world = process_rank_and_count() if shard else (0, 1)
+    bar = progress_bar(
+        total=len(shard_positions(len(prepared), rank, world)), enabled=progress and rank == 0,
+        desc=f"{cfg.method} ({label or model.name})", leave=False,
+    )  # fmt: skip
+
+    def attribute(share: list[PreparedItem]) -> list[tuple[Any, list[Any]]]:
+        """The method's result and extra results per item of ``share`` (the work a launch splits)."""
+        results = []
+        for start in range(0, len(share), ITEMS_PER_CALL):
+            chunk = share[start : start + ITEMS_PER_CALL]
+            results += method.attribute_many(model, chunk, level=cfg.level, target=tgt.name)
+            bar.update(len(chunk))
+        return [(res, list(method.extra_results(model, p, target=tgt.name))) for p, res in zip(share, results)]
+
+    done = map_items(attribute, prepared) if shard else attribute(prepared)
     bar.close()
-    for p, res in zip(prepared, results):
+    results = [res for res, _ in done]
+    for p, (res, extra_results) in zip(prepared, done):
         view = method.token_view(res, p, level=cfg.level)
         keytokens = None if view is None else keytoken_mask(view.scores, cfg.keytoken_alpha, cfg.keytoken_beta)
         frames += method.frames(res, view, keytokens)
         if view is not None:
             units.append(view)
-        for extra in method.extra_results(model, p, target=tgt.name):
+        for extra in extra_results:
             extras.append(extra)
             frames.append(extra.to_frame())
     frame = (

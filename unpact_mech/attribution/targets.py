@@ -117,8 +117,8 @@ class FirstLogitTarget(Target):
 
     def value(self, logits: Tensor, targets: Tensor, answer_mask: Tensor) -> Tensor:
         rows = torch.arange(logits.shape[0], device=logits.device)
-        first = first_answer_index(answer_mask)
-        return logits[rows, first].float().gather(-1, targets[rows, first][:, None]).squeeze(-1)
+        first = first_answer_index(answer_mask).to(logits.device)
+        return logits[rows, first].float().gather(-1, targets.to(logits.device)[rows, first][:, None]).squeeze(-1)
 
     def readout(self, prefix_len: int, answer_ids: Sequence[int]) -> Readout:
         return Readout(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unpact_mech.commands.common import add_model_options, add_run_options, positive_int
+from unpact_mech.commands.common import add_model_options, add_run_options, model_kwargs, positive_int
 from unpact_mech.errors import InputError
 
 HELP = "attribute answers to prompt tokens/words, attention heads or residual components"
@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.attribution.outputs import attribution_summary, write_attribution
     from unpact_mech.attribution.run import AttributionConfig, attribute_items, compare_runs, prepare_items
     from unpact_mech.data import load_items
+    from unpact_mech.distributed import is_main_process
     from unpact_mech.io import atomic_output_dir, check_outside, prepare_output_path, run_record
     from unpact_mech.models import load_model
     from unpact_mech.recovery.run import check_compatible
@@ -187,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.scoring.prompt import prompt_format_from_name
 
     seed_everything(args.seed)
+    main = is_main_process()  # under `accelerate launch`: joins the process group first (a GPU per process)
     cfg = AttributionConfig(
         method=args.method,
         level=args.level,
@@ -198,9 +200,9 @@ def run(args: argparse.Namespace) -> int:
     cfg.validate()  # cheap checks first: nothing is loaded or written for bad values
     prepare_output_path(args.out, overwrite=args.overwrite)
     items = load_items(args.data, schema=args.schema)
-    models = [load_model(args.model, backend=args.backend, allow_pickle=args.allow_pickle)]
+    models = [load_model(args.model, **model_kwargs(args))]
     if args.compare_to:
-        models.append(load_model(args.compare_to, backend=args.backend, allow_pickle=args.allow_pickle))
+        models.append(load_model(args.compare_to, **model_kwargs(args)))
         check_compatible(models[0], models[1])
     for model in models:
         check_outside(args.out, model.source_dir, "--out")
@@ -210,13 +212,22 @@ def run(args: argparse.Namespace) -> int:
         prepare_items(m, items)  # empty answers / too long: before any work
 
     labels = [models[0].name] + ([_label(models[1].name, models[0].name)] if len(models) > 1 else [])
-    runs = [attribute_items(models[0], items, cfg, label=labels[0], progress=not args.quiet)]
+    # shard: under `accelerate launch` each process attributes its share of the items, all get every result
+    runs = [attribute_items(models[0], items, cfg, label=labels[0], progress=not args.quiet, shard=True)]
     if len(models) > 1:  # the same own-answer contexts (the first model's) for the compared model
         runs.append(
             attribute_items(
-                models[1], items, cfg, label=labels[1], progress=not args.quiet, own_answers=runs[0].own_answers
+                models[1],
+                items,
+                cfg,
+                label=labels[1],
+                progress=not args.quiet,
+                own_answers=runs[0].own_answers,
+                shard=True,
             )
         )
+    if not main:  # every process has every result; the main one writes and prints
+        return 0
     comparison = compare_runs(runs[0], runs[1]) if len(runs) > 1 else None
 
     summary = attribution_summary(runs, comparison, labels, args.backend)

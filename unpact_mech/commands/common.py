@@ -28,9 +28,21 @@ def add_model_options(p: argparse.ArgumentParser, *, flag: str = "--model", defa
     )
 
 
+def device_option(text: str) -> str:
+    """``--device`` value, checked against this machine when parsed (before any data or weights are read)."""
+    from unpact_mech.models.device import device_problem
+
+    why = device_problem(text)
+    if why:
+        raise argparse.ArgumentTypeError(why)
+    return text
+
+
 def add_backend_option(p: argparse.ArgumentParser) -> None:
-    """--backend (choices: the registered backends)."""
+    """--backend (choices: the registered backends), --device, --dtype: how the model is loaded
+    (:func:`model_kwargs`)."""
     from unpact_mech.models.backends import BACKENDS
+    from unpact_mech.models.device import DEVICE_FORMS, DTYPES
 
     p.add_argument(
         "--backend",
@@ -38,6 +50,28 @@ def add_backend_option(p: argparse.ArgumentParser) -> None:
         choices=list(BACKENDS),
         help=f"interpretability backend wrapping the model (default: {BACKENDS[0]})",
     )
+    p.add_argument(
+        "--device",
+        default="auto",
+        type=device_option,
+        metavar="DEVICE",
+        help=f"{DEVICE_FORMS}; auto = CUDA if present, then MPS, else the CPU (default: auto)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=list(DTYPES),
+        help="weights and activations; log-probs, losses and attributions accumulate in float32 (default: float32)",
+    )
+
+
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_model`` keywords of the parsed --backend / --device / --dtype (and --allow-pickle where the command has
+    it)."""
+    kwargs: dict[str, Any] = {"backend": args.backend, "device": args.device, "dtype": args.dtype}
+    if hasattr(args, "allow_pickle"):
+        kwargs["allow_pickle"] = args.allow_pickle
+    return kwargs
 
 
 def add_seed_option(p: argparse.ArgumentParser) -> None:
@@ -63,8 +97,8 @@ def add_run_options(
     batch_size_default: int | None = 16,
     batch_size_help: str = "items per forward pass",
 ) -> None:
-    """--backend, --data, --schema, --out, --overwrite, --seed, --batch-size, --prompt-format, --allow-pickle,
-    --quiet."""
+    """--backend, --device, --dtype, --data, --schema, --out, --overwrite, --seed, --batch-size, --prompt-format,
+    --allow-pickle, --quiet."""
     add_backend_option(p)
     p.add_argument(
         "--data",
@@ -122,7 +156,7 @@ def load_run_inputs(
     items = load_items(args.data, schema=args.schema)
     if check_items is not None:
         check_items(items)
-    model = load_model(getattr(args, spec_attr), backend=args.backend, allow_pickle=args.allow_pickle)
+    model = load_model(getattr(args, spec_attr), **model_kwargs(args))
     check_outside(args.out, model.source_dir, "--out")
     model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
     return model, items

@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         methods=tuple(args.methods),
         data=args.data,
         backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
         seed=args.seed,
         steps=args.steps,
         lr=args.lr,

@@ -52,16 +52,20 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from unpact_mech.distributed import is_main_process
     from unpact_mech.io import atomic_output_dir, run_record
     from unpact_mech.runtime import seed_everything
     from unpact_mech.scoring.evaluate import write_evaluation
     from unpact_mech.scoring.multiple_choice import require_choices
 
     seed_everything(args.seed)
+    main = is_main_process()  # under `accelerate launch`: joins the process group first (a GPU per process)
     loglik = args.mc_scoring == "loglik"
     check = (lambda items: require_choices(items, str(args.data))) if loglik else None
     model, items = load_run_inputs(args, check_items=check)  # items without choices: exit 2 before the model loads
-    per_item, summary, metrics = (_loglik if loglik else _generate)(args, model, items)
+    per_item, summary, metrics = (_loglik if loglik else _generate)(args, model, items)  # items split over processes
+    if not main:  # under `accelerate launch`: every process has every row; the main one writes
+        return 0
     run = run_record(
         "evaluate", config=vars(args), seed=args.seed, data=args.data, lineage=model.lineage, models={"model": model}
     )
@@ -89,12 +93,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace, model, items: list) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
     """Greedy answer judged + teacher-forced LP and rank (scoring/evaluate.py)."""
-    from unpact_mech.scoring import evaluate_items, summarize_evaluation
+    from unpact_mech.distributed import evaluate_items_sharded
+    from unpact_mech.scoring import summarize_evaluation
     from unpact_mech.scoring.evaluate import METRICS
     from unpact_mech.scoring.tokens import encode_items
 
     encoded = encode_items(model, items)  # context-length errors before any output exists
-    per_item = evaluate_items(
+    per_item = evaluate_items_sharded(  # evaluate_items, each process of a launch on its share of the items
         model,
         items,
         encoded=encoded,
@@ -109,15 +114,21 @@ def _generate(args: argparse.Namespace, model, items: list) -> tuple[Any, dict[s
 
 def _loglik(args: argparse.Namespace, model, items: list) -> tuple[Any, dict[str, Any], tuple[str, ...]]:
     """Each option's log-likelihood after the prompt, lm-eval's acc and acc_norm (scoring/multiple_choice.py)."""
+    from unpact_mech.distributed import map_frame, process_rank_and_count
     from unpact_mech.scoring.multiple_choice import MC_METRICS, score_multiple_choice, summarize_multiple_choice
 
-    per_item = score_multiple_choice(
-        model,
+    rank, _ = process_rank_and_count()
+
+    per_item = map_frame(  # each process of a launch scores its share of the items
+        lambda share: score_multiple_choice(
+            model,
+            share,
+            continuation=args.mc_continuation,
+            batch_size=args.batch_size,
+            source=str(args.data),
+            progress=not args.quiet and rank == 0,
+        ),
         items,
-        continuation=args.mc_continuation,
-        batch_size=args.batch_size,
-        source=str(args.data),
-        progress=not args.quiet,
     )
     summary = summarize_multiple_choice(per_item) | {
         "model": model.name,

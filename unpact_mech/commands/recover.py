@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from unpact_mech.commands.common import add_max_new_tokens_option
+from unpact_mech.commands.common import add_max_new_tokens_option, model_kwargs
 from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 
 HELP = (
@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.attacks.keywords import keywords_from_run
     from unpact_mech.attribution.keytokens import check_keytoken_rule
     from unpact_mech.data import load_items
+    from unpact_mech.distributed import is_main_process
     from unpact_mech.errors import InputError
     from unpact_mech.io import atomic_output_dir, check_outside, prepare_output_path, run_record
     from unpact_mech.models import load_model
@@ -150,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.syntax import parse_int_list
 
     seed_everything(args.seed)
+    main = is_main_process()  # under `accelerate launch`: joins the process group first (a GPU per process)
     # cheap validation first: nothing is loaded or written for bad names/values
     prepare_output_path(args.out, overwrite=args.overwrite)
     from unpact_mech.attacks.battery import ALL, BEYOND, expand_specs
@@ -181,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
     if args.keywords_from and args.keywords == "data":
         raise InputError("--keywords-from gives the attribution keywords: use it with --keywords attribution or both")
     items = load_items(args.data, schema=args.schema)
-    original = load_model(args.original, backend=args.backend, allow_pickle=args.allow_pickle)
-    unlearned = load_model(args.unlearned, backend=args.backend, allow_pickle=args.allow_pickle)
+    original = load_model(args.original, **model_kwargs(args))
+    unlearned = load_model(args.unlearned, **model_kwargs(args))
     check_compatible(original, unlearned)
     for model in (original, unlearned):
         check_outside(args.out, model.source_dir, "--out")
@@ -213,11 +215,12 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         seed=args.seed,
+        shard=True,  # under `accelerate launch`: each process evaluates its share of the items (no-op on one)
     )
 
     def announce(plan) -> None:
         """The plan and the estimate, on stderr, once the baselines have run."""
-        if args.quiet:
+        if args.quiet or not main:  # the main process prints and writes (every process of a launch computes alike)
             return
         line, extra = plan.describe(), {}
         if args.ablation and plan.n_eligible:
@@ -237,8 +240,11 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         seed=args.seed,
+        shard=True,
     )
-    result = run_recovery(original, unlearned, items, cfg, keywords=keywords, progress=not args.quiet, on_plan=announce)
+    result = run_recovery(
+        original, unlearned, items, cfg, keywords=keywords, progress=not args.quiet and main, on_plan=announce
+    )
     sweep = None
     if args.ablation:
         eligible = set(result.eligible_ids)
@@ -249,8 +255,10 @@ def run(args: argparse.Namespace) -> int:
             [it for it, _ in chosen],
             [kw for _, kw in chosen],
             sweep_cfg,
-            progress=not args.quiet,
+            progress=not args.quiet and main,
         )
+    if not main:
+        return 0
 
     run_meta = run_record(
         "recover",

@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from unpact_mech.commands.common import load_run_inputs
+    from unpact_mech.distributed import check_training_launch
     from unpact_mech.errors import InputError
     from unpact_mech.io import check_outside, prepare_output_path, run_record
     from unpact_mech.runtime import seed_everything
@@ -189,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
 
     seed_everything(args.seed)
     # cheap checks first: nothing is loaded or written for bad names/values
+    check_training_launch()  # an FSDP / DeepSpeed launch: one line, exit 2
     method = get_unlearning_method(args.method, **{k: getattr(args, k) for k in HP_FLAGS})
     stop_rule = args.stop_when_forget_below is not None or args.max_utility_drop is not None
     eval_every = args.eval_every if args.eval_every is not None else (1 if stop_rule else args.checkpoint_every)

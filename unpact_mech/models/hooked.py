@@ -128,6 +128,11 @@ class HookedLM:
         return next(iter(self._params.values())).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The weights' (and activations') dtype (``load_model(..., dtype=)``)."""
+        return next(iter(self._params.values())).dtype
+
+    @property
     def pad_token_id(self) -> int:
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -417,6 +422,11 @@ class HookedLM:
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        device = self.device  # inputs built on the CPU follow the model (no-ops there)
+        input_ids = None if input_ids is None else input_ids.to(device)
+        inputs_embeds = None if inputs_embeds is None else inputs_embeds.to(device, self.dtype)  # differentiable
+        attention_mask = None if attention_mask is None else attention_mask.to(device)
+        position_ids = None if position_ids is None else position_ids.to(device)
         n_query = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         query_positions = torch.arange(query_offset, query_offset + n_query, device=self.device)
         store: dict[str, Tensor] = {}

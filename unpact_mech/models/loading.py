@@ -12,11 +12,14 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unpact_mech.errors import InputError
 from unpact_mech.models.backends import BACKENDS
 from unpact_mech.models.hooked import HookedLM
+
+if TYPE_CHECKING:
+    import torch
 
 BUILTIN_SPECS = ("smollm2", "tiny")
 
@@ -87,15 +90,24 @@ def load_model(
     backend: str = "transformer_lens",
     allow_pickle: bool = False,
     prompt_format=None,
+    device: "str | torch.device" = "auto",
+    dtype: "str | torch.dtype" = "float32",
 ) -> HookedLM:
-    """Load a SPEC into a :class:`HookedLM` on the CPU in float32 (eager attention, the same in both backends).
+    """Load a SPEC into a :class:`HookedLM` (eager attention, the same in both backends) on ``device`` in ``dtype``.
+
+    ``device``: ``auto`` (CUDA, then MPS, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; ``dtype``:
+    ``float32`` (default on every device), ``bfloat16`` or ``float16`` (:mod:`unpact_mech.models.device`). A device
+    this machine lacks is an :class:`InputError` before anything is read.
 
     >>> model = load_model("smollm2", backend="nnsight")  # doctest: +SKIP
+    >>> model = load_model("path/to/llama-3.2-1b", device="cuda", dtype="bfloat16")  # doctest: +SKIP
     """
+    from unpact_mech.models.device import resolve_device, resolve_dtype
+
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     source = resolve_spec(spec, allow_pickle=allow_pickle)
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from unpact_mech.models.arch import architecture_for
@@ -112,12 +124,13 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True, trust_remote_code=False)
         hf = AutoModelForCausalLM.from_pretrained(
             source.path,
-            dtype=torch.float32,
+            dtype=torch_dtype,
             attn_implementation="eager",
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=None if allow_pickle else True,
         )
+    hf.to(torch_device)
     return HookedLM(
         hf,
         tokenizer,

@@ -58,6 +58,8 @@ class Session:
     out: Path
     seed: int = 0
     backend: str = "transformer_lens"
+    device: str = "auto"
+    dtype: str = "float32"
     progress: bool = True
     command: str = "demo"
     argv: Sequence[str] = ("unpact", "demo")
@@ -194,17 +196,22 @@ class Session:
         return comparison.summary
 
     # -- unlearning ----------------------------------------------------------------------------------------------
+    def load(self, spec: "str | Path") -> "HookedLM":
+        """``spec`` loaded as the session's models are (its backend, device and dtype)."""
+        from unpact_mech.models import load_model
+
+        return load_model(spec, backend=self.backend, device=self.device, dtype=self.dtype)
+
     def unlearn_fresh_copy(
         self, method: str, train_options: dict[str, Any], *, initial_evaluation: pd.DataFrame | None = None
     ) -> tuple["HookedLM", "UnlearnResult"]:
         """Load a fresh copy of the model, unlearn ``method`` on it (seeded) and write it to ``unlearned/<method>/``
         as a loadable model directory with its lineage (recorded in :attr:`lineages`)."""
-        from unpact_mech.models import load_model
         from unpact_mech.runtime import seed_everything
         from unpact_mech.unlearning import unlearn, write_unlearned
 
         seed_everything(self.seed)
-        model = load_model(self.spec, backend=self.backend)
+        model = self.load(self.spec)
         result = unlearn(
             model,
             self.items,

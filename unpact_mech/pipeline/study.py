@@ -190,13 +190,12 @@ class Context(Session):
     def unlearned(self, methods: Sequence[str] | None = None) -> Iterator[tuple[str, "HookedLM"]]:
         """One unlearned model per method (loaded from --from-run or trained now), one at a time (``methods``: only
         these of the study's methods, e.g. those a resumed run still lacks)."""
-        from unpact_mech.models import load_model
         from unpact_mech.utils import progress_bar
 
         chosen = self.methods if methods is None else [m for m in self.methods if m in set(methods)]
         for method in progress_bar(chosen, enabled=self.progress, desc="methods"):
             if self.args.from_run:
-                model = load_model(Path(self.args.from_run) / "unlearned" / method, backend=self.backend)
+                model = self.load(Path(self.args.from_run) / "unlearned" / method)
                 self.lineages[method] = list(model.lineage)
             else:
                 model, _ = self.unlearn_fresh_copy(method, train_overrides(self.spec, method))
@@ -225,7 +224,7 @@ def _execute(study: Study, args: argparse.Namespace, argv: list[str]) -> Path:
     out, _ = new_run_dir(args.out, args.model, prefix=study.name)
     seed_everything(args.seed)
     with atomic_output_dir(out) as tmp:
-        original = load_model(args.model, backend=args.backend)
+        original = load_model(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
         ctx = Context(
             args.model,
             data,
@@ -234,6 +233,8 @@ def _execute(study: Study, args: argparse.Namespace, argv: list[str]) -> Path:
             tmp,
             seed=args.seed,
             backend=args.backend,
+            device=args.device,
+            dtype=args.dtype,
             progress=not args.quiet,
             target=args.target,
             command=f"experiment:{study.name}",

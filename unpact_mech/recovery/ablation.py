@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from unpact_mech.attacks import Attack, AttackEnv, ItemKeywords, get_attack
+from unpact_mech.distributed import evaluate_items_sharded
 from unpact_mech.errors import InputError
 from unpact_mech.scoring.batching import EVAL_BATCH_SIZE
 from unpact_mech.scoring.evaluate import evaluate_items
@@ -51,6 +52,9 @@ class SweepConfig:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     batch_size: int = EVAL_BATCH_SIZE
     seed: int = 0  # draws the random_non_keywords subsets
+    #: each process of a multi-process launch evaluates its share of the items of every point (all processes must run
+    #: the same sweep; :mod:`unpact_mech.distributed`); no effect on one process
+    shard: bool = False
 
     def __post_init__(self) -> None:  # one name / one layer is a list of one
         self.interventions = one_or_many(self.interventions) or ()
@@ -127,7 +131,8 @@ def layer_sweep(
     rng = random.Random(cfg.seed)
     groups = [position_groups(enc, kw, rng) for enc, kw in zip(encoded, keywords)]
     env = AttackEnv(original, unlearned, batch_size=cfg.batch_size)
-    base = evaluate_items(
+    evaluate = evaluate_items_sharded if cfg.shard else evaluate_items
+    base = evaluate(
         unlearned, items, judge=cfg.judge, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False
     )
     rows = []
@@ -139,7 +144,7 @@ def layer_sweep(
                 for layer in layers:
                     chosen = (layer,) if mode == "single" else tuple(range(layer + 1))
                     point = attack.configure(layers=chosen).resolve(unlearned)
-                    df = evaluate_items(
+                    df = evaluate(
                         unlearned,
                         items,
                         judge=cfg.judge,

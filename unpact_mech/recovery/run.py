@@ -55,9 +55,10 @@ import pandas as pd
 
 from unpact_mech.attacks import DEFAULT_ATTACKS, Attack, AttackEnv, ItemKeywords, resolve_attacks, select_keywords
 from unpact_mech.attacks.base import PROMPT_KIND, Treatment, memo_key
-from unpact_mech.attacks.keywords import KEYWORD_SOURCES
+from unpact_mech.attacks.keywords import KEYWORD_SOURCES, keytoken_keywords
 from unpact_mech.attribution.keytokens import DEFAULT_KEYTOKEN_ALPHA, DEFAULT_KEYTOKEN_BETA
 from unpact_mech.data.splits import FORGET, RETAIN, UTILITY, split_items
+from unpact_mech.distributed import evaluate_items_sharded, map_items
 from unpact_mech.errors import InputError
 from unpact_mech.recovery.controls import control_items, random_position_controls, random_word_controls
 from unpact_mech.recovery.metrics import eligible_for_recovery
@@ -108,6 +109,11 @@ class RecoveryConfig:
     #: prompt-only conditions (kind ``strategy``) of the run together in full batches
     #: (:meth:`_Evaluator.prompt_pass`). False: every arm apart, prompts computed twice — the reference it equals.
     prompt_cache: bool = True
+    #: Under a multi-process ``accelerate launch`` (every process running this same recovery): each process evaluates
+    #: its share of every evaluation's items and all get every row (:mod:`unpact_mech.distributed`), so eligibility,
+    #: controls and statistics are those of one process. Keywords, attack set-up (fits, relearning, quantization) and
+    #: read-outs run on every process. No effect on one process.
+    shard: bool = False
 
     def __post_init__(self) -> None:  # attacks="focus" is the one condition focus
         self.attacks = one_or_many(self.attacks) or ()
@@ -263,6 +269,8 @@ class _Evaluator:
     def __init__(self, models: dict[str, "HookedLM"], items: dict[str, "QAItem"], cfg: RecoveryConfig) -> None:
         self.models, self.items, self.cfg = models, items, cfg
         self.frames: list[pd.DataFrame] = []
+        #: evaluate_items, or its sharded form (each process of a launch on its share, all get every row)
+        self.evaluate_items = evaluate_items_sharded if cfg.shard else evaluate_items
 
     def run(self, arm: Arm, condition: Attack, env: AttackEnv, done: pd.DataFrame | None = None) -> pd.DataFrame | None:
         """Evaluate ``arm`` (its attack acts; rows are labelled with ``condition``); None when it has no items.
@@ -359,7 +367,7 @@ class _Evaluator:
                 to_store[j] = (key, _details_since(env, before))
         parts: dict[int, list[pd.DataFrame]] = {}
         for role, jobs in pending.items():
-            every = evaluate_items(
+            every = self.evaluate_items(
                 self.models[role], [it for _, sub, _ in jobs for it in sub],
                 encoded=[e for _, _, enc in jobs for e in enc], judge=self.cfg.judge,
                 max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size, progress=False,
@@ -389,7 +397,7 @@ class _Evaluator:
         """``items`` under one treatment: its read-out, or the greedy answer + teacher-forced scores."""
         if treated.readout is not None:
             return treated.readout(treated.model, items)
-        return evaluate_items(
+        return self.evaluate_items(
             treated.model, items, encoded=self.encoded(treated.model, items, treated), judge=self.cfg.judge,
             max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
             interventions=treated.interventions, progress=False,
@@ -400,7 +408,7 @@ class _Evaluator:
         """The model's answers without any attack (``known``: an evaluation of these items to reuse)."""
         if known is None:
             items = [self.items[i] for i in ids]
-            known = evaluate_items(
+            known = self.evaluate_items(
                 self.models[role], items, judge=self.cfg.judge, max_new_tokens=self.cfg.max_new_tokens,
                 batch_size=self.cfg.batch_size, progress=False, prompt_cache=self.cfg.prompt_cache,
             )  # fmt: skip
@@ -502,9 +510,17 @@ def _item_keywords(
     keywords: Sequence[ItemKeywords] | None,
 ) -> list[ItemKeywords]:  # fmt: skip
     if keywords is None:
+        attribution = None
+        if cfg.shard and cfg.keyword_source in ("attribution", "both"):  # the occlusion: each process on its share
+            attribution = map_items(
+                lambda share, enc: keytoken_keywords(
+                    original, share, enc, keytoken_alpha=cfg.keytoken_alpha, keytoken_beta=cfg.keytoken_beta,
+                    batch_size=cfg.batch_size,
+                ), items, encoded,
+            )  # fmt: skip
         return select_keywords(
             cfg.keyword_source, original, items, encoded, keytoken_alpha=cfg.keytoken_alpha,
-            keytoken_beta=cfg.keytoken_beta, batch_size=cfg.batch_size,
+            keytoken_beta=cfg.keytoken_beta, batch_size=cfg.batch_size, attribution=attribution,
         )  # fmt: skip
     if [k.item_id for k in keywords] != [it.id for it in items]:
         raise ValueError("precomputed keywords must be aligned with the items")

@@ -24,19 +24,19 @@ if TYPE_CHECKING:
 
 
 def token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
-    """log p(target) per position: logits (..., V), targets (...) -> (...)."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    """log p(target) per position: logits (..., V), targets (...) -> (...), in float32 on the logits' device."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.to(logits.device).unsqueeze(-1)).squeeze(-1)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``values`` (B, K) over ``mask`` (B, K) per row -> (B,)."""
-    mask = mask.to(values.dtype)
+    mask = mask.to(values.device, values.dtype)
     return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def token_rank(logits: Tensor, token: Tensor) -> Tensor:
     """Rank of ``token`` (B,) in ``logits`` (B, V): number of strictly larger logits (0 = top-1)."""
-    gold = logits.gather(-1, token.unsqueeze(-1))
+    gold = logits.gather(-1, token.to(logits.device).unsqueeze(-1))
     return (logits > gold).sum(-1)
 
 

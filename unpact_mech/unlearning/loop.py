@@ -20,8 +20,10 @@ One optimizer step (``step`` counts these):
 Evaluations (step 0, every ``eval_every`` steps, the end) and checkpoints (every ``checkpoint_every`` steps) run
 on the main process. Guards: a non-finite loss or gradient norm raises :class:`UnlearningFailed` before any
 update with it (the last checkpoint stays the last good state); so does a run in which no weight changed.
-Training runs in eval mode (no dropout): deterministic by seed, and the model attribution sees. With
-``gradient_checkpointing`` the decoder layers recompute their activations in the backward of each step
+Training runs in eval mode (no dropout): deterministic by seed, and the model attribution sees. A model in a half
+precision trains through float32 master weights with float32 AdamW state
+(:mod:`~unpact_mech.unlearning.precision`). With ``gradient_checkpointing`` the decoder layers recompute their
+activations in the backward of each step
 (:mod:`~unpact_mech.unlearning.grad_checkpointing`: how it is switched on in eval mode, and which interventions it
 refuses).
 """
@@ -39,12 +41,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from unpact_mech.distributed import check_training_launch
 from unpact_mech.errors import InputError
 from unpact_mech.unlearning import params as P
 from unpact_mech.unlearning.batches import UnlearningSet, make_batch, sample_indices
 from unpact_mech.unlearning.checkpoint import CheckpointStore
 from unpact_mech.unlearning.grad_checkpointing import GradientCheckpointing, check_interventions, maybe_checkpointing
 from unpact_mech.unlearning.methods.base import LossTerms, PolicyOutput, UnlearningMethod
+from unpact_mech.unlearning.precision import MasterWeights
 from unpact_mech.utils import progress_bar
 
 if TYPE_CHECKING:
@@ -238,6 +242,13 @@ class TrainingSession:
     scheduler: Any
     params: list[torch.nn.Parameter]
     checkpointing: GradientCheckpointing | None = None
+    #: float32 copies the optimizer steps when the model is in a half precision (None for a float32 model).
+    masters: MasterWeights | None = None
+
+    @property
+    def optimized(self) -> list[Tensor]:
+        """The tensors AdamW updates and clipping sees: the float32 masters, or the parameters themselves."""
+        return self.masters.masters if self.masters is not None else list(self.params)
 
 
 class Trainer:
@@ -261,8 +272,10 @@ class Trainer:
         self.model, self.method, self.data, self.cfg = model, method, data, config
         self.trainable = list(trainable)
         self.store, self.evaluate, self.progress, self.callback = store, evaluate, progress, callback
+        check_training_launch(accelerator)  # FSDP / DeepSpeed: one line, before anything is built
         self.owns_accelerator = accelerator is None
         self.acc = accelerator if accelerator is not None else make_accelerator(model)
+        check_training_launch(self.acc)
         self.loss_log: list[dict[str, Any]] = []
         self.dynamics: list[dict[str, Any]] = []
         self.item_rows: list[dict[str, Any]] = []
@@ -351,6 +364,8 @@ class Trainer:
         if set(ckpt.trainable) != set(self.trainable):
             raise InputError(f"--resume: checkpoint {path} holds other trainable parameters than this run")
         self.model.load_state_dict(ckpt.trainable)
+        if session.masters is not None:
+            session.masters.refresh()
         session.optimizer.load_state_dict(ckpt.optimizer)
         session.scheduler.load_state_dict(ckpt.scheduler)
         self.loss_log = list(ckpt.progress.get("loss_log", []))
@@ -369,11 +384,14 @@ class Trainer:
             maybe_checkpointing(self.model.hf, cfg.gradient_checkpointing) as checkpointing,
         ):
             prepared = acc.prepare(self.model.hf)
-            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            masters = MasterWeights(params) if MasterWeights.needed(params) else None
+            optimizer = torch.optim.AdamW(
+                masters.masters if masters is not None else params, lr=cfg.lr, weight_decay=cfg.weight_decay
+            )
             scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, partial(lr_factor, steps=cfg.steps, warmup=cfg.warmup_steps, schedule=cfg.lr_schedule)
             )
-            session = TrainingSession(prepared, acc.prepare(optimizer), scheduler, params, checkpointing)
+            session = TrainingSession(prepared, acc.prepare(optimizer), scheduler, params, checkpointing, masters)
             try:
                 yield session
             finally:
@@ -422,11 +440,15 @@ class Trainer:
         """Clip, AdamW step, schedule step after the gradients of step ``step`` were accumulated."""
         cfg, acc = self.cfg, self.acc
         grad_norm = float("nan")
+        if session.masters is not None:
+            session.masters.grads_to_masters()
         if cfg.max_grad_norm > 0:
-            grad_norm = float(acc.clip_grad_norm_(session.params, cfg.max_grad_norm))
+            grad_norm = float(acc.clip_grad_norm_(session.optimized, cfg.max_grad_norm))
             self.check_finite(grad_norm, "the gradient norm", step)
         lr = session.optimizer.param_groups[0]["lr"]
         session.optimizer.step()
+        if session.masters is not None:
+            session.masters.masters_to_params()
         session.scheduler.step()
         session.optimizer.zero_grad(set_to_none=True)
         return {

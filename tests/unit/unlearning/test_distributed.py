@@ -13,10 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from unpact_mech import load_model
+from tests.cli_helpers import run_cli
+from unpact_mech import load_items, load_model
+from unpact_mech.distributed import check_training_launch, local_accelerator
+from unpact_mech.errors import InputError
+from unpact_mech.unlearning import unlearn
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -64,5 +69,41 @@ def test_two_processes_end_with_identical_weights_and_the_bypass_control_does_no
     assert all(torch.equal(w0[n], w1[n]) for n in w0)  # ... in sync
     assert info[0]["losses"] == info[1]["losses"]  # the logged loss is the mean over ranks
 
+    # ... to the weights of ONE process accumulating the two ranks' micro-batches: rank r of step s draws slot 2s + r,
+    # micro-batch m of step s with --grad-accum 2 draws slot 2s + m, and both average the two losses
+    torch.set_num_threads(1)
+    one = load_model("tiny")
+    result = unlearn(
+        one, load_items("builtin:synthetic_facts"), "ga_gdr", steps=3, lr=1e-3, batch_size=2, grad_accum=2,
+        evaluate=False, progress=False,
+    )  # fmt: skip
+    ref = dict(one.named_parameters())
+    assert all(torch.allclose(w0[n], ref[n].detach(), rtol=0, atol=1e-6) for n in w0)
+    assert [r["loss"] for r in result.train.loss_log] == pytest.approx(info[0]["losses"], rel=1e-5)
+
     _, (c0, c1) = _launch(tmp_path / "bypass", "--bypass")
     assert any(not torch.equal(c0[n], c1[n]) for n in c0), "without the DDP forward the ranks must diverge"
+
+
+class _FSDPAccelerator:
+    distributed_type = "DistributedType.FSDP"  # what Accelerator() is under an FSDP launch on GPUs
+
+
+def test_an_fsdp_launch_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """HookedLM's parameter views and the main-process evaluation are not FSDP-ready (docs/unlearning.md, FSDP): the
+    launch's environment (accelerate sets it even on CPU, where it would silently run DDP) or an FSDP accelerator is
+    refused; a copy each process trains alone (recover's relearning) is not."""
+    out = tmp_path / "unl"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    argv = ["unlearn", "--model", "tiny", "--data", "builtin:synthetic_facts", "--method", "ga", "--steps", "1"]
+    code, _, err = run_cli([*argv, "--quiet", "--out", out], capsys)
+    assert code == 2 and err.count("\n") == 1 and "FSDP launches are not supported for training" in err
+    assert "configs/accelerate/ddp.yaml" in err and not out.exists()
+    check_training_launch(local_accelerator())  # the relearning copy of `unpact recover` still trains
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    items = load_items("builtin:synthetic_facts")
+    with pytest.raises(InputError, match="FSDP"):
+        unlearn(load_model("tiny"), items, "ga", steps=1, evaluate=False, accelerator=_FSDPAccelerator())
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(InputError, match="DeepSpeed"):
+        check_training_launch()
