@@ -17,6 +17,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def batch_size_arg(text: str) -> int | str:
+    """``--batch-size``: a positive integer or ``auto`` (:mod:`unpact_mech.models.batch_size`)."""
+    return "auto" if text == "auto" else positive_int(text)
+
+
 def add_model_options(p: argparse.ArgumentParser, *, flag: str = "--model", default: str | None = "smollm2") -> None:
     p.add_argument(
         flag,
@@ -96,6 +101,7 @@ def add_run_options(
     data_default: str | None = "builtin:real_facts",
     batch_size_default: int | None = 16,
     batch_size_help: str = "items per forward pass",
+    batch_size_auto: bool = False,
 ) -> None:
     """--backend, --device, --dtype, --data, --schema, --out, --overwrite, --seed, --batch-size, --prompt-format,
     --allow-pickle, --quiet."""
@@ -124,10 +130,14 @@ def add_run_options(
         "--overwrite", action="store_true", help="replace an existing --out directory (atomically, at the end)"
     )
     add_seed_option(p)
+    if batch_size_auto:
+        batch_size_help += "; auto = the largest that fits the device (probed on a GPU; on the CPU the default unless "
+        batch_size_help += "half the free memory holds fewer)"
     p.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=batch_size_arg if batch_size_auto else positive_int,
         default=batch_size_default,
+        metavar="N" + ("|auto" if batch_size_auto else ""),
         help=batch_size_help + (f" (default: {batch_size_default})" if batch_size_default is not None else ""),
     )
     p.add_argument(

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
         "per item with the greedy answer), summary.json and run.json.",
     )
     add_model_options(p)
-    add_run_options(p, batch_size_default=EVAL_BATCH_SIZE)
+    add_run_options(p, batch_size_default=EVAL_BATCH_SIZE, batch_size_auto=True)
     p.add_argument(
         "--judge",
         default="contains",
@@ -54,6 +54,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from unpact_mech.distributed import is_main_process
     from unpact_mech.io import atomic_output_dir, run_record
+    from unpact_mech.models.batch_size import resolve_for_items
     from unpact_mech.runtime import seed_everything
     from unpact_mech.scoring.evaluate import write_evaluation
     from unpact_mech.scoring.multiple_choice import require_choices
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     loglik = args.mc_scoring == "loglik"
     check = (lambda items: require_choices(items, str(args.data))) if loglik else None
     model, items = load_run_inputs(args, check_items=check)  # items without choices: exit 2 before the model loads
+    args.batch_size = resolve_for_items(model, args.batch_size, items, args.max_new_tokens, default=EVAL_BATCH_SIZE)
     per_item, summary, metrics = (_loglik if loglik else _generate)(args, model, items)  # items split over processes
     if not main:  # under `accelerate launch`: every process has every row; the main one writes
         return 0

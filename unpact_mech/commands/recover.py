@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--unlearned", required=True, metavar="SPEC", help="the unlearned model (e.g. an `unpact unlearn` output)"
     )
-    add_run_options(p, batch_size_default=EVAL_BATCH_SIZE)
+    add_run_options(p, batch_size_default=EVAL_BATCH_SIZE, batch_size_auto=True)
     p.add_argument(
         "--strategy",
         nargs="+",
@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from unpact_mech.errors import InputError
     from unpact_mech.io import atomic_output_dir, check_outside, prepare_output_path, run_record
     from unpact_mech.models import load_model
+    from unpact_mech.models.batch_size import resolve_for_items
     from unpact_mech.recovery import RecoveryConfig, check_compatible, recovered_lineage, run_recovery
     from unpact_mech.recovery.ablation import SweepConfig, layer_sweep, sweep_size
     from unpact_mech.recovery.outputs import write_recovery
@@ -186,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     original = load_model(args.original, **model_kwargs(args))
     unlearned = load_model(args.unlearned, **model_kwargs(args))
     check_compatible(original, unlearned)
+    args.batch_size = resolve_for_items(unlearned, args.batch_size, items, args.max_new_tokens, default=EVAL_BATCH_SIZE)
     for model in (original, unlearned):
         check_outside(args.out, model.source_dir, "--out")
         model.prompt_format = prompt_format_from_name(args.prompt_format, model.tokenizer)
