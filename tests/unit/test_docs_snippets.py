@@ -202,6 +202,18 @@ COVERED = {
         "execs the block and runs its conditions through run_recovery",
         ('"docs" / "recovery.md"', "## Adding a condition", "```python"),
     ),
+    ("docs/unlearning.md", "Several processes: evaluate, attribute, recover", "bash"): Covered(
+        "tests/unit/test_sharded_commands.py",
+        "launches evaluate, recover and attribute with the block's accelerate config (2 processes, tiny) and "
+        "checks that the block's commands are those",
+        ('Path("docs") / "unlearning.md"', "Several processes: evaluate, attribute, recover", "```bash"),
+    ),
+    ("README.md", "On several GPUs", "bash"): Covered(
+        "tests/unit/test_sharded_commands.py",
+        "the same launch (evaluate, recover under the block's config) and unlearning under DDP in "
+        "tests/unit/unlearning/test_distributed.py; checks that the block's commands are those",
+        ('Path("README.md")', "On several GPUs", "```bash"),
+    ),
     ("experiments/README.md", None, "python"): Covered(
         "tests/unit/test_experiments.py",
         "saves the block as my_study.py and runs it on the tiny demo's models",

@@ -243,3 +243,35 @@ def test_sharded_attribute_equals_one_process(launched, tmp_path, capsys, ga_unl
     root, _ = launched
     _run_one(_attribute(ga_unlearned_dir, tmp_path / "one"), capsys)
     _same_outputs(tmp_path / "one", root / "attribute", {"results.csv", "comparison.csv", "summary.json"})
+
+
+def _doc_commands(doc: Path, section: str) -> list[str]:
+    """The commands of the first ```bash block under the heading ``section`` of ``doc`` (continuations joined)."""
+    text = doc.read_text()
+    start = text.index(section)
+    block = text[text.index("```bash", start) + len("```bash") : text.index("```", text.index("```bash", start) + 7)]
+    return [" ".join(c.split()) for c in block.replace("\\\n", " ").strip().splitlines() if c.strip()]
+
+
+@pytest.mark.parametrize(
+    ("doc", "section", "commands"),
+    [
+        (
+            Path("docs") / "unlearning.md",
+            "Several processes: evaluate, attribute, recover",
+            {"evaluate", "recover", "attribute"},
+        ),
+        (Path("README.md"), "On several GPUs", {"evaluate", "unlearn", "recover"}),
+    ],
+)  # fmt: skip
+def test_the_documented_launches_are_the_tested_ones(doc, section, commands):
+    """The docs' several-process commands (docs/unlearning.md, "Several processes: evaluate, attribute, recover";
+    README.md, "On several GPUs") use the launch this file's ``launched`` fixture runs — the same accelerate config
+    file, ``-m unpact_mech.cli`` — for the commands it (and tests/unit/unlearning/test_distributed.py, for unlearn)
+    runs; only the model, data and flags differ (tiny here)."""
+    root = Path(__file__).resolve().parents[2]
+    found = _doc_commands(root / doc, section)
+    prefix = f"accelerate launch --config_file {DDP_CONFIG.relative_to(root).as_posix()} -m unpact_mech.cli "
+    assert found and all(c.startswith(prefix) for c in found), found
+    assert {c.removeprefix(prefix).split()[0] for c in found} == commands
+    assert (root / "unpact_mech" / "cli.py").read_text().count('if __name__ == "__main__"') == 1  # `-m` runs main
