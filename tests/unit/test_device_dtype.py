@@ -198,3 +198,19 @@ def test_every_command_runs_on_cpu_in_bfloat16(command, unlearned_bf16, tmp_path
         with safe_open(str(out / "model.safetensors"), "pt") as fh:
             assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.bfloat16}  # noqa: SIM118
         assert load_model(out).dtype == torch.float32  # loaded as asked (float32 by default), not as stored
+
+
+def test_device_map_loads_where_a_single_process_runs_it(tmp_path, capsys, synthetic_items):
+    """``device_map="auto"`` goes through Hugging Face's big-model placement; without a GPU it places everything on
+    the CPU and the answers and scores are the plain load's; with ``--device cpu`` it is refused in one line."""
+    plain, mapped = load_model("tiny"), load_model("tiny", device_map="auto")
+    a = evaluate_items(plain, synthetic_items[:8], progress=False)
+    b = evaluate_items(mapped, synthetic_items[:8], progress=False)
+    assert a["generation"].tolist() == b["generation"].tolist() and (a["logprob"] - b["logprob"]).abs().max() < 1e-6
+    with pytest.raises(InputError, match="expected one of auto, balanced, sequential"):
+        load_model("tiny", device_map="everywhere")
+    capsys.readouterr()  # the loads' progress output
+    code, _, err = run_cli(["evaluate", "--model", "tiny", "--device", "cpu", "--device-map", "auto", "--out",
+                            tmp_path / "o"], capsys)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "use it with --device auto or cuda" in err
+    assert not (tmp_path / "o").exists()

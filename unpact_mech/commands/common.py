@@ -63,6 +63,13 @@ def add_backend_option(p: argparse.ArgumentParser) -> None:
         help=f"{DEVICE_FORMS}; auto = CUDA if present, then MPS, else the CPU (default: auto)",
     )
     p.add_argument(
+        "--device-map",
+        default=None,
+        choices=["auto", "balanced", "sequential"],
+        help="spread the model's layers over every visible GPU in one process (for a model that does not fit one GPU; "
+        "with --device auto or cuda)",
+    )
+    p.add_argument(
         "--dtype",
         default="float32",
         choices=list(DTYPES),
@@ -74,6 +81,8 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """``load_model`` keywords of the parsed --backend / --device / --dtype (and --allow-pickle where the command has
     it)."""
     kwargs: dict[str, Any] = {"backend": args.backend, "device": args.device, "dtype": args.dtype}
+    if getattr(args, "device_map", None):
+        kwargs["device_map"] = args.device_map
     if hasattr(args, "allow_pickle"):
         kwargs["allow_pickle"] = args.allow_pickle
     return kwargs

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import torch
 
 BUILTIN_SPECS = ("smollm2", "tiny")
+#: ``load_model(device_map=)`` / ``--device-map`` placements (Hugging Face's names).
+DEVICE_MAPS = ("auto", "balanced", "sequential")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ def load_model(
     prompt_format=None,
     device: "str | torch.device" = "auto",
     dtype: "str | torch.dtype" = "float32",
+    device_map: str | None = None,
 ) -> HookedLM:
     """Load a SPEC into a :class:`HookedLM` (eager attention, the same in both backends) on ``device`` in ``dtype``.
 
@@ -100,13 +103,26 @@ def load_model(
     this machine lacks is an :class:`InputError` before anything is read.
 
     >>> model = load_model("smollm2", backend="nnsight")  # doctest: +SKIP
+    ``device_map``: ``auto`` | ``balanced`` | ``sequential`` spreads the layers over every visible GPU (Hugging Face's
+    big-model placement through accelerate; activations move between devices at layer boundaries), for a model that
+    does not fit one GPU in a single process; the inputs go to the device of the embedding. Only with ``device``
+    ``auto`` or ``cuda``; without a GPU everything is placed on the CPU.
+
     >>> model = load_model("path/to/llama-3.2-1b", device="cuda", dtype="bfloat16")  # doctest: +SKIP
+    >>> model = load_model("path/to/llama-3.1-70b", dtype="bfloat16", device_map="auto")  # doctest: +SKIP
     """
     from unpact_mech.models.device import resolve_device, resolve_dtype
 
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    if device_map is not None:
+        if device_map not in DEVICE_MAPS:
+            raise InputError(f"--device-map {device_map!r}: expected one of {', '.join(DEVICE_MAPS)}")
+        if str(device) not in ("auto", "cuda"):
+            raise InputError(
+                f"--device-map spreads a model over the GPUs: use it with --device auto or cuda, not {device}"
+            )
     source = resolve_spec(spec, allow_pickle=allow_pickle)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -129,8 +145,10 @@ def load_model(
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=None if allow_pickle else True,
+            **({"device_map": device_map if torch_device.type == "cuda" else {"": "cpu"}} if device_map else {}),
         )
-    hf.to(torch_device)
+    if device_map is None:
+        hf.to(torch_device)
     return HookedLM(
         hf,
         tokenizer,
