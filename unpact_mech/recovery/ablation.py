@@ -130,7 +130,11 @@ def layer_sweep(
     encoded = [encode_item(original, it) for it in items]
     rng = random.Random(cfg.seed)
     groups = [position_groups(enc, kw, rng) for enc, kw in zip(encoded, keywords)]
-    env = AttackEnv(original, unlearned, batch_size=cfg.batch_size)
+    # data-fitted interventions (steer) fit on these items, cross-fitted: an item's direction comes from other folds
+    env = AttackEnv(
+        original, unlearned, {e.item_id: e for e in encoded}, {it.id: kw for it, kw in zip(items, keywords)},
+        tuple(it.id for it in items), cfg.batch_size, items={it.id: it for it in items}, seed=cfg.seed,
+    )  # fmt: skip
     evaluate = evaluate_items_sharded if cfg.shard else evaluate_items
     base = evaluate(
         unlearned, items, judge=cfg.judge, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=False

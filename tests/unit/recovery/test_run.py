@@ -217,3 +217,19 @@ def test_prompt_conditions_batched_together_equal_the_arm_by_arm_reference(
     assert sorted(fast.details) == sorted(ref.details)
     for key, table in ref.details.items():
         pd.testing.assert_frame_equal(fast.details[key].reset_index(drop=True), table.reset_index(drop=True))
+
+
+def test_the_layer_ablation_fits_steer_on_its_own_items(tiny_model, ga_unlearned, synthetic_items):
+    """``layer_sweep`` with the data-fitted ``steer``: its directions are cross-fitted on the swept items (it used to
+    get an environment without items and fail with an IndexError), and the table has its rows over all the items."""
+    from unpact_mech.attacks import select_keywords
+    from unpact_mech.recovery.ablation import SweepConfig, layer_sweep
+    from unpact_mech.scoring.tokens import encode_item
+
+    forget = [it for it in synthetic_items if it.split == "forget"][:6]
+    encoded = [encode_item(tiny_model, it) for it in forget]
+    keywords = select_keywords("data", tiny_model, forget, encoded)
+    cfg = SweepConfig(interventions=["steer"], layers=[0, 1], batch_size=8)
+    table = layer_sweep(tiny_model, ga_unlearned, forget, keywords, cfg, progress=False)
+    assert set(table["intervention"]) == {"steer"} and set(table["layer"].dropna().astype(int)) <= {0, 1}
+    assert len(table) > 0 and table["n"].max() == len(forget)
