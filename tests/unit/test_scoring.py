@@ -145,6 +145,11 @@ def test_token_rank():
         ("São Paulo is big", "Sao Paulo", (), True),  # accents folded
         ("new\nyork", "New York", (), True),
         ("York is new", "New York", (), False),  # order matters
+        ("It is a virus.", "A", (), False),  # an option letter is not the article
+        ("A. It is a virus.", "A", (), True),
+        ("The answer is (B).", "B", (), True),
+        ("Bacteria", "B", (), False),
+        ("It is a virus.", "A", ("a virus",), True),  # the option's text (an alias) still counts
     ],
 )
 def test_contains_judge(continuation, answer, aliases, expected):

@@ -6,7 +6,9 @@ Normalisation (:func:`normalize_tokens`): Unicode NFKD without accents, lower ca
 fraction are dropped ("100.0" -> "100", "2.50" -> "2.5"), so "approximately 100.0 degrees" contains the answer "100".
 
 * ``contains``: the answer's (or an alias's) token sequence occurs contiguously in the continuation's tokens
-  (a leading article "the/a/an" in the answer is optional).
+  (a leading article "the/a/an" in the answer is optional). A one-letter capital answer (a multiple-choice option
+  letter, ``A``-``Z``) must occur as that capital letter standing alone in the continuation as written ("A", "(A)",
+  "A."), so the article in "It is a virus." is not the option A.
 * ``rouge_l``: ROUGE-L recall = LCS(answer, continuation) / len(answer) on those tokens; correct if >= threshold.
 
 A judge is any function ``(continuation, answer, aliases) -> bool``; register more in :data:`JUDGES`.
@@ -54,10 +56,24 @@ def _variants(answer: str) -> list[list[str]]:
     return [t for t in out if t]
 
 
+def _option_letter(answer: str) -> str | None:
+    """The letter of a one-letter capital answer (``"B"``), else None."""
+    a = answer.strip()
+    return a if len(a) == 1 and "A" <= a <= "Z" else None
+
+
 def contains_answer(continuation: str, answer: str, aliases: Sequence[str] = ()) -> bool:
-    """Whole-token containment of the answer or any alias in the normalised continuation."""
+    """Whole-token containment of the answer or any alias in the normalised continuation; an option letter as a
+    standalone capital letter in the continuation as written."""
     hay = normalize_tokens(continuation)
-    return any(_contains_seq(hay, v) for a in (answer, *aliases) for v in _variants(a))
+    for a in (answer, *aliases):
+        letter = _option_letter(a)
+        if letter is not None:
+            if re.search(rf"(?<![^\W\d_]){letter}(?![^\W\d_])", continuation):
+                return True
+        elif any(_contains_seq(hay, v) for v in _variants(a)):
+            return True
+    return False
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
