@@ -11,7 +11,9 @@ the loop (this process's rank, losses all-reduced, the gradient norm as a full t
 2. with ``HookedLM``'s views (``_params``, ``_state``) re-pointed at the sharded DTensor parameters: the final weights
    against ONE process at ``batch_size 2, grad_accum 2`` (the same rows, the same mean loss).
 
-Prints one line per run on rank 0; docs/unlearning.md ("FSDP") lists what the toolkit needs to ship this.
+Prints one line per run on rank 0. The toolkit now does run 2 itself: ``unpact unlearn --fsdp`` /
+``unlearn(..., fsdp=True)`` (unpact_mech/unlearning/fsdp.py, ``ShardedModel``; docs/unlearning.md, "FSDP"); this probe
+keeps the manual steps, and why they are needed.
 """
 
 from __future__ import annotations

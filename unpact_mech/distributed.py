@@ -23,8 +23,9 @@ summary number are identical and its log-probs under interventions differ by up 
 
 :func:`local_accelerator` lets code that trains a private copy on every process (the relearning conditions of
 ``unpact recover``) train it exactly as one process would, without DDP across the launch.
-:func:`check_training_launch` refuses, in one line, to train under a launch that shards parameters (FSDP,
-DeepSpeed): docs/unlearning.md, "FSDP", says why.
+:func:`check_training_launch` refuses, in one line, to train under a launch that shards parameters by accelerate's
+FSDP plugin or DeepSpeed; ``unpact unlearn --fsdp`` shards the model itself (:mod:`unpact_mech.unlearning.fsdp`;
+docs/unlearning.md, "FSDP").
 """
 
 from __future__ import annotations
@@ -246,8 +247,7 @@ class _LocalAccelerator:
 def local_accelerator():
     """None on one process (the loop makes its usual ``Accelerator``); under a multi-process launch an accelerator
     for this process alone, so a copy that every process trains the same way (e.g. a relearning condition) ends with
-    the weights one process gives it, instead of a DDP run over the launch with N times the batch (or an FSDP one,
-    which :func:`check_training_launch` refuses)."""
+    the weights one process gives it, instead of a DDP (or FSDP) run over the launch with N times the batch."""
     sharding = _flag("ACCELERATE_USE_FSDP") or _flag("ACCELERATE_USE_DEEPSPEED")
     return _LocalAccelerator() if launched_processes() > 1 or sharding else None
 
@@ -256,27 +256,31 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
-#: Why the toolkit cannot train under FSDP (docs/unlearning.md, "FSDP"), in one line.
+#: Why the toolkit does not train under accelerate's FSDP plugin (docs/unlearning.md, "FSDP"), in one line.
 FSDP_REFUSAL = (
-    "FSDP launches are not supported for training: HookedLM views the HF parameters that FSDP replaces by "
-    "shards, and evaluation and saving run on the main process only (docs/unlearning.md, FSDP); use DDP: "
-    "accelerate launch --config_file configs/accelerate/ddp.yaml -m unpact_mech.cli unlearn ..."
+    "FSDP launches are not supported for training through accelerate's FSDP plugin (it replaces the parameters "
+    "HookedLM views, and accelerate drops it on CPU); the toolkit shards the model itself with --fsdp "
+    "(unlearn(..., fsdp=True)) under a plain launch: accelerate launch --config_file configs/accelerate/ddp.yaml "
+    "-m unpact_mech.cli unlearn --fsdp ..."
 )
 DEEPSPEED_REFUSAL = (
     "DeepSpeed launches are not supported for training (ZeRO shards the parameters HookedLM views by name); use "
-    "DDP: accelerate launch --config_file configs/accelerate/ddp.yaml -m unpact_mech.cli unlearn ..."
+    "DDP: accelerate launch --config_file configs/accelerate/ddp.yaml -m unpact_mech.cli unlearn ... (or --fsdp "
+    "to shard)"
 )
 
 
-def check_training_launch(accelerator: Any = None) -> None:
-    """One-line :class:`InputError` before training under a launch that shards parameters: FSDP or DeepSpeed, read
-    from the launch's environment (``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED``; on a CPU-only machine
-    accelerate 1.x ignores the FSDP plugin and would run plain DDP) or from ``accelerator.distributed_type``. A
-    :func:`local_accelerator` (a private copy trained on each process) is always fine."""
+def check_training_launch(accelerator: Any = None, *, fsdp: bool = False) -> None:
+    """One-line :class:`InputError` before training under a launch whose sharding the toolkit does not do itself:
+    accelerate's FSDP plugin (``ACCELERATE_USE_FSDP``, or ``accelerator.distributed_type`` FSDP; on a CPU-only
+    machine accelerate 1.x ignores the plugin and would run plain DDP) unless the run shards with ``fsdp`` (the
+    toolkit's own FSDP2, :mod:`unpact_mech.unlearning.fsdp`, which then ignores the plugin), or DeepSpeed
+    (``ACCELERATE_USE_DEEPSPEED``). A :func:`local_accelerator` (a private copy trained on each process) is always
+    fine."""
     if isinstance(accelerator, _LocalAccelerator):
         return
     kind = str(getattr(accelerator, "distributed_type", ""))
-    if _flag("ACCELERATE_USE_FSDP") or kind.endswith("FSDP"):
+    if not fsdp and (_flag("ACCELERATE_USE_FSDP") or kind.endswith("FSDP")):
         raise InputError(FSDP_REFUSAL)
     if _flag("ACCELERATE_USE_DEEPSPEED") or kind.endswith("DEEPSPEED"):
         raise InputError(DEEPSPEED_REFUSAL)

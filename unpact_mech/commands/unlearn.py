@@ -43,7 +43,8 @@ def _epilog() -> str:
     )
     lines.append(
         "distributed: accelerate launch --multi_gpu --num_processes N -m unpact_mech.cli unlearn ... "
-        "(DDP; on a CPU-only machine accelerate uses gloo; --batch-size is per process)."
+        "(DDP; on a CPU-only machine accelerate uses gloo; --batch-size is per process); add --fsdp to shard the "
+        "model over the processes (FSDP2) instead of replicating it."
     )
     return "\n".join(lines)
 
@@ -87,6 +88,13 @@ def add_parser(sub) -> None:
         action="store_true",
         help="recompute each decoder layer's activations in the backward instead of storing them (HF activation "
         "checkpointing): less memory (docs/bigger_models.md), about one more forward per step, the same weights",
+    )
+    t.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard parameters, gradients and AdamW state over the processes of a launch (torch FSDP2) instead of "
+        "replicating them (DDP); needs >= 2 processes: accelerate launch --config_file configs/accelerate/ddp.yaml "
+        "-m unpact_mech.cli unlearn --fsdp ... (docs/unlearning.md, FSDP)",
     )
     s = p.add_argument_group("stop rules (evaluate after every step; the recipe's --steps is then the most it trains)")
     s.add_argument(
@@ -180,17 +188,20 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from unpact_mech.commands.common import load_run_inputs
-    from unpact_mech.distributed import check_training_launch
+    from unpact_mech.distributed import check_training_launch, launched_processes
     from unpact_mech.errors import InputError
     from unpact_mech.io import check_outside, prepare_output_path, run_record
     from unpact_mech.runtime import seed_everything
     from unpact_mech.unlearning import UnlearningFailed, get_unlearning_method, resolve_config, unlearn, write_unlearned
     from unpact_mech.unlearning.checkpoint import CheckpointStore
+    from unpact_mech.unlearning.fsdp import ONE_PROCESS, join_process_group
     from unpact_mech.unlearning.run import TRAIN_OPTIONS
 
     seed_everything(args.seed)
     # cheap checks first: nothing is loaded or written for bad names/values
-    check_training_launch()  # an FSDP / DeepSpeed launch: one line, exit 2
+    check_training_launch(fsdp=args.fsdp)  # accelerate's FSDP plugin without --fsdp / DeepSpeed: one line, exit 2
+    if args.fsdp and launched_processes() < 2:
+        raise InputError(ONE_PROCESS)
     method = get_unlearning_method(args.method, **{k: getattr(args, k) for k in HP_FLAGS})
     stop_rule = args.stop_when_forget_below is not None or args.max_utility_drop is not None
     eval_every = args.eval_every if args.eval_every is not None else (1 if stop_rule else args.checkpoint_every)
@@ -210,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     model, items = load_run_inputs(args)
     check_outside(args.out, model.source_dir, "--out")
     label = str(args.data)
-    main = PartialState().is_main_process
+    main = join_process_group()[0] == 0 if args.fsdp else PartialState().is_main_process
     if args.resume and main and (ckpt_dir is None or CheckpointStore(ckpt_dir, {}).latest() is None):
         print(f"unpact: no checkpoint in {ckpt_dir}; starting from step 0", file=sys.stderr)
     try:

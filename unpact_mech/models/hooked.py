@@ -179,6 +179,17 @@ class HookedLM:
         for name, value in state.items():
             self._state[name].copy_(value)
 
+    def _rebind_tensors(self, replacement: dict[int, Tensor]) -> None:
+        """Point this model's views (:meth:`named_parameters`, :meth:`state_dict`, :attr:`weights`) at new tensors:
+        ``replacement`` maps ``id(old tensor)`` to the tensor that took its place in ``self.hf`` (tied weights: one
+        entry for both names). For code that replaces ``hf``'s parameters, e.g. FSDP's ``fully_shard``
+        (:mod:`unpact_mech.unlearning.fsdp`); tensors without an entry stay."""
+        for view in (self._params, self._state):  # in place: ``weights`` reads ``_params``
+            for name, tensor in view.items():
+                new = replacement.get(id(tensor))
+                if new is not None:
+                    view[name] = new  # type: ignore[assignment]
+
     @contextlib.contextmanager
     def frozen(self) -> Iterator["HookedLM"]:
         """Temporarily set ``requires_grad=False`` on all parameters (backward then skips weight gradients)."""

@@ -25,7 +25,10 @@ precision trains through float32 master weights with float32 AdamW state
 (:mod:`~unpact_mech.unlearning.precision`). With ``gradient_checkpointing`` the decoder layers recompute their
 activations in the backward of each step
 (:mod:`~unpact_mech.unlearning.grad_checkpointing`: how it is switched on in eval mode, and which interventions it
-refuses).
+refuses). With ``fsdp`` (under a launch of N >= 2 processes) the session shards ``model.hf`` with torch's FSDP2
+instead of wrapping it in DDP, and gives it back whole at the end (:mod:`~unpact_mech.unlearning.fsdp`): the same
+batches and the same mean loss as DDP, so the weights of DDP / one process with ``grad_accum`` N to rounding;
+evaluations and checkpoints gather the full weights on every process and run on the main one.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from unpact_mech.errors import InputError
 from unpact_mech.unlearning import params as P
 from unpact_mech.unlearning.batches import UnlearningSet, make_batch, sample_indices
 from unpact_mech.unlearning.checkpoint import CheckpointStore
+from unpact_mech.unlearning.fsdp import FSDPAccelerator, ShardedModel, fsdp_accelerator, local_device
 from unpact_mech.unlearning.grad_checkpointing import GradientCheckpointing, check_interventions, maybe_checkpointing
 from unpact_mech.unlearning.methods.base import LossTerms, PolicyOutput, UnlearningMethod
 from unpact_mech.unlearning.precision import MasterWeights
@@ -83,6 +87,8 @@ class TrainConfig:
     #: Recompute each decoder layer's activations in the backward instead of storing them (HF activation
     #: checkpointing, ``use_reentrant=False``): less memory, about one more forward per step, the same weights.
     gradient_checkpointing: bool = False
+    #: Shard parameters, gradients and AdamW state over the processes of the launch (torch FSDP2) instead of DDP.
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         def bad(flag: str, why: str, value: Any) -> InputError:
@@ -116,6 +122,8 @@ class TrainConfig:
                 raise bad(flag, "must be an accuracy in [0, 1]", value)
         if not isinstance(self.gradient_checkpointing, bool):
             raise bad("--gradient-checkpointing", "must be True or False", self.gradient_checkpointing)
+        if not isinstance(self.fsdp, bool):
+            raise bad("--fsdp", "must be True or False", self.fsdp)
         if self.stop_rule is not None and self.eval_every not in (0, 1):
             raise bad("--eval-every", "must be 1 with a stop rule (it evaluates after every step)", self.eval_every)
 
@@ -272,10 +280,19 @@ class Trainer:
         self.model, self.method, self.data, self.cfg = model, method, data, config
         self.trainable = list(trainable)
         self.store, self.evaluate, self.progress, self.callback = store, evaluate, progress, callback
-        check_training_launch(accelerator)  # FSDP / DeepSpeed: one line, before anything is built
+        # accelerate's FSDP plugin / DeepSpeed: one line, before anything is built
+        check_training_launch(accelerator, fsdp=config.fsdp)
         self.owns_accelerator = accelerator is None
-        self.acc = accelerator if accelerator is not None else make_accelerator(model)
-        check_training_launch(self.acc)
+        #: the model sharded by FSDP, while a session of an ``fsdp`` run is open
+        self.sharding: ShardedModel | None = None
+        if config.fsdp:
+            if accelerator is not None and not isinstance(accelerator, FSDPAccelerator):
+                raise InputError("fsdp=True makes its own accelerator: pass accelerator=None")
+            self.acc = accelerator if accelerator is not None else fsdp_accelerator()
+            model.hf.to(local_device(model))  # this process's GPU, before the method's reference copy follows it
+        else:
+            self.acc = accelerator if accelerator is not None else make_accelerator(model)
+        check_training_launch(self.acc, fsdp=config.fsdp)
         self.loss_log: list[dict[str, Any]] = []
         self.dynamics: list[dict[str, Any]] = []
         self.item_rows: list[dict[str, Any]] = []
@@ -315,7 +332,9 @@ class Trainer:
         decision = None
         if self.acc.is_main_process and self.dynamics:
             decision = rule.check(self.dynamics[0], self.dynamics[-1])
-        if self.acc.num_processes > 1:
+        if isinstance(self.acc, FSDPAccelerator):
+            decision = self.acc.broadcast(decision)
+        elif self.acc.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
             box = [decision]
@@ -332,28 +351,50 @@ class Trainer:
         self.item_rows = [r for r in self.item_rows if r["step"] != rejected["step"]]
         return rejected
 
+    @contextlib.contextmanager
+    def full_weights(self):
+        """Around main-process work on the weights (evaluation, checkpoint): under FSDP every process gathers the
+        full weights (a collective) and the main process holds them inside the block (:meth:`ShardedModel.gathered`;
+        changes made inside are discarded); otherwise nothing."""
+        if self.sharding is None:
+            yield
+            return
+        with self.sharding.gathered(keep=self.acc.is_main_process):
+            yield
+
     def run_evaluation(self, step: int, *, view: bool = True) -> None:
-        if self.evaluate is not None and self.acc.is_main_process:
-            with self.unlearned_view() if view else contextlib.nullcontext(), torch.no_grad():
-                row, items = self.evaluate(step)
-            self.dynamics.append({"step": step, **row})
-            self.item_rows.extend({**r, "step": step} for r in items)
+        if self.evaluate is not None:
+            with self.full_weights():
+                if self.acc.is_main_process:
+                    with self.unlearned_view() if view else contextlib.nullcontext(), torch.no_grad():
+                        row, items = self.evaluate(step)
+                    self.dynamics.append({"step": step, **row})
+                    self.item_rows.extend({**r, "step": step} for r in items)
         self.acc.wait_for_everyone()
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
     def save(self, step: int, session: TrainingSession) -> None:
-        if self.store is not None and self.acc.is_main_process:
-            if not self.resumed_store:  # a fresh run replaces whatever an earlier run left in the directory
-                self.store.clear()
-                self.resumed_store = True
-            self.store.save(
-                step,
-                P.current(self.model, self.trainable),
-                session.optimizer.state_dict(),
-                session.scheduler.state_dict(),
-                {"loss_log": self.loss_log, "dynamics": self.dynamics, "item_rows": self.item_rows},
-            )
+        if self.store is not None and self.sharding is not None:  # collectives first, on every process
+            optimizer = ShardedModel.full_optimizer_state(session.optimizer)
+            with self.full_weights():
+                self._write_checkpoint(step, session, optimizer)
+        elif self.store is not None:
+            self._write_checkpoint(step, session, None)
         self.acc.wait_for_everyone()
+
+    def _write_checkpoint(self, step: int, session: TrainingSession, optimizer: dict[str, Any] | None) -> None:
+        if not self.acc.is_main_process or self.store is None:
+            return
+        if not self.resumed_store:  # a fresh run replaces whatever an earlier run left in the directory
+            self.store.clear()
+            self.resumed_store = True
+        self.store.save(
+            step,
+            P.current(self.model, self.trainable),
+            optimizer if optimizer is not None else session.optimizer.state_dict(),
+            session.scheduler.state_dict(),
+            {"loss_log": self.loss_log, "dynamics": self.dynamics, "item_rows": self.item_rows},
+        )
 
     def restore(self, session: TrainingSession) -> int | None:
         path = self.store.latest() if self.store is not None else None
@@ -363,10 +404,15 @@ class Trainer:
         self.resumed_store = True
         if set(ckpt.trainable) != set(self.trainable):
             raise InputError(f"--resume: checkpoint {path} holds other trainable parameters than this run")
-        self.model.load_state_dict(ckpt.trainable)
+        optimizer = ckpt.optimizer
+        if self.sharding is not None:  # every process reads the same files and keeps its shard
+            self.sharding.load(ckpt.trainable)
+            optimizer = ShardedModel.sharded_optimizer_state(optimizer, session.optimizer)
+        else:
+            self.model.load_state_dict(ckpt.trainable)
         if session.masters is not None:
             session.masters.refresh()
-        session.optimizer.load_state_dict(ckpt.optimizer)
+        session.optimizer.load_state_dict(optimizer)
         session.scheduler.load_state_dict(ckpt.scheduler)
         self.loss_log = list(ckpt.progress.get("loss_log", []))
         self.dynamics = list(ckpt.progress.get("dynamics", []))
@@ -376,13 +422,18 @@ class Trainer:
     # -- one optimizer step ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def session(self):
-        """Trainable flags set, model and optimizer prepared by accelerate, gradient checkpointing switched on if
-        configured; everything released (and switched off) on exit."""
+        """Trainable flags set, model and optimizer prepared by accelerate (or the model sharded, ``fsdp``: the
+        trainable parameters are then the shards), gradient checkpointing switched on if configured; everything
+        released (and switched off, the model gathered whole again) on exit."""
         cfg, acc = self.cfg, self.acc
         with (
             P.trainable_only(self.model, self.trainable) as params,
+            self.sharded() if cfg.fsdp else contextlib.nullcontext(),
             maybe_checkpointing(self.model.hf, cfg.gradient_checkpointing) as checkpointing,
         ):
+            if self.sharding is not None:  # the flags were set before sharding: the shards inherit them
+                by_name = dict(self.model.named_parameters())
+                params = [by_name[n] for n in self.trainable]
             prepared = acc.prepare(self.model.hf)
             masters = MasterWeights(params) if MasterWeights.needed(params) else None
             optimizer = torch.optim.AdamW(
@@ -398,6 +449,20 @@ class Trainer:
                 del session, prepared, optimizer, scheduler
                 if self.owns_accelerator:
                     acc.free_memory()  # drops the DDP wrapper (its gradient buckets and hooks)
+
+    @contextlib.contextmanager
+    def sharded(self):
+        """``model.hf`` sharded by FSDP inside the block, gathered whole on every process on exit (collective)."""
+        self.sharding = sharding = ShardedModel(self.model)
+        try:
+            yield sharding
+        except (UnlearningFailed, InputError):  # raised on every process alike: the model is gathered back
+            self.sharding = None
+            sharding.unshard()
+            raise
+        # anything else may have been raised on one process only: no collective then (the model stays sharded)
+        self.sharding = None
+        sharding.unshard()
 
     def check_finite(self, value: Tensor | float, what: str, step: int, terms: Tensor | None = None) -> None:
         if math.isfinite(float(value)):

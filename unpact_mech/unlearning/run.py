@@ -41,8 +41,8 @@ TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
 #: keys).
 OPTIMISATION_FIELDS = TRAIN_OPTIONS[: TRAIN_OPTIONS.index("seed") + 1]
 #: Options a resumed run may change (they change memory and time, not the weights): a run that ran out of memory
-#: resumes with ``--gradient-checkpointing``.
-NOT_FINGERPRINTED = ("gradient_checkpointing",)
+#: resumes with ``--gradient-checkpointing`` (or ``--fsdp``).
+NOT_FINGERPRINTED = ("gradient_checkpointing", "fsdp")
 
 
 def resolve_config(method: UnlearningMethod, **options: Any) -> TrainConfig:
@@ -234,7 +234,8 @@ def unlearn(
     ``gold`` (the bare gold answer), see :mod:`~unpact_mech.unlearning.targets`;
     ``train_options``: :class:`TrainConfig` fields (``steps``, ``lr``, ``batch_size``, ``grad_accum``, ``seed``,
     ``lr_schedule``, ``warmup_steps``, ``max_grad_norm``, ``weight_decay``, ``eval_every``, ``checkpoint_every``,
-    ``gradient_checkpointing``), unset ones from the method's recipe. ``evaluate``: greedy accuracy + LP of all
+    ``gradient_checkpointing``, ``fsdp``: shard over the processes of a launch, :mod:`~unpact_mech.unlearning.fsdp`),
+    unset ones from the method's recipe. ``evaluate``: greedy accuracy + LP of all
     items at step 0, every ``eval_every`` steps and at the end; ``initial_evaluation``: the
     :func:`~unpact_mech.scoring.evaluate.evaluate_items` frame of ``items`` on the current weights (same judge and
     answer length), used as the step-0 evaluation instead of computing it again. Bad input raises
