@@ -602,6 +602,7 @@ class HookedLM:
         hf.load_state_dict(self.state_dict())
         hf.tie_weights()
         hf.requires_grad_(False)
+        hf.to(self.device)  # beside the model it copies (from_config builds on the CPU)
         return HookedLM(
             hf,
             self.tokenizer,
@@ -624,7 +625,7 @@ class HookedLM:
             if ptr in seen:  # tied weights are stored once; the config re-ties them on load
                 continue
             seen.add(ptr)
-            tensors[name] = tensor.detach().contiguous()
+            tensors[name] = tensor.detach().cpu().contiguous()  # a no-op on the CPU
         save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
         self.config.save_pretrained(directory)
         self.hf.generation_config.save_pretrained(directory)
