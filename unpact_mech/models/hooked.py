@@ -574,7 +574,8 @@ class HookedLM:
             done |= torch.isin(nxt, stops)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            if drop_finished and DROP_FRACTION * len(done) <= int(done.sum()) > 0:
+            n_done = int(done.sum())
+            if drop_finished and n_done > 0 and n_done >= DROP_FRACTION * len(done):
                 keep = (~done).nonzero().squeeze(1)
                 past_key_values.batch_select_indices(keep)
                 rows, done, nxt, attention_mask = rows[keep], done[keep], nxt[keep], attention_mask[keep]

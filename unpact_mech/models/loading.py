@@ -135,6 +135,9 @@ def load_model(
             f"model directory {source.spec}: unreadable config.json ({str(err).splitlines()[0]})"
         ) from None
     architecture_for(config)  # unsupported families fail here, before loading weights
+    placement: dict[str, Any] = {}  # device_map: HF's placement over the GPUs; without one, everything on the CPU
+    if device_map is not None:
+        placement["device_map"] = device_map if torch_device.type == "cuda" else {"": "cpu"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tokenizer = AutoTokenizer.from_pretrained(source.path, local_files_only=True, trust_remote_code=False)
@@ -145,7 +148,7 @@ def load_model(
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=None if allow_pickle else True,
-            **({"device_map": device_map if torch_device.type == "cuda" else {"": "cpu"}} if device_map else {}),
+            **placement,
         )
     if device_map is None:
         hf.to(torch_device)

@@ -107,15 +107,15 @@ def answer_and_score(
     control equal to its treatment) is computed once and its results copied to every occurrence."""
     pairs = [(tuple(p), tuple(a)) for p, a in zip(prompts, answers, strict=True)]
     first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
-    unique = [first.setdefault(pair, len(first)) for pair in pairs]  # row of each pair among the distinct ones
+    row_of = [first.setdefault(pair, len(first)) for pair in pairs]  # each pair's row among the distinct ones
     if len(first) < len(pairs):
         distinct = list(first)
         gen, scores = _answer_and_score(
             model, [p for p, _ in distinct], [a for _, a in distinct], max_new_tokens=max_new_tokens,
             batch_size=batch_size, progress=progress,
         )  # fmt: skip
-        at = torch.tensor(unique, dtype=torch.long)
-        return [gen[j] for j in unique], AnswerScores(
+        at = torch.tensor(row_of, dtype=torch.long)
+        return [gen[j] for j in row_of], AnswerScores(
             scores.logprob[at], scores.logprob_sum[at], scores.first_prob[at], scores.first_rank[at]
         )
     return _answer_and_score(
