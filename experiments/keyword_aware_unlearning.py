@@ -45,13 +45,15 @@ from unpact_mech.pipeline.presets import MAX_CONTROL_ITEMS, train_overrides
 from unpact_mech.pipeline.study import Context, Study, StudyResult, main
 
 # keyguard's ingredients (the ablation sets one to 0 at a time) and the suite's conditions it trains against
-from unpact_mech.unlearning.methods.keyguard import INGREDIENTS, trained_families
+from unpact_mech.unlearning.methods.keyguard import ALL_INGREDIENTS, INGREDIENTS, keyguard_methods, trained_families
 
 if TYPE_CHECKING:
     from unpact_mech.recovery.run import RecoveryResult
 
 BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu")
-NEW_METHODS = ("keyguard",)
+#: keyguard and its registered variants (keyguard_late_answer, keyguard_steer, keyguard_smooth, keyguard_quant,
+#: keyguard2).
+NEW_METHODS = keyguard_methods()
 FORGET_BOUND = 0.15
 UTILITY_TOLERANCE = 0.02
 #: The tuning / held-out split of the forget items is fixed (independent of --seed).
@@ -89,10 +91,34 @@ class Variant:
 
 
 def variants(methods: Sequence[str], ablations: bool) -> list[Variant]:
+    """One variant per method; with ``ablations``, then for every keyguard-family method one ``<method>-no_<ing>``
+    per ingredient that is NON-ZERO in that method's defaults (old and new: ``keyguard2-no_steer_attacks``, ...)."""
+    from unpact_mech.unlearning import UNLEARNING_METHODS
+
     out = [Variant(m, m) for m in methods]
-    if ablations and "keyguard" in methods:
-        out += [Variant(f"keyguard-no_{ing}", "keyguard", {ing: 0.0}) for ing in INGREDIENTS]
+    if ablations:
+        for m in (m for m in methods if m in NEW_METHODS):
+            defaults = UNLEARNING_METHODS[m].hyperparameters
+            out += [Variant(f"{m}-no_{ing}", m, {ing: 0.0}) for ing in ALL_INGREDIENTS if defaults[ing] > 0]
     return out
+
+
+def run_trained_families(rows: Sequence[tuple[str, dict[str, float]]]) -> frozenset[str]:
+    """The attack families ANY keyguard-family variant among ``rows`` (method, hyperparameter overrides) trains
+    against — each from its own method's defaults + overrides —, and keyguard's default ones: the held-out attacks
+    of a table are the conditions outside them (the same list for every row)."""
+    families = set(trained_families(method="keyguard"))
+    for method, hyperparameters in rows:
+        if method in NEW_METHODS:
+            families |= trained_families(hyperparameters, method=method)
+    return frozenset(families)
+
+
+def parse_hyperparameters(text: str) -> dict[str, float]:
+    """``"k=v k2=v2"`` (the ``hyperparameters`` column of variants.csv) -> ``{k: v, ...}``."""
+    if not isinstance(text, str):  # an empty cell reads back as NaN
+        return {}
+    return {k: float(v) for k, v in (kv.split("=", 1) for kv in text.split())}
 
 
 # -- matched utility accuracy (pure functions of the checkpoint table) ---------------------------------------------
@@ -407,7 +433,13 @@ def run(ctx: Context) -> StudyResult:
 
     rates = pd.concat([merged_rates, *rate_frames], ignore_index=True)
     table = pd.concat([merged_table, pd.DataFrame(table_rows)], ignore_index=True)
-    worst = pd.DataFrame([{"variant": name, **worst_columns(g)} for name, g in rates.groupby("variant", sort=False)])
+    families = run_trained_families(
+        [(v.method, v.hyperparameters) for v in todo]
+        + [(str(r.method), parse_hyperparameters(r.hyperparameters)) for r in merged_table.itertuples()]
+    )
+    worst = pd.DataFrame(
+        [{"variant": name, **worst_columns(g, families)} for name, g in rates.groupby("variant", sort=False)]
+    )
     table = table[[c for c in table.columns if not c.startswith(("worst_", "n_eligible_"))]]
     if len(worst):
         table = table.merge(worst, on="variant", how="left")
@@ -426,7 +458,7 @@ def run(ctx: Context) -> StudyResult:
         "utility_tolerance": UTILITY_TOLERANCE,
         "tuning_items": tuning,
         "held_out_items": held_out,
-        "trained_families": sorted(trained_families()),
+        "trained_families": sorted(families),
         "merged": list(ctx.args.merge),
         "goal": goal(table),
     }
@@ -458,13 +490,17 @@ def held_out_conditions(conditions, families) -> list[str]:
     return [c for c in conditions if condition_family(c) not in families]
 
 
-def worst_columns(rates: pd.DataFrame) -> dict[str, Any]:
+def worst_columns(rates: pd.DataFrame, families: frozenset[str] | None = None) -> dict[str, Any]:
     """The worst cases of one variant's ``rates``: over all conditions on all / tuning / held-out eligible items,
-    over the held-out attacks (conditions keyguard does not train on), and over keyword AND random-word emphasis."""
+    over the held-out attacks (conditions outside the trained ``families``; None: keyguard's defaults; ``run`` passes
+    those of every keyguard variant of the table, :func:`run_trained_families`), and over keyword AND random-word
+    emphasis."""
     row: dict[str, Any] = {}
     for subset in ("all", "tuning", "held_out"):
         row[f"worst_recovery_{subset}"], row[f"worst_condition_{subset}"] = worst_case(rates, subset)
-    held_out_attacks = held_out_conditions(rates["condition"].unique(), trained_families())
+    if families is None:
+        families = trained_families(method="keyguard")
+    held_out_attacks = held_out_conditions(rates["condition"].unique(), families)
     row["worst_recovery_held_out_attacks"], row["worst_condition_held_out_attacks"] = worst_case(
         rates, "all", held_out_attacks
     )

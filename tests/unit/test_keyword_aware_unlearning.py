@@ -89,33 +89,57 @@ def test_worst_case_over_conditions(kau):
 
 
 def test_held_out_attacks_share_no_family_with_any_training_rewrite(kau):
-    """The family rule, for keyguard and every ablation variant: a held-out condition's family is never a family
-    keyguard trains on (its training rewrites included), and the imitating rewrites carry the imitated family."""
+    """The family rule, for every keyguard variant and each of its ablations: a held-out condition's family is never
+    a family the variant trains on (its training rewrites included, from ITS OWN defaults + overrides), and the
+    imitating rewrites carry the imitated family; steer is held out for keyguard, not for keyguard_steer / keyguard2."""
     from unpact_mech.attacks import ATTACKS, attack_names
+    from unpact_mech.unlearning import UNLEARNING_METHODS
     from unpact_mech.unlearning.methods.keyguard import TRAIN_PROMPTS, trained_families
 
     by_name = {a.name: a for a in TRAIN_PROMPTS}
     assert by_name["train_instruction"].family == ATTACKS["neutral"].family
     assert by_name["train_suffix"].family == ATTACKS["repeat_keywords"].family
     labels = attack_names()
-    for variant in kau.variants(["keyguard"], ablations=True):
-        families = trained_families(variant.hyperparameters)
+    all_variants = kau.variants(list(kau.NEW_METHODS), ablations=True)
+    assert {v.method for v in all_variants} == set(kau.NEW_METHODS) and len(kau.NEW_METHODS) == 6
+    for variant in all_variants:
+        hp = UNLEARNING_METHODS[variant.method].hyperparameters | variant.hyperparameters
+        families = trained_families(variant.hyperparameters, method=variant.method)
         held_out = kau.held_out_conditions(labels, families)
         assert all(ATTACKS[c].family not in families for c in held_out), variant.name
-        trained = (
-            {a.family for a in TRAIN_PROMPTS}
-            if (
-                variant.hyperparameters.get("prompt_attacks", 1) > 0
-                or variant.hyperparameters.get("retain_attacks", 1) > 0
-            )
-            else set()
-        )
+        trained = {a.family for a in TRAIN_PROMPTS} if hp["prompt_attacks"] > 0 or hp["retain_attacks"] > 0 else set()
+        trained |= {
+            ATTACKS[a].family for a, w in (("steer", "steer_attacks"), ("quantize", "quant_weight")) if hp[w] > 0
+        }
         assert not set(held_out) & {c for c in labels if ATTACKS[c].family in trained}, variant.name
+        assert ("steer" in held_out) == (hp["steer_attacks"] == 0), variant.name
+    for method, steer_held_out in (("keyguard", True), ("keyguard_steer", False), ("keyguard2", False)):
+        assert ("steer" in kau.held_out_conditions(labels, trained_families(method=method))) == steer_held_out
+    assert "steer" in kau.held_out_conditions(labels, trained_families({"steer_attacks": 0.0}, method="keyguard2"))
     default = kau.held_out_conditions(labels, trained_families())
     assert default == [
         "repeat_question", "scale", "steer", "pasta", "quantize", "relearn_unrelated", "relearn_split", "logit_lens",
         "ablate_direction", "few_shot", "rephrase",
     ]  # fmt: skip
+    # the table's held-out attacks leave out what ANY of its keyguard variants trains on (merged rows included)
+    union = kau.run_trained_families([("rmu", {}), ("keyguard", {}), ("keyguard2", {"quant_weight": 0.0})])
+    assert union == trained_families() | {ATTACKS["steer"].family}
+    assert kau.parse_hyperparameters("steer_attacks=0 late_weight=0.3") == {"steer_attacks": 0.0, "late_weight": 0.3}
+    assert kau.parse_hyperparameters(float("nan")) == {}
+
+
+def test_ablations_cover_every_non_zero_ingredient_of_each_keyguard_variant(kau):
+    names = [v.name for v in kau.variants(["rmu", "keyguard", "keyguard2"], ablations=True)]
+    assert names == ["rmu", "keyguard", "keyguard2"] + [f"keyguard-no_{i}" for i in kau.INGREDIENTS] + [
+        f"keyguard2-no_{i}"
+        for i in (
+            "prompt_attacks", "activation_attacks", "keyword_weight", "retain_attacks", "late_answer_weight",
+            "steer_attacks", "noise_weight", "quant_weight",
+        )
+    ]  # fmt: skip
+    assert [v.name for v in kau.variants(["keyguard_steer"], ablations=False)] == ["keyguard_steer"]
+    no_steer = next(v for v in kau.variants(["keyguard_steer"], ablations=True) if v.name.endswith("no_steer_attacks"))
+    assert (no_steer.method, no_steer.hyperparameters) == ("keyguard_steer", {"steer_attacks": 0.0})
 
 
 @pytest.fixture(scope="module")

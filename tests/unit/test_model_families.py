@@ -320,7 +320,7 @@ def test_one_unlearning_step_of_each_method_changes_every_weight_it_trains(famil
     runs = [(method, "transformer_lens") for method in UNLEARNING_METHODS] + [("ga", "nnsight")]
     for method, backend in runs:
         model = models[backend]
-        hp = {"rmu": {"layer": 1}, "keyguard": {"layer": 0, "late_layer": 1}}.get(method)
+        hp = {"layer": 1} if method == "rmu" else {"layer": 0, "late_layer": 1} if "keyguard" in method else None
         saved, lineage = {n: t.clone() for n, t in model.state_dict().items()}, list(model.lineage)
         try:
             unlearn(

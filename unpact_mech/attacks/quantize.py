@@ -286,3 +286,43 @@ def grid_report(original: "HookedLM", unlearned: "HookedLM", scheme: str, group_
     if len(df):
         df["delta_over_bin"] = df["mean_abs_delta"] / df["mean_bin_width"]
     return df
+
+
+def _kind_of(scheme: str) -> str:
+    """A uniform scheme name as :func:`roundtrip` takes it (``q4_1`` -> ``Q4_1``; ``int8``, ``Q8_0`` ... unchanged)."""
+    if scheme == "source":
+        raise InputError("weight_shift_vs_bin: scheme 'source' needs the model; pass scheme_plan(model, 'source')")
+    return scheme.upper() if scheme.lower() in ("q4_1", "q8_0") else scheme
+
+
+def weight_shift_vs_bin(
+    base: dict[str, Tensor], trained: dict[str, Tensor], scheme: str | dict[str, str], group_size: int = 32
+) -> pd.DataFrame:
+    """Per matrix, how far training moved the weights against the width of their quantization bins (a pure
+    function of the two state dicts: e.g. ``TrainResult.base`` and the trained weights).
+
+    ``scheme``: one kind for every 2-D tensor of ``base`` (``q4_1``, ``q8_0``, ``int8``, ``int4``, ``f16`` or a GGUF
+    type name), or a mapping name -> kind (e.g. :func:`scheme_plan` of the model; tensors not in it are skipped).
+    Columns: ``parameter``, ``kind``, ``n`` (elements), ``mean_abs_delta`` = mean |w_t − w_b|, ``mean_bin_width`` =
+    the mean width of the BASE weights' bins (:func:`bin_width`), ``delta_over_bin`` = their ratio, and
+    ``quant_changed`` = the share of elements whose quantized value moved to another grid point,
+    |Q(w_t) − Q(w_b)| >= half the base's bin width (as in :func:`grid_report`: a block's own scale may move a little).
+    """
+    plan = scheme if isinstance(scheme, dict) else {n: _kind_of(scheme) for n, w in base.items() if w.ndim == 2}
+    rows = []
+    for name, kind in plan.items():
+        if name not in base:
+            continue
+        w_b, w_t = base[name], trained[name]
+        delta = (w_t.double() - w_b.double()).abs()
+        width = bin_width(w_b, kind, group_size).double()
+        gap = (roundtrip(w_t, kind, group_size).double() - roundtrip(w_b, kind, group_size).double()).abs()
+        mean_width = float(width.mean())
+        rows.append({
+            "parameter": name, "kind": kind, "n": w_b.numel(), "mean_abs_delta": float(delta.mean()),
+            "mean_bin_width": mean_width,
+            "delta_over_bin": float(delta.mean()) / mean_width if mean_width > 0 else float("nan"),
+            "quant_changed": float((gap >= 0.5 * width).double().mean()),
+        })  # fmt: skip
+    columns = ["parameter", "kind", "n", "mean_abs_delta", "mean_bin_width", "delta_over_bin", "quant_changed"]
+    return pd.DataFrame(rows, columns=columns)

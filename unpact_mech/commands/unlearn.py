@@ -23,20 +23,46 @@ HP_FLAGS = {
     "retain_attacks": "--retain-attacks",
     "late_weight": "--late-weight",
     "late_layer": "--late-layer",
+    "late_answer_weight": "--late-answer-weight",
+    "steer_attacks": "--steer-attacks",
+    "steer_attack_coef": "--steer-attack-coef",
+    "noise_weight": "--noise-weight",
+    "noise_scale": "--noise-scale",
+    "quant_weight": "--quant-weight",
 }
+
+
+def _variant_of(cls, registered):
+    """The registered method ``cls`` is a variant of (a base class with the same hyperparameter names and recipe)."""
+    for base in cls.__mro__[1:]:
+        if (
+            base in registered
+            and base.hyperparameters.keys() == cls.hyperparameters.keys()
+            and base.recipe == cls.recipe
+        ):
+            return base
+    return None
 
 
 def _epilog() -> str:
     from unpact_mech.unlearning import HYPERPARAMETERS, UNLEARNING_METHODS
 
     lines = ["methods and their defaults (recipes measured on smollm2 + builtin:real_facts, docs/unlearning.md):"]
+    width = max(12, *(len(name) for name in UNLEARNING_METHODS))
     for name, cls in UNLEARNING_METHODS.items():
         r = cls.recipe
         hp = ", ".join(f"{k}={v:g}" for k, v in cls.hyperparameters.items())
-        lines.append(f"  {name:<12} lr {r.lr:g}, {r.steps} steps, batch {r.batch_size}" + (f"; {hp}" if hp else ""))
-        lines.append(f"  {'':<12} {cls.summary}")
+        parent = _variant_of(cls, UNLEARNING_METHODS.values())
+        if parent is not None:  # a registered variant: only what differs
+            diff = {k: v for k, v in cls.hyperparameters.items() if parent.hyperparameters[k] != v}
+            hp = f"as {parent.name} but " + ", ".join(f"{k}={v:g}" for k, v in diff.items())
+        lines.append(
+            f"  {name:<{width}} lr {r.lr:g}, {r.steps} steps, batch {r.batch_size}" + (f"; {hp}" if hp else "")
+        )
+        lines.append(f"  {'':<{width}} {cls.summary}")
     lines.append("hyperparameters (only the ones a method takes are accepted):")
-    lines.extend(f"  {HP_FLAGS[k]:<16} {text}" for k, text in HYPERPARAMETERS.items())
+    flag_width = max(16, *(len(flag) for flag in HP_FLAGS.values()))
+    lines.extend(f"  {HP_FLAGS[k]:<{flag_width}} {text}" for k, text in HYPERPARAMETERS.items())
     lines.append(
         'data: items with "split": "forget" are unlearned; "retain" items feed the retain term; all '
         "items are evaluated (greedy answer, contains judge) before, every --eval-every steps, and after."
@@ -151,6 +177,36 @@ def add_parser(sub) -> None:
         default=None,
         metavar="L",
         help="keyguard: ℓ', the late layer (negative = from the end)",
+    )
+    h.add_argument(
+        "--late-answer-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="keyguard: w_la (misdirection at the late layer on the answer tokens only)",
+    )
+    h.add_argument(
+        "--steer-attacks", type=float, default=None, metavar="W", help="keyguard: w_s (forget rows under steering)"
+    )
+    h.add_argument(
+        "--steer-attack-coef",
+        type=float,
+        default=None,
+        metavar="C",
+        help="keyguard: c_s, the training steer coefficient",
+    )
+    h.add_argument(
+        "--noise-weight", type=float, default=None, metavar="W", help="keyguard: w_n (forget terms at noisy weights)"
+    )
+    h.add_argument(
+        "--noise-scale", type=float, default=None, metavar="S", help="keyguard: σ, weight noise relative to rms(W)"
+    )
+    h.add_argument(
+        "--quant-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="keyguard: w_q (forget terms at the re-quantized weights)",
     )
     d = p.add_argument_group("evaluation and checkpoints")
     d.add_argument(

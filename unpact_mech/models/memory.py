@@ -44,7 +44,10 @@ GIB = 2**30
 #: Registered unlearning methods whose ``setup`` builds a frozen ``model.reference_copy()`` (with their default
 #: hyperparameters: the KL retain term and RMU's retain anchor need α > 0). Checked against the registry in
 #: tests/unit/test_memory.py.
-REFERENCE_METHODS: tuple[str, ...] = ("ga_klr", "npo_klr", "rmu", "keyguard")
+REFERENCE_METHODS: tuple[str, ...] = (
+    "ga_klr", "npo_klr", "rmu", "keyguard", "keyguard_late_answer", "keyguard_steer", "keyguard_smooth",
+    "keyguard_quant", "keyguard2",
+)  # fmt: skip
 #: MLP activations HF writes in Python (several saved temporaries) rather than as one kernel.
 PYTHON_GELUS: tuple[str, ...] = ("gelu_new",)
 #: Model types :func:`dims_from_config` reads.

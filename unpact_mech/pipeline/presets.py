@@ -22,13 +22,25 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "smollm2": {"data": "builtin:real_facts", "train": {}},
     "tiny": {"data": "builtin:synthetic_facts", "train": {"lr": 5e-4, "steps": 6}},
 }
+#: keyguard and its registered variants (unpact_mech/unlearning/methods/keyguard_variants.py).
+KEYGUARD_METHODS = (
+    "keyguard",
+    "keyguard_late_answer",
+    "keyguard_steer",
+    "keyguard_smooth",
+    "keyguard_quant",
+    "keyguard2",
+)
 #: Per-model overrides of single methods (lr and hyperparameters), on top of MODEL_DEFAULTS: the representation
 #: methods write at layer 7 of SmolLM2, which the 2-layer tiny model does not have (values measured in the unit
-#: tests' tiny runs of keyguard and rmu).
+#: tests' tiny runs of keyguard and rmu; every keyguard variant takes keyguard's).
 METHOD_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "rmu": {"lr": 1e-2, "hyperparameters": {"layer": 1, "c": 20.0, "alpha": 1.0}},
-        "keyguard": {"lr": 1e-2, "hyperparameters": {"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0}},
+        **{
+            m: {"lr": 1e-2, "hyperparameters": {"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0}}
+            for m in KEYGUARD_METHODS
+        },
     }
 }
 FALLBACK_DATA = "builtin:real_facts"

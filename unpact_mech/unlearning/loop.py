@@ -15,6 +15,10 @@ One optimizer step (``step`` counts these):
    (``logits_to_keep`` = the answer span; cached hooks if the method asks), the method's loss, a finiteness check
    (reduced over processes, before ``backward``), ``backward(loss / grad_accum)`` (DDP's all-reduce on the last
    micro-batch only: ``no_sync`` before);
+   then, for each of the method's :meth:`~unpact_mech.unlearning.methods.base.UnlearningMethod.extra_passes`
+   (none for every method but ``keyguard``'s noise / quantization terms), one more forward + backward of the same
+   micro-batch with trained weights temporarily replaced (:func:`temporary_weights`, restored bit-exactly; DDP
+   all-reduces on the step's very last backward only);
 2. clip the gradient norm (``max_grad_norm``; the norm is checked finite), AdamW step, lr schedule step.
 
 Evaluations (step 0, every ``eval_every`` steps, the end) and checkpoints (every ``checkpoint_every`` steps) run
@@ -51,7 +55,7 @@ from unpact_mech.unlearning.batches import UnlearningSet, make_batch, sample_ind
 from unpact_mech.unlearning.checkpoint import CheckpointStore
 from unpact_mech.unlearning.fsdp import FSDPAccelerator, ShardedModel, fsdp_accelerator, local_device
 from unpact_mech.unlearning.grad_checkpointing import GradientCheckpointing, check_interventions, maybe_checkpointing
-from unpact_mech.unlearning.methods.base import LossTerms, PolicyOutput, UnlearningMethod
+from unpact_mech.unlearning.methods.base import LossTerms, PolicyOutput, UnlearningMethod, WeightPass
 from unpact_mech.unlearning.precision import MasterWeights
 from unpact_mech.utils import progress_bar
 
@@ -230,6 +234,29 @@ def policy_forward(model: "HookedLM", method: UnlearningMethod, batch, *, checkp
         logits_to_keep=batch.tf.keep if method.needs_logits else 1,
     )
     return PolicyOutput(batch, out.logits if method.needs_logits else None, out.cache)
+
+
+@contextlib.contextmanager
+def temporary_weights(named: Sequence[tuple[str, torch.nn.Parameter]], weight: Callable[[str, Tensor], Tensor | None]):
+    """Inside the block every parameter ``p`` (named ``name``) for which ``weight(name, p)`` gives a tensor holds that
+    value (copied in place, without grad: hooks, DDP and the optimizer keep seeing the same tensor); on exit each is
+    restored from a copy, bit-exactly, whatever happened inside. Gradients accumulated inside stay on ``p.grad``."""
+    saved: list[tuple[torch.nn.Parameter, Tensor]] = []
+    try:
+        with torch.no_grad():
+            for name, p in named:
+                value = weight(name, p.detach())
+                if value is None:
+                    continue
+                if value.shape != p.shape:
+                    raise ValueError(f"temporary weight of {name}: shape {tuple(value.shape)}, not {tuple(p.shape)}")
+                saved.append((p, p.detach().clone()))
+                p.copy_(value)
+        yield
+    finally:
+        with torch.no_grad():
+            for p, clean in saved:
+                p.copy_(clean)
 
 
 def make_accelerator(model: "HookedLM"):
@@ -476,19 +503,24 @@ class Trainer:
         )
 
     def step(self, step: int, session: TrainingSession) -> dict[str, Any]:
-        """Optimizer step ``step`` (0-based): accumulate ``grad_accum`` micro-batches, clip, AdamW, schedule."""
+        """Optimizer step ``step`` (0-based): accumulate ``grad_accum`` micro-batches (each with the method's extra
+        weight passes), clip, AdamW, schedule. The log row gains ``<label>_loss`` per extra pass."""
+        passes = tuple(self.method.extra_passes(step))
         with session.checkpointing.active() if session.checkpointing is not None else contextlib.nullcontext():
-            sums = self.accumulate(step, session)
-        return self.update(step, session, sums)
+            sums = self.accumulate(step, session, passes)
+        row = self.update(step, session, sums[:3])
+        row.update({f"{p.label}_loss": float(value) for p, value in zip(passes, sums[3:])})
+        return row
 
-    def accumulate(self, step: int, session: TrainingSession) -> Tensor:
-        """The ``grad_accum`` micro-batches of step ``step``: forward, loss, backward; the mean logged terms."""
+    def accumulate(self, step: int, session: TrainingSession, passes: Sequence[WeightPass] = ()) -> Tensor:
+        """The ``grad_accum`` micro-batches of step ``step``: forward, loss, backward, then each extra weight pass on
+        the same batch; the mean logged terms (total, forget, retain, then one per pass)."""
         cfg, acc, model = self.cfg, self.acc, self.model
-        sums = torch.zeros(3)
+        sums = torch.zeros(3 + len(passes))
         for micro in range(cfg.grad_accum):
             batch = self.batch(step, micro)
             last = micro == cfg.grad_accum - 1
-            with contextlib.nullcontext() if last else acc.no_sync(session.prepared):
+            with contextlib.nullcontext() if last and not passes else acc.no_sync(session.prepared):
                 with model.forward_through(session.prepared):
                     policy = policy_forward(model, self.method, batch, checkpointing=session.checkpointing is not None)
                     terms: LossTerms = self.method.loss(policy)
@@ -498,8 +530,24 @@ class Trainer:
                 logged = acc.reduce(torch.stack([terms.total.detach(), terms.forget.detach(), retain]).float(), "mean")
                 self.check_finite(logged[0], "the loss", step, logged)
                 acc.backward(terms.total / cfg.grad_accum)
-            sums += logged.cpu() / cfg.grad_accum
+            sums[:3] += logged.cpu() / cfg.grad_accum
+            for i, weight_pass in enumerate(passes):  # DDP all-reduces on the step's very last backward
+                with contextlib.nullcontext() if last and i == len(passes) - 1 else acc.no_sync(session.prepared):
+                    sums[3 + i] += self.weight_pass(weight_pass, batch, step, session) / cfg.grad_accum
         return sums
+
+    def weight_pass(self, weight_pass: WeightPass, batch, step: int, session: TrainingSession) -> Tensor:
+        """One extra forward + backward of ``batch`` under ``weight_pass``'s temporary weights (see
+        :class:`~unpact_mech.unlearning.methods.base.WeightPass`); returns its loss (mean over processes)."""
+        model = self.model
+        with temporary_weights(list(zip(self.trainable, session.params)), weight_pass.weight):
+            with model.forward_through(session.prepared):
+                out = policy_forward(model, self.method, batch, checkpointing=session.checkpointing is not None)
+                loss = weight_pass.loss(out)
+            logged = self.acc.reduce(loss.detach().float().reshape(1), "mean")
+            self.check_finite(logged[0], f"the {weight_pass.label} pass's loss", step)
+            self.acc.backward(loss / self.cfg.grad_accum)  # recomputed layers (checkpointing) see the same weights
+        return logged.cpu()[0]
 
     def update(self, step: int, session: TrainingSession, sums: Tensor) -> dict[str, Any]:
         """Clip, AdamW step, schedule step after the gradients of step ``step`` were accumulated."""
@@ -529,6 +577,9 @@ class Trainer:
     def run(self, resume: bool = False) -> TrainResult:
         cfg, acc, model, method = self.cfg, self.acc, self.model, self.method
         self.base = P.snapshot(model, self.trainable)
+        if cfg.fsdp and method.weight_pass_labels:  # sharded parameters cannot be swapped for whole matrices
+            labels = ", ".join(method.weight_pass_labels)
+            raise InputError(f"method {method.name}: its extra weight passes ({labels}) do not work with --fsdp")
         method.setup(model, self.data, seed=cfg.seed)  # reference quantities from the base weights
         train_seconds = 0.0
         try:

@@ -125,3 +125,13 @@ def weighted_rmu_forget(h: Tensor, mask: Tensor, weights: Tensor, control: Tenso
         return h.sum() * 0.0
     per_position = (h.float() - control.float().view(1, 1, -1)).pow(2).mean(-1)  # (B, T)
     return (per_position * w).sum() / total
+
+
+def smoothed_weight(w: Tensor, noise: Tensor, sigma: float) -> Tensor:
+    """A randomly perturbed copy of a weight matrix (``keyguard``'s relearning-smoothing pass).
+
+    ``W̃ = W + σ·rms(W)·ε`` with ``rms(W) = sqrt(mean_ij W_ij²)`` and ``ε`` of W's shape (standard normal in use), so
+    the noise is σ relative to the matrix's own scale. Computed in float32, returned in W's dtype and shape.
+    """
+    w32 = w.float()
+    return (w32 + sigma * w32.pow(2).mean().sqrt() * noise.float()).to(w.dtype)

@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,10 +101,12 @@ class UnlearnResult:
         return pd.DataFrame(self.train.dynamics)
 
     def loss_table(self) -> pd.DataFrame:
-        """One row per optimizer step: ``step, lr, loss, forget_loss, retain_loss, grad_norm, seconds``."""
-        return pd.DataFrame(
-            self.train.loss_log, columns=["step", "lr", "loss", "forget_loss", "retain_loss", "grad_norm", "seconds"]
-        )
+        """One row per optimizer step: ``step, lr, loss, forget_loss, retain_loss, grad_norm``, then the loss of each
+        extra weight pass of the method (``<label>_loss``, e.g. keyguard's ``noise_loss``) if any, then ``seconds``."""
+        columns = ["step", "lr", "loss", "forget_loss", "retain_loss", "grad_norm"]
+        passes = [k for k in (self.train.loss_log[0] if self.train.loss_log else {}) if k.endswith("_loss")]
+        columns += [k for k in passes if k not in columns]
+        return pd.DataFrame(self.train.loss_log, columns=[*columns, "seconds"])
 
 
 def _summary(
@@ -205,6 +207,20 @@ def destructive_rates(res: TrainResult) -> dict[str, Any]:
     return out
 
 
+def prebuilt_targets(
+    targets: UnlearningSet, items: Sequence["QAItem"], *, target: str, with_retain: bool, where: str
+) -> UnlearningSet:
+    """``targets`` checked against ``items`` (the same forget and retain items in order; ``target="gold"`` needs gold
+    targets throughout), without its retain part when the method has no retain term."""
+    forget, retain = UnlearningSet.split(items, where=where)
+    ids = [t.item_id for t in targets.forget], [t.item_id for t in targets.retain]
+    if ids[0] != [it.id for it in forget] or (with_retain and ids[1] != [it.id for it in retain]):
+        raise InputError(f"targets: the prebuilt training targets are not those of the forget/retain items of {where}")
+    if target == "gold" and any(t.source != "gold" for t in (*targets.forget, *targets.retain)):
+        raise InputError("targets: target='gold' but the prebuilt training targets are the model's own answers")
+    return targets if with_retain else replace(targets, retain_items=(), retain=())
+
+
 def unlearn(
     model: "HookedLM",
     items: Sequence["QAItem"],
@@ -223,6 +239,7 @@ def unlearn(
     callback: Callable[[int], None] | None = None,
     data_label: str = "items",
     initial_evaluation: pd.DataFrame | None = None,
+    targets: UnlearningSet | None = None,
     **train_options: Any,
 ) -> UnlearnResult:
     """Unlearn the ``forget`` items of ``items`` from ``model`` IN PLACE (its ``.hf`` parameters) and extend
@@ -238,7 +255,10 @@ def unlearn(
     unset ones from the method's recipe. ``evaluate``: greedy accuracy + LP of all
     items at step 0, every ``eval_every`` steps and at the end; ``initial_evaluation``: the
     :func:`~unpact_mech.scoring.evaluate.evaluate_items` frame of ``items`` on the current weights (same judge and
-    answer length), used as the step-0 evaluation instead of computing it again. Bad input raises
+    answer length), used as the step-0 evaluation instead of computing it again; ``targets``: the training targets
+    already built from ``items`` on the same base weights (:meth:`UnlearningSet.from_items` with ``target``; e.g. one
+    set shared by several methods unlearned from one base model), checked to hold the same forget and retain items,
+    instead of generating the base model's answers again. Bad input raises
     :class:`InputError` before any update; :class:`~unpact_mech.unlearning.loop.UnlearningFailed` means the run
     failed (NaN, no weight changed).
     """
@@ -272,9 +292,12 @@ def unlearn(
             "lineage_depth": len(model.lineage),
         }
         store = CheckpointStore(checkpoint_dir, fingerprint)
-    data = UnlearningSet.from_items(
-        model, items, where=data_label, target=target, with_retain=m.needs_retain, batch_size=eval_batch_size
-    )
+    if targets is None:
+        data = UnlearningSet.from_items(
+            model, items, where=data_label, target=target, with_retain=m.needs_retain, batch_size=eval_batch_size
+        )
+    else:
+        data = prebuilt_targets(targets, items, target=target, with_retain=m.needs_retain, where=data_label)
     evaluator = (
         make_evaluator(
             model, items, batch_size=eval_batch_size, max_new_tokens=max_new_tokens, initial=initial_evaluation

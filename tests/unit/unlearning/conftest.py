@@ -20,8 +20,18 @@ TINY_RUNS: dict[str, dict] = {
     "simnpo": dict(steps=5, lr=1e-3),
     "rmu": dict(steps=8, lr=1e-2, hyperparameters={"layer": 1, "c": 20.0, "alpha": 1.0}),
     "task_vector": dict(steps=5, lr=3e-3),
-    # the tiny model has 2 layers: RMU's layer 0, the late layer 1
-    "keyguard": dict(steps=8, lr=1e-2, hyperparameters={"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0}),
+    # the tiny model has 2 layers: RMU's layer 0, the late layer 1 (every keyguard variant alike)
+    **{
+        m: dict(steps=8, lr=1e-2, hyperparameters={"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0})
+        for m in (
+            "keyguard",
+            "keyguard_late_answer",
+            "keyguard_steer",
+            "keyguard_smooth",
+            "keyguard_quant",
+            "keyguard2",
+        )
+    },
 }
 
 

@@ -85,6 +85,25 @@ def test_two_processes_end_with_identical_weights_and_the_bypass_control_does_no
     assert any(not torch.equal(c0[n], c1[n]) for n in c0), "without the DDP forward the ranks must diverge"
 
 
+def test_keyguard2_weight_passes_under_ddp_match_one_process_accumulating(tmp_path):
+    """keyguard2 (steer rows fitted through the DDP wrapper, noise and quantization passes after the main backward,
+    DDP's all-reduce on the step's last backward only): the ranks stay in sync and end at the weights of one process
+    accumulating their two micro-batches."""
+    info, (w0, w1) = _launch(tmp_path / "kg2", "--method", "keyguard2")
+    assert all(torch.equal(w0[n], w1[n]) for n in w0) and info[0]["losses"] == info[1]["losses"]
+    torch.set_num_threads(1)
+    one = load_model("tiny")
+    result = unlearn(
+        one, load_items("builtin:synthetic_facts"), "keyguard2", steps=3, lr=1e-2, batch_size=2, grad_accum=2,
+        hyperparameters={"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0}, evaluate=False, progress=False,
+    )  # fmt: skip
+    ref = dict(one.named_parameters())
+    base = dict(load_model("tiny").named_parameters())
+    assert any(not torch.equal(w0[n], base[n].detach()) for n in w0)  # they trained
+    assert all(torch.allclose(w0[n], ref[n].detach(), rtol=0, atol=1e-5) for n in w0)
+    assert [r["loss"] for r in result.train.loss_log] == pytest.approx(info[0]["losses"], rel=1e-5)
+
+
 class _FSDPAccelerator:
     distributed_type = "DistributedType.FSDP"  # what Accelerator() is under an FSDP launch on GPUs
 

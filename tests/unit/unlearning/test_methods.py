@@ -16,7 +16,7 @@ def run(model, items, method, **kw):
     return unlearn(model, items, method, evaluate=False, progress=False, **opts)
 
 
-def test_registry_has_the_ten_methods():
+def test_registry_has_the_ten_methods_and_the_keyguard_variants():
     assert list(UNLEARNING_METHODS) == [
         "ga",
         "ga_gdr",
@@ -28,6 +28,11 @@ def test_registry_has_the_ten_methods():
         "rmu",
         "task_vector",
         "keyguard",
+        "keyguard_late_answer",
+        "keyguard_steer",
+        "keyguard_smooth",
+        "keyguard_quant",
+        "keyguard2",
     ]
     assert set(TINY_RUNS) == set(UNLEARNING_METHODS)
 

@@ -8,12 +8,15 @@ A method declares
 * :meth:`forget_loss` and, through a retain mixin, :meth:`retain_loss`; the total is
   ``L = L_forget + α·L_retain``;
 * optionally :meth:`setup` (reference quantities from the frozen base model), :meth:`default_trainable` (a
-  parameter regex) and :meth:`unlearned_weights` (weight arithmetic after training, for task vectors).
+  parameter regex) and :meth:`unlearned_weights` (weight arithmetic after training, for task vectors);
+* optionally :meth:`extra_passes`: more forward + backward passes of a micro-batch with trained weights temporarily
+  replaced (:class:`WeightPass`; ``keyguard``'s noise and quantization terms), inside the same optimizer step.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -48,6 +51,15 @@ HYPERPARAMETERS: dict[str, str] = {
     "retain_attacks": "w_r: keyguard weight of the retain term on retain prompts rewritten the same way",
     "late_weight": "w_l: keyguard weight of the misdirection (and retain anchor) at the late layer ℓ'",
     "late_layer": "ℓ': keyguard late layer (negative = from the end; -3 = n_layers − 3)",
+    "late_answer_weight": "w_la: keyguard weight of the misdirection at ℓ' on the ANSWER positions only (and of "
+    "the retain anchor at ℓ')",
+    "steer_attacks": "w_s: keyguard weight of the misdirection with the policy steered toward the original at the "
+    "KeyTokens (the steer attack, directions re-fitted every step)",
+    "steer_attack_coef": "c_s: keyguard coefficient of the training steer attack (h[P] += c_s·d_L; 1 = the "
+    "attack's own)",
+    "noise_weight": "w_n: keyguard weight of the forget term at randomly perturbed weights (relearning smoothing)",
+    "noise_scale": "σ: keyguard noise of the perturbed weights, relative to each matrix's rms (W + σ·rms(W)·ε)",
+    "quant_weight": "w_q: keyguard weight of the forget term at the re-quantized weights (straight-through)",
 }
 
 
@@ -67,6 +79,25 @@ class LossTerms:
     total: Tensor
     forget: Tensor
     retain: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class WeightPass:
+    """One extra forward + backward of a micro-batch with trained weights temporarily replaced
+    (:meth:`UnlearningMethod.extra_passes`).
+
+    The loop runs it after the micro-batch's main backward, on the same batch (same rows, same interventions):
+    every trained parameter ``p`` named ``name`` for which ``weight(name, p)`` returns a tensor (same shape; called
+    without grad on the current value) holds that value during the pass's forward and backward, and is restored
+    bit-exactly afterwards; ``loss(out)`` — already weighted — is back-propagated (``/ grad_accum``), so its gradient
+    AT THE TEMPORARY WEIGHTS is added to the clean weights' gradient before the optimizer step (a straight-through
+    gradient for a quantized value, a randomly smoothed one for a perturbed value). ``label`` names its column in the
+    training log (``<label>_loss``).
+    """
+
+    label: str
+    weight: "Callable[[str, Tensor], Tensor | None]"
+    loss: "Callable[[PolicyOutput], Tensor]"
 
 
 @dataclass
@@ -152,6 +183,18 @@ class UnlearningMethod:
 
     def interventions(self, model: "HookedLM", batch: "StepBatch") -> "Sequence[Intervention]":
         """Interventions active in the policy forward of ``batch`` (default: none)."""
+        return ()
+
+    @property
+    def weight_pass_labels(self) -> tuple[str, ...]:
+        """Labels of the :meth:`extra_passes` this method will run (known from the hyperparameters alone, before
+        :meth:`setup`, so that a run they cannot work in is refused before any work). Default: none."""
+        return ()
+
+    def extra_passes(self, step: int) -> "Sequence[WeightPass]":
+        """Extra weight-replaced passes of every micro-batch of optimizer step ``step`` (0-based), run after its main
+        backward (:class:`WeightPass`). Default: none. Called after :meth:`setup`; must be a pure function of the
+        step and the setup (resumed and multi-process runs see the same passes). Not supported with ``fsdp``."""
         return ()
 
     def setup(self, model: "HookedLM", data: "UnlearningSet", *, seed: int, batch_size: int = 16) -> None:
