@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from unpact_mech.io import RunWriter
     from unpact_mech.models.hooked import HookedLM
     from unpact_mech.recovery.run import RecoveryConfig, RecoveryResult
+    from unpact_mech.unlearning.batches import UnlearningSet
     from unpact_mech.unlearning.run import UnlearnResult
 
 
@@ -202,6 +203,14 @@ class Session:
 
         return load_model(spec, backend=self.backend, device=self.device, dtype=self.dtype)
 
+    @cached_property
+    def training_targets(self) -> "UnlearningSet":
+        """The unlearning targets of the forget and retain items (the ORIGINAL model's own answers, ``generated``),
+        built once and shared by every method unlearned from a fresh copy of it (the copy has the same weights)."""
+        from unpact_mech.unlearning.batches import UnlearningSet
+
+        return UnlearningSet.from_items(self.original, self.items, where=self.data, batch_size=self.batch_size)
+
     def unlearn_fresh_copy(
         self, method: str, train_options: dict[str, Any], *, initial_evaluation: pd.DataFrame | None = None
     ) -> tuple["HookedLM", "UnlearnResult"]:
@@ -212,6 +221,7 @@ class Session:
 
         seed_everything(self.seed)
         model = self.load(self.spec)
+        shared = "target" not in train_options or train_options["target"] == "generated"
         result = unlearn(
             model,
             self.items,
@@ -222,6 +232,7 @@ class Session:
             max_new_tokens=self.max_new_tokens,
             data_label=self.data,
             initial_evaluation=initial_evaluation,
+            targets=self.training_targets if shared else None,
             **train_options,
         )
         model.name = method
