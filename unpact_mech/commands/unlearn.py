@@ -145,7 +145,10 @@ def add_parser(sub) -> None:
         help="train only parameters whose HF name matches (re.search), e.g. 'model\\.layers\\.(5|6|7)\\.mlp\\.' "
         "(default: all; rmu: the MLP down-projections of layers l-2..l)",
     )
-    h = p.add_argument_group("method hyperparameters (defaults per method, see below)")
+    h = p.add_argument_group(
+        "method hyperparameters (defaults per method, see below; on the built-in tiny model RMU and keyguard take "
+        "layers that it has)"
+    )
     h.add_argument("--alpha", type=float, default=None, help="α, weight of the retain term")
     h.add_argument("--beta", type=float, default=None, help="β, NPO/SimNPO inverse temperature")
     h.add_argument("--gamma", type=float, default=None, help="γ, SimNPO margin")
@@ -240,6 +243,16 @@ def _checkpoint_dir(args: argparse.Namespace) -> Path:
     return out.with_name(out.name + ".checkpoints")
 
 
+def given_hyperparameters(args: argparse.Namespace) -> dict[str, float | None]:
+    """The hyperparameter flags, where unset filled from the built-in model's method presets
+    (:data:`~unpact_mech.pipeline.presets.METHOD_OVERRIDES`: RMU's and keyguard's layers on the 2-layer ``tiny``
+    model, which has no layer 7), as the demo and the experiments use them; None = the method's default."""
+    from unpact_mech.pipeline.presets import train_overrides
+
+    preset = train_overrides(str(args.model), args.method).get("hyperparameters", {})
+    return {k: preset.get(k) if getattr(args, k) is None else getattr(args, k) for k in HP_FLAGS}
+
+
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
@@ -258,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     check_training_launch(fsdp=args.fsdp)  # accelerate's FSDP plugin without --fsdp / DeepSpeed: one line, exit 2
     if args.fsdp and launched_processes() < 2:
         raise InputError(ONE_PROCESS)
-    method = get_unlearning_method(args.method, **{k: getattr(args, k) for k in HP_FLAGS})
+    method = get_unlearning_method(args.method, **given_hyperparameters(args))
     stop_rule = args.stop_when_forget_below is not None or args.max_utility_drop is not None
     eval_every = args.eval_every if args.eval_every is not None else (1 if stop_rule else args.checkpoint_every)
     # every TrainConfig field has a flag of the same name; eval_every is implied by a stop rule

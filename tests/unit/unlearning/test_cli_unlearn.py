@@ -323,3 +323,18 @@ def test_a_file_without_utility_items_warns_in_one_line_and_the_summary_says_so(
     assert summary["utility_note"].startswith("no utility items")
     assert summary["utility_accuracy_before"] is None and summary["utility_destructive_rate"] is None
     assert summary["retain_accuracy_before"] == 1.0 and summary["retain_destructive_rate"] is not None
+
+
+@pytest.mark.parametrize("method", ["rmu", "keyguard"])
+def test_tiny_takes_the_presets_layers_and_a_flag_still_wins(method, tmp_path, capsys):
+    """On the 2-layer tiny model RMU and keyguard take the presets' layers (their default layer 7 does not exist
+    there) where the user gave none; a flag given on the command line is used as given."""
+    from unpact_mech.pipeline.presets import train_overrides
+
+    preset = train_overrides("tiny", method)["hyperparameters"]
+    for extra, want in (([], preset["c"]), (["--steering-coef", "7"], 7.0)):
+        out = tmp_path / f"{method}-{len(extra)}"
+        code, _, err = run_cli(BASE + ["--method", method, "--steps", "1", "--out", out, *extra], capsys)
+        assert code == 0, err
+        hp = json.loads((out / "run.json").read_text())["lineage"][-1]["hyperparameters"]
+        assert hp["layer"] == preset["layer"] and hp["c"] == want
