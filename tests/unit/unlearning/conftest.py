@@ -8,6 +8,7 @@ import torch
 from unpact_mech import load_model
 from unpact_mech.scoring.logprob import score_answers
 from unpact_mech.scoring.tokens import encode_items
+from unpact_mech.unlearning.methods.keyguard import keyguard_methods
 
 #: Settings under which every method visibly unlearns on the tiny model in a few milliseconds-long steps.
 TINY_RUNS: dict[str, dict] = {
@@ -23,14 +24,7 @@ TINY_RUNS: dict[str, dict] = {
     # the tiny model has 2 layers: RMU's layer 0, the late layer 1 (every keyguard variant alike)
     **{
         m: dict(steps=8, lr=1e-2, hyperparameters={"layer": 0, "late_layer": 1, "c": 20.0, "alpha": 1.0})
-        for m in (
-            "keyguard",
-            "keyguard_late_answer",
-            "keyguard_steer",
-            "keyguard_smooth",
-            "keyguard_quant",
-            "keyguard2",
-        )
+        for m in keyguard_methods()
     },
 }
 
