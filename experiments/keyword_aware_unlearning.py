@@ -1,6 +1,8 @@
-"""Beyond the paper — keyguard vs the unlearning baselines at matched utility accuracy, under the full recovery suite.
+"""Beyond the paper — keyguard and its variants vs the nine unlearning baselines at matched utility accuracy, under
+the whole recovery battery.
 
-Per variant (each baseline method, ``keyguard``, and with ``--ablations`` keyguard without one ingredient at a time):
+Per variant (each baseline method, each keyguard-family method, and with ``--ablations`` each keyguard-family method
+without one of its non-zero ingredients at a time):
 
 1. unlearn a fresh copy for a horizon of ``ceil(--horizon × recipe steps)`` steps, evaluating every ``--eval-every``
    steps (greedy answer + contains judge on all items) -> checkpoints (step, forget accuracy, utility accuracy);
@@ -9,21 +11,32 @@ Per variant (each baseline method, ``keyguard``, and with ``--ablations`` keygua
 3. the MATCHED checkpoint = the checkpoint (step >= 1) with the lowest forget accuracy whose utility accuracy is >=
    R* - 0.02 (ties: higher utility, then the earlier step); the model is re-trained to that step (same seed, constant
    lr: the same weights, checked against the recorded accuracies);
-4. the full recovery suite on it (every prompt strategy and activation intervention, with controls; keywords = the
-   original's KeyTokens) -> worst-case recovery rate = the highest recovery rate over all conditions.
+4. the conditions of ``--attacks`` on it (default ``all``: the full battery of ``unpact_mech/attacks/battery.py`` —
+   keyword emphasis in the prompt and the activations with their controls, quantization, relearning, the logit lens,
+   direction ablation, few-shot prompts, rephrasings; keywords = the original's KeyTokens) -> per attack FAMILY and
+   overall, the worst-case recovery rate = the highest rate over that family's conditions, k / n of the eligible
+   items with its exact (Clopper–Pearson) interval and the number K of conditions it is the maximum of.
+
+The paired test: per family (and overall, and over the goal's families together — keyword emphasis in the prompt
+and the activations, and quantization) the BEST BASELINE is the matched baseline with the lowest worst case there;
+every other row is compared with it by the exact McNemar test of each side's worst condition on the items eligible
+for both, Holm-adjusted over the families of the row (families.csv). Relearning is also reported per condition
+(``recovery_relearn_unrelated[k1]``, ``[k5]``, ``[k10]``: the same number of relearning steps for every method).
 
 Generalisation: keyguard's hyperparameters were chosen on the TUNING half of the forget items (a fixed seeded
 split, listed in summary.json); the table also reports the worst case on the HELD-OUT half alone, and over the
-held-out attacks: the conditions whose FAMILY keyguard never trains on (``trained_families``: a training rewrite
-that imitates a suite condition takes that condition's family out of the held-out list). Collateral damage and the
-match use the held-out UTILITY items, which no method trains on. ``--equal-steps`` also attacks every baseline at
-keyguard's matched step (same training length), as rows ``<baseline>@step<N>``.
+held-out attacks: the conditions whose FAMILY no keyguard variant of the table trains on (``trained_families``: a
+training rewrite that imitates a condition takes that condition's family out of the held-out list). Collateral
+damage and the match use the held-out UTILITY items, which no method trains on. ``--equal-steps`` also attacks every
+baseline at keyguard's matched step (same training length), as rows ``<baseline>@step<N>``.
 
-``--merge DIR`` adds the variants of an earlier run of this script (same model, data and seed) to the table, so the
-baselines and keyguard can run separately. Outputs: table.csv (one row per variant), checkpoints.csv, rates.csv
-(variant x condition, all / tuning / held-out items), variants.csv (every column),
-recovery/<variant>/ (the ``unpact recover`` files),
-tradeoff.png (utility accuracy vs worst-case recovery) and checkpoints.png (forget vs utility accuracy per step).
+``--merge DIR`` adds the variants of earlier runs of this script (same model, data and seed) to the table, so the
+baselines and the keyguard variants can run separately (pass all of them the same ``--target-utility``). Outputs:
+table.csv (the headline columns), variants.csv (every column, one row per variant), families.csv (variant x subset
+x family: worst case, interval, best baseline, paired test), checkpoints.csv, rates.csv (variant x condition x
+subset), outcomes.csv (variant x eligible item x condition), recovery/<variant>/ (the ``unpact recover`` files),
+tradeoff.png (utility accuracy vs worst-case recovery) and checkpoints.png (forget vs utility accuracy per step);
+summary.json's ``goal`` checks the issue's goal for every keyguard-family row.
 """
 
 from __future__ import annotations
@@ -43,6 +56,8 @@ from unpact_mech.commands.common import positive_int
 from unpact_mech.data.splits import tuning_split
 from unpact_mech.pipeline.presets import MAX_CONTROL_ITEMS, train_overrides
 from unpact_mech.pipeline.study import Context, Study, StudyResult, main
+from unpact_mech.recovery.worst_case import paired_worst
+from unpact_mech.stats import clopper_pearson, holm
 
 # keyguard's ingredients (the ablation sets one to 0 at a time) and the suite's conditions it trains against
 from unpact_mech.unlearning.methods.keyguard import ALL_INGREDIENTS, INGREDIENTS, keyguard_methods, trained_families
@@ -50,7 +65,7 @@ from unpact_mech.unlearning.methods.keyguard import ALL_INGREDIENTS, INGREDIENTS
 if TYPE_CHECKING:
     from unpact_mech.recovery.run import RecoveryResult
 
-BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu")
+BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr", "simnpo", "rmu", "task_vector")
 #: keyguard and its registered variants (keyguard_late_answer, keyguard_steer, keyguard_smooth, keyguard_quant,
 #: keyguard2).
 NEW_METHODS = keyguard_methods()
@@ -58,6 +73,22 @@ FORGET_BOUND = 0.15
 UTILITY_TOLERANCE = 0.02
 #: The tuning / held-out split of the forget items is fixed (independent of --seed).
 SPLIT_SEED = 0
+#: The family of the relearning conditions (compared at equal relearning steps) and the names of the two groups of
+#: conditions :func:`family_table` adds to the families: the goal's families together, and every condition.
+RELEARN_FAMILY = "relearning"
+GOAL_GROUP = "goal_families"
+OVERALL = "overall"
+#: What :func:`family_table` keeps of a :func:`worst_pick`.
+PICK_KEYS = ("condition", "rate", "k", "n", "ci_low", "ci_high", "of")
+OUTCOME_COLUMNS = ["variant", "item_id", "condition", "recovered"]
+
+
+def goal_families() -> frozenset[str]:
+    """The families the goal bounds: those of the keyword-emphasis conditions (prompt strategies and activation
+    interventions, :data:`~unpact_mech.attacks.DEFAULT_ATTACKS`) and ``quantization``."""
+    from unpact_mech.attacks import DEFAULT_ATTACKS, get_attack
+
+    return frozenset({get_attack(a).family for a in DEFAULT_ATTACKS} | {"quantization"})
 
 
 #: The headline table (table.csv, printed); variants.csv has every column.
@@ -71,8 +102,8 @@ HEADLINE = [
     "worst_condition_all",
     "worst_recovery_held_out",
     "worst_recovery_held_out_attacks",
-    "worst_recovery_any",
-    "worst_condition_any",
+    "worst_recovery_goal_families",
+    "worst_condition_goal_families",
     "utility_destructive_rate",
 ]
 
@@ -159,50 +190,71 @@ def matched_checkpoint(
     return ok.sort_values(["forget_accuracy", "utility_accuracy", "step"], ascending=[True, False, True]).iloc[0]
 
 
-def condition_rates(per_item: pd.DataFrame, eligible: Sequence[str], subsets: dict[str, Sequence[str]]) -> pd.DataFrame:
-    """Recovery rate per condition on the eligible items of each subset: ``condition, kind, subset, n, recovery_rate``.
+def condition_rates(
+    per_item: pd.DataFrame, eligible: Sequence[str], subsets: dict[str, Sequence[str]], family_of: dict[str, str]
+) -> pd.DataFrame:
+    """Recovery rate per condition on the eligible items of each subset, under keyword emphasis (the condition's own
+    arm) and under its random control where it has one (``emphasis`` ``random``):
+    ``condition, kind, family, emphasis, subset, n, recovered, recovery_rate``.
 
-    ``per_item``: :attr:`RecoveryResult.per_item` (rows of the unlearned model under keyword emphasis are used)."""
-    emph = per_item[
+    ``per_item``: :attr:`RecoveryResult.per_item` (the unlearned model's rows of those two arms are used);
+    ``family_of``: condition label -> attack family (the conditions to keep)."""
+    arms = per_item[
         (per_item["model"] == "unlearned")
-        & per_item["emphasis"].isin(["keywords", "random"])
-        & per_item["kind"].isin(["strategy", "intervention"])
+        & per_item["arm"].isin(["emphasis", "random_control"])
+        & per_item["condition"].isin(list(family_of))
     ]
     rows = []
     for subset, ids in subsets.items():
         keep = sorted(set(eligible) & set(ids))
-        part = emph[emph["item_id"].isin(keep)]
-        for (kind, condition, emphasis), g in part.groupby(["kind", "condition", "emphasis"], sort=False):
-            rows.append(
-                {
-                    "condition": condition,
-                    "kind": kind,
-                    "emphasis": emphasis,
-                    "subset": subset,
-                    "n": len(keep),
-                    "recovery_rate": float(g["correct"].astype(bool).mean()) if len(keep) else float("nan"),
-                }
-            )
-    return pd.DataFrame(rows, columns=["condition", "kind", "emphasis", "subset", "n", "recovery_rate"])
+        part = arms[arms["item_id"].isin(keep)]
+        for (kind, condition, arm), g in part.groupby(["kind", "condition", "arm"], sort=False):
+            k = int(g["correct"].astype(bool).sum())
+            rows.append({
+                "condition": condition, "kind": kind, "family": family_of[condition],
+                "emphasis": "keywords" if arm == "emphasis" else "random", "subset": subset, "n": len(keep),
+                "recovered": k, "recovery_rate": k / len(keep) if keep else float("nan"),
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=RATE_COLUMNS)
 
 
-def worst_case(
+RATE_COLUMNS = ["condition", "kind", "family", "emphasis", "subset", "n", "recovered", "recovery_rate"]
+
+
+def worst_pick(
     rates: pd.DataFrame, subset: str, conditions: Sequence[str] | None = None, emphasis: Sequence[str] = ("keywords",)
-) -> tuple[float, str]:
-    """``(max recovery rate, its condition)`` over the conditions of ``subset`` with the given ``emphasis`` (keyword
-    emphasis by default; add ``random`` for the random-word controls), optionally only ``conditions`` (base names)."""
+) -> dict[str, Any]:
+    """The worst case over the conditions of ``subset`` with the given ``emphasis`` (keyword emphasis by default; add
+    ``random`` for the random controls), optionally only ``conditions``: ``rate`` (the highest recovery rate; ties:
+    the first in run order), ``condition`` (its label, `` (control)`` appended for a control arm), ``k`` / ``n``
+    with the exact interval ``ci_low`` / ``ci_high``, and ``of`` (the conditions it is the maximum of). NaN rate and
+    empty condition when nothing qualifies."""
     part = rates[(rates["subset"] == subset) & rates["recovery_rate"].notna() & rates["emphasis"].isin(emphasis)]
     if conditions is not None:
         part = part[part["condition"].isin(conditions)]
     if part.empty:
-        return float("nan"), ""
+        nan = float("nan")
+        return {"rate": nan, "condition": "", "k": 0, "n": 0, "ci_low": nan, "ci_high": nan, "of": 0}
     best = part.sort_values("recovery_rate", ascending=False, kind="stable").iloc[0]
-    label = str(best["condition"]) + (" (random words)" if best["emphasis"] == "random" else "")
-    return float(best["recovery_rate"]), label
+    k, n = int(best["recovered"]), int(best["n"])
+    low, high = clopper_pearson(k, n)
+    label = str(best["condition"]) + (" (control)" if best["emphasis"] == "random" else "")
+    return {
+        "rate": float(best["recovery_rate"]), "condition": label, "raw_condition": str(best["condition"]), "k": k,
+        "n": n, "ci_low": low, "ci_high": high, "of": len(part),
+    }  # fmt: skip
 
 
 # -- the study ----------------------------------------------------------------------------------------------------
 def add_options(p) -> None:
+    p.add_argument(
+        "--attacks",
+        nargs="+",
+        default=["all"],
+        metavar="SPEC",
+        help="conditions (registered names / spec strings, as `unpact recover --attack`; default: all, the full "
+        "battery; 'battery': all but the keyword-emphasis conditions; 'emphasis': those alone)",
+    )
     p.add_argument(
         "--ablations",
         action="store_true",
@@ -293,17 +345,23 @@ def train(ctx: Context, v: Variant, steps: int, *, evaluate: bool, eval_every: i
     return model, result
 
 
-def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The tables of earlier runs (``variants.csv``, ``checkpoints.csv``, ``rates.csv``, ``outcomes.csv``), checked
+    to be runs of this script on the same model, data and seed. Runs of an earlier release lack some columns: the
+    attack family is looked up from the condition, k from rate x n, ``matched`` from the row name, and a run
+    without ``outcomes.csv`` has no paired tests (NaN)."""
     from unpact_mech.errors import InputError
 
-    tables, checkpoints, rates = [], [], []
+    tables, checkpoints, rates, outcomes = [], [], [], []
     for d in dirs:
         path = Path(d)
         try:
             summary = json.loads((path / "summary.json").read_text())
-            tables.append(pd.read_csv(path / "variants.csv", keep_default_na=False, na_values=[""]))
+            table = pd.read_csv(path / "variants.csv", keep_default_na=False, na_values=[""])
+            rate = pd.read_csv(path / "rates.csv")
             checkpoints.append(pd.read_csv(path / "checkpoints.csv"))
-            rates.append(pd.read_csv(path / "rates.csv"))
+            if (path / "outcomes.csv").is_file():
+                outcomes.append(pd.read_csv(path / "outcomes.csv", dtype={"item_id": str}))
         except (OSError, ValueError) as err:
             raise InputError(f"--merge {d}: not a run of keyword_aware_unlearning ({err})") from None
         if summary.get("study") != "keyword_aware_unlearning":
@@ -311,17 +369,37 @@ def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.Dat
         for key, mine in (("model", ctx.args.model), ("data", ctx.data), ("seed", ctx.seed)):
             if summary.get(key) != mine:
                 raise InputError(f"--merge {d}: {key} {summary.get(key)!r} differs from this run's {mine!r}")
+        if "matched" not in table:
+            table["matched"] = ~table["variant"].astype(str).str.contains("@step")
+        if "family" not in rate:
+            rate["family"] = [condition_family(c) for c in rate["condition"]]
+        if "recovered" not in rate:
+            rate["recovered"] = (rate["recovery_rate"].fillna(0) * rate["n"]).round().astype(int)
+        tables.append(table)
+        rates.append(rate)
     if not tables:
-        return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
+        return pd.DataFrame(), pd.DataFrame(), pd.DataFrame(columns=RATE_COLUMNS), pd.DataFrame(columns=OUTCOME_COLUMNS)
     return (
         pd.concat(tables, ignore_index=True),
         pd.concat(checkpoints, ignore_index=True),
         pd.concat(rates, ignore_index=True),
+        pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame(columns=OUTCOME_COLUMNS),
     )
 
 
+def outcome_rows(rec: "RecoveryResult", variant: str) -> pd.DataFrame:
+    """The long ``outcomes`` rows of one recovery run: per eligible forget item and keyword-emphasis condition,
+    whether the answer came back (``variant, item_id, condition, recovered``)."""
+    from unpact_mech.recovery.compare import recovered
+
+    wide = recovered(rec.per_item, rec.eligible_ids)
+    long = wide.reset_index(names="item_id").melt(id_vars="item_id", var_name="condition", value_name="recovered")
+    return long.assign(variant=variant, recovered=long["recovered"].astype(int)).reindex(columns=OUTCOME_COLUMNS)
+
+
 def run(ctx: Context) -> StudyResult:
-    from unpact_mech.attacks import DEFAULT_ATTACKS
+    from unpact_mech.attacks import resolve_attacks
+    from unpact_mech.attacks.battery import expand_specs
     from unpact_mech.errors import InputError
     from unpact_mech.io import atomic_write_text
     from unpact_mech.recovery.outputs import long_results
@@ -338,11 +416,14 @@ def run(ctx: Context) -> StudyResult:
     fixed = ctx.args.target_utility
     if fixed is not None and not 0.0 <= fixed <= 1.0:
         raise InputError(f"--target-utility must be in [0, 1], got {fixed}")
-    merged_table, merged_ckpt, merged_rates = load_merged(ctx.args.merge, ctx)
+    merged_table, merged_ckpt, merged_rates, merged_outcomes = load_merged(ctx.args.merge, ctx)
     clash = sorted(set(merged_table.get("variant", [])) & {v.name for v in todo})
     if clash:
         raise InputError(f"--merge: variant(s) {', '.join(clash)} are in a merged run and in --methods")
     steps = {v.name: horizon_steps(v.method, ctx.args.horizon) for v in todo}
+    # the conditions, resolved against the model before any training (a bad spec is a one-line error now)
+    attacks = resolve_attacks(expand_specs(list(ctx.args.attacks), ctx.original), ctx.original) if todo else []
+    family_of = {a.label: a.family for a in attacks if not a.is_control}
 
     # 1. checkpoints of every variant
     rows = []
@@ -385,20 +466,30 @@ def run(ctx: Context) -> StudyResult:
             f"{target['target_utility']:.3f} (pass the same --target-utility, or none, to every run); rerun them"
         )
 
-    # 4. the recovery suite on each matched checkpoint
-    keywords = ctx.original_keywords() if todo else []
-    rcfg = ctx.recovery_config(DEFAULT_ATTACKS, max_control_items=ctx.args.max_control_items)
+    # 4. the battery on each matched checkpoint
+    keywords = ctx.original_keywords() if any(a.uses_keywords for a in attacks) else None
+    rcfg = ctx.recovery_config(attacks, max_control_items=ctx.args.max_control_items)
     forget_ids = [it.id for it in ctx.split("forget")]
     tuning, held_out = tuning_split(forget_ids, SPLIT_SEED)
     subsets = {"all": forget_ids, "tuning": tuning, "held_out": held_out}
-    table_rows, rate_frames, long = [], [], []
-    for v in progress_bar(todo, enabled=ctx.progress, desc="recovery"):
+    table_rows, rate_frames, outcome_frames, long = [], [], [], []
+
+    def attack(v: Variant, name: str, step: int) -> "RecoveryResult":
+        model, _ = train(ctx, v, step, evaluate=False)
+        rec = ctx.recover(model, name, rcfg, keywords)
+        rate_frames.append(condition_rates(rec.per_item, rec.eligible_ids, subsets, family_of).assign(variant=name))
+        outcome_frames.append(outcome_rows(rec, name))
+        long.append(long_results(rec).assign(method=v.method, variant=name))
+        return rec
+
+    for v in progress_bar(todo, enabled=ctx.progress, desc="battery"):
         mine = checkpoints[checkpoints["variant"] == v.name]
         chosen = matched_checkpoint(mine, target["target_utility"])
         row: dict[str, Any] = {
             "variant": v.name,
             "method": v.method,
             "baseline": v.is_baseline,
+            "matched": True,
             "hyperparameters": " ".join(f"{k}={x:g}" for k, x in v.hyperparameters.items()),
             "horizon_steps": steps[v.name],
             **target,
@@ -406,13 +497,7 @@ def run(ctx: Context) -> StudyResult:
         if chosen is None:
             table_rows.append(row | {"matched_step": None})
             continue
-        model, _ = train(ctx, v, int(chosen["step"]), evaluate=False)
-        rec = ctx.recover(model, v.name, rcfg, keywords)
-        rates = condition_rates(rec.per_item, rec.eligible_ids, subsets).assign(variant=v.name)
-        rate_frames.append(rates)
-        long.append(long_results(rec).assign(method=v.method, variant=v.name))
-        table_rows.append(row | summarise(chosen, rec))
-        del model
+        table_rows.append(row | summarise(chosen, attack(v, v.name, int(chosen["step"]))))
 
     # 5. --equal-steps: every baseline attacked at keyguard's matched step (the same training length)
     kg_step = next(
@@ -423,15 +508,13 @@ def run(ctx: Context) -> StudyResult:
         if mine.empty:
             continue
         name = f"{v.name}@step{kg_step}"
-        model, _ = train(ctx, v, int(kg_step), evaluate=False)
-        rec = ctx.recover(model, name, rcfg, keywords)
-        rate_frames.append(condition_rates(rec.per_item, rec.eligible_ids, subsets).assign(variant=name))
-        long.append(long_results(rec).assign(method=v.method, variant=name))
-        table_rows.append({"variant": name, "method": v.method, "baseline": True, "hyperparameters": "",
-                           "horizon_steps": steps[v.name], **target} | summarise(mine.iloc[0], rec))  # fmt: skip
-        del model
+        rec = attack(v, name, int(kg_step))
+        row = {"variant": name, "method": v.method, "baseline": True, "matched": False, "hyperparameters": "",
+               "horizon_steps": steps[v.name], **target}  # fmt: skip
+        table_rows.append(row | summarise(mine.iloc[0], rec))
 
     rates = pd.concat([merged_rates, *rate_frames], ignore_index=True)
+    outcomes = pd.concat([merged_outcomes, *outcome_frames], ignore_index=True)
     table = pd.concat([merged_table, pd.DataFrame(table_rows)], ignore_index=True)
     families = run_trained_families(
         [(v.method, v.hyperparameters) for v in todo]
@@ -440,13 +523,21 @@ def run(ctx: Context) -> StudyResult:
     worst = pd.DataFrame(
         [{"variant": name, **worst_columns(g, families)} for name, g in rates.groupby("variant", sort=False)]
     )
-    table = table[[c for c in table.columns if not c.startswith(("worst_", "n_eligible_"))]]
+    table = table[[c for c in table.columns if not c.startswith(("worst_", "n_eligible_", "recovery_", "p_vs_"))]]
     if len(worst):
         table = table.merge(worst, on="variant", how="left")
     table["hyperparameters"] = table["hyperparameters"].fillna("")
+    by_family = family_table(table, rates, outcomes, subsets) if len(worst) else pd.DataFrame()
+    if len(by_family):
+        tests = by_family[by_family["subset"] == "all"].pivot_table(
+            index="variant", columns="group", values="p_vs_best_holm", aggfunc="first", sort=False
+        )
+        table = table.merge(tests.add_prefix("p_vs_best_").reset_index(), on="variant", how="left")
     atomic_write_text(ctx.out / "variants.csv", table.to_csv(index=False))
     atomic_write_text(ctx.out / "checkpoints.csv", checkpoints.to_csv(index=False))
     atomic_write_text(ctx.out / "rates.csv", rates.to_csv(index=False))
+    atomic_write_text(ctx.out / "outcomes.csv", outcomes.to_csv(index=False))
+    atomic_write_text(ctx.out / "families.csv", by_family.to_csv(index=False))
     plot_tradeoff(table, target, ctx.out / "tradeoff.png")
     plot_checkpoints(checkpoints, table, target, ctx.out / "checkpoints.png")
     results = (
@@ -459,10 +550,13 @@ def run(ctx: Context) -> StudyResult:
         "tuning_items": tuning,
         "held_out_items": held_out,
         "trained_families": sorted(families),
+        "goal_families": sorted(goal_families()),
         "merged": list(ctx.args.merge),
-        "goal": goal(table),
+        "goal": goal(table, by_family, rates) if len(by_family) else {},
     }
-    return StudyResult(table.reindex(columns=HEADLINE), results, summary)
+    present = rates.loc[rates["emphasis"] == "keywords", "family"].drop_duplicates()
+    headline = HEADLINE + [f"worst_recovery_{f}" for f in present] + [c for c in table if c.startswith("p_vs_best")]
+    return StudyResult(table.reindex(columns=headline), results, summary)
 
 
 def summarise(chosen: pd.Series, rec: "RecoveryResult") -> dict[str, Any]:
@@ -490,48 +584,146 @@ def held_out_conditions(conditions, families) -> list[str]:
     return [c for c in conditions if condition_family(c) not in families]
 
 
+def _put(row: dict[str, Any], name: str, pick: dict[str, Any]) -> None:
+    """``worst_recovery_<name>``, ``worst_condition_<name>`` and its ``_k``, ``_n``, ``_ci_low``, ``_ci_high``."""
+    row[f"worst_recovery_{name}"], row[f"worst_condition_{name}"] = pick["rate"], pick["condition"]
+    for key in ("k", "n", "ci_low", "ci_high"):
+        row[f"worst_recovery_{name}_{key}"] = pick[key]
+
+
 def worst_columns(rates: pd.DataFrame, families: frozenset[str] | None = None) -> dict[str, Any]:
-    """The worst cases of one variant's ``rates``: over all conditions on all / tuning / held-out eligible items,
-    over the held-out attacks (conditions outside the trained ``families``; None: keyguard's defaults; ``run`` passes
-    those of every keyguard variant of the table, :func:`run_trained_families`), and over keyword AND random-word
-    emphasis."""
+    """The worst cases of one variant's ``rates`` (each with k / n and its exact interval): over all conditions on
+    all / tuning / held-out eligible items; over the held-out attacks (conditions outside the trained ``families``;
+    None: keyguard's defaults; ``run`` passes those of every keyguard variant of the table,
+    :func:`run_trained_families`); over keyword emphasis AND the controls (``any``); over the goal's families
+    (:func:`goal_families`, ``goal_families``); per attack family (``worst_recovery_<family>``); and the rate of every
+    relearning condition (``recovery_<label>``: the issue compares those at equal relearning steps)."""
     row: dict[str, Any] = {}
     for subset in ("all", "tuning", "held_out"):
-        row[f"worst_recovery_{subset}"], row[f"worst_condition_{subset}"] = worst_case(rates, subset)
+        _put(row, subset, worst_pick(rates, subset))
     if families is None:
         families = trained_families(method="keyguard")
     held_out_attacks = held_out_conditions(rates["condition"].unique(), families)
-    row["worst_recovery_held_out_attacks"], row["worst_condition_held_out_attacks"] = worst_case(
-        rates, "all", held_out_attacks
-    )
-    row["worst_recovery_any"], row["worst_condition_any"] = worst_case(rates, "all", emphasis=("keywords", "random"))
+    _put(row, "held_out_attacks", worst_pick(rates, "all", held_out_attacks))
+    _put(row, "any", worst_pick(rates, "all", emphasis=("keywords", "random")))
+    _put(row, "goal_families", worst_pick(rates, "all", goal_conditions(rates)))
+    mine = rates[(rates["subset"] == "all") & (rates["emphasis"] == "keywords")]
+    for family, g in mine.groupby("family", sort=False):
+        _put(row, str(family), worst_pick(rates, "all", list(g["condition"])))
+    for r in mine[mine["family"] == RELEARN_FAMILY].itertuples():
+        row[f"recovery_{r.condition}"] = r.recovery_rate
     for subset in ("tuning", "held_out"):
         n = rates.loc[rates["subset"] == subset, "n"]
         row[f"n_eligible_{subset}"] = int(n.max()) if len(n) else 0
     return row
 
 
-def goal(table: pd.DataFrame) -> dict[str, Any]:
-    """The issue's goal for keyguard: worst-case recovery <= 0.10, forget accuracy <= 0.15, utility >= the target."""
-    kg = table[table["variant"] == "keyguard"]
-    if kg.empty or pd.isna(kg.iloc[0].get("matched_step")):
-        return {"evaluated": False}
-    r = kg.iloc[0]
-    checks = {
-        "worst_recovery_le_0.10": bool(r["worst_recovery_all"] <= 0.10 + 1e-12),
-        "forget_le_0.15": bool(r["forget_accuracy"] <= FORGET_BOUND + 1e-12),
-        "utility_ge_target": bool(r["utility_accuracy"] >= r["target_utility"] - 1e-12),
-    }
-    return {
-        "evaluated": True,
-        **checks,
-        "met": all(checks.values()),
-        "worst_recovery": float(r["worst_recovery_all"]),
-        "worst_condition": r["worst_condition_all"],
-        "forget_accuracy": float(r["forget_accuracy"]),
-        "utility_accuracy": float(r["utility_accuracy"]),
-        "target_utility": float(r["target_utility"]),
-    }
+def goal_conditions(rates: pd.DataFrame) -> list[str]:
+    """The conditions of ``rates`` whose family is one the goal names (:func:`goal_families`)."""
+    return sorted(set(rates.loc[rates["family"].isin(goal_families()), "condition"]))
+
+
+# -- the paired comparison with the best baseline ------------------------------------------------------------------
+def outcome_matrix(outcomes: pd.DataFrame, variant: str) -> pd.DataFrame | None:
+    """One variant's eligible items x conditions (bool) from the long ``outcomes`` table; None if it has none."""
+    mine = outcomes[outcomes["variant"] == variant]
+    if mine.empty:
+        return None
+    wide = mine.pivot_table(index="item_id", columns="condition", values="recovered", aggfunc="max", sort=False)
+    return wide.fillna(0).astype(bool)
+
+
+def family_table(
+    table: pd.DataFrame, rates: pd.DataFrame, outcomes: pd.DataFrame, subsets: dict[str, Sequence[str]]
+) -> pd.DataFrame:
+    """Per row of ``table`` with a matched checkpoint (or an equal-steps row), per subset and per GROUP (each attack
+    family, ``goal_families`` = :func:`goal_families` together, ``overall``): the worst case (condition, k / n, exact
+    interval, of K) and the paired test against the BEST BASELINE of that group and subset — the matched baseline
+    row with the lowest worst case there (ties: higher utility accuracy, then table order): the exact McNemar test of
+    each side's worst condition on the items eligible for both (:func:`~unpact_mech.recovery.worst_case.
+    paired_worst`), Holm-adjusted over the families of the row and subset (``overall`` and ``goal_families`` are
+    single pre-named tests, not adjusted)."""
+    done = table[table["matched_step"].notna()]
+    keyword = rates[rates["emphasis"] == "keywords"]
+    groups = {str(f): sorted(set(g["condition"])) for f, g in keyword.groupby("family", sort=False)}
+    groups |= {GOAL_GROUP: goal_conditions(rates), OVERALL: sorted(set(keyword["condition"]))}
+    picks = {
+        (v, subset, group): worst_pick(rates[rates["variant"] == v], subset, conditions)
+        for v in done["variant"] for subset in subsets for group, conditions in groups.items()
+    }  # fmt: skip
+    matrices = {v: outcome_matrix(outcomes, v) for v in done["variant"]}
+    candidates = done[done["baseline"].astype(bool) & done["matched"].astype(bool)]
+    rows = []
+    for subset, ids in subsets.items():
+        for group in groups:
+            ranked = sorted(
+                (picks[(v, subset, group)]["rate"], -u, i, v)
+                for i, (v, u) in enumerate(zip(candidates["variant"], candidates["utility_accuracy"]))
+                if not math.isnan(picks[(v, subset, group)]["rate"])
+            )
+            best = ranked[0][3] if ranked else None
+            for v in done["variant"]:
+                pick = picks[(v, subset, group)]
+                row = {"variant": v, "subset": subset, "group": group, **{k: pick[k] for k in PICK_KEYS}}
+                row |= {"best_baseline": best or "", "best_rate": picks[(best, subset, group)]["rate"] if best else
+                        float("nan"), "n_paired": 0, "recovered_paired": 0, "recovered_best_paired": 0,
+                        "p_vs_best": float("nan")}  # fmt: skip
+                mine, theirs = matrices.get(v), matrices.get(best) if best else None
+                if best and v != best and pick["k"] + pick["n"] and mine is not None and theirs is not None:
+                    b = picks[(best, subset, group)]
+                    test = paired_worst(mine, theirs, pick["raw_condition"], b["raw_condition"], ids)
+                    row |= {"n_paired": test["n"], "recovered_paired": test["recovered_a"],
+                            "recovered_best_paired": test["recovered_b"], "p_vs_best": test["p"]}  # fmt: skip
+                rows.append(row)
+    out = pd.DataFrame(rows)
+    out["p_vs_best_holm"] = out["p_vs_best"]
+    single = out["group"].isin([GOAL_GROUP, OVERALL])
+    for _, g in out[~single].groupby(["variant", "subset"], sort=False):
+        out.loc[g.index, "p_vs_best_holm"] = holm(g["p_vs_best"].tolist())
+    return out
+
+
+def goal(table: pd.DataFrame, families: pd.DataFrame, rates: pd.DataFrame) -> dict[str, Any]:
+    """The issue's goal for every keyguard-family row with a matched checkpoint (``{variant: checks}``): forget
+    accuracy <= 0.15 at utility accuracy >= R* - 0.02; worst-case recovery <= 0.10 over the goal's families (keyword
+    emphasis in the prompt and the activations, and quantization), lower than the best baseline's with the paired
+    test at 0.05; and under every relearning condition a lower rate than EVERY matched baseline at the same number
+    of relearning steps (the same condition). ``met``: all of them."""
+    out: dict[str, Any] = {}
+    done = table[table["matched_step"].notna() & table["matched"].astype(bool)]
+    base = done[done["baseline"].astype(bool)]["variant"].tolist()
+    keyword = rates[(rates["subset"] == "all") & (rates["emphasis"] == "keywords")]
+    relearn = keyword[keyword["family"] == RELEARN_FAMILY].pivot_table(
+        index="condition", columns="variant", values="recovery_rate", aggfunc="first", sort=False
+    )
+    for r in done[done["method"].isin(NEW_METHODS)].itertuples():
+        g = families[(families["variant"] == r.variant) & (families["subset"] == "all")]
+        g = g[g["group"] == GOAL_GROUP].iloc[0] if (g["group"] == GOAL_GROUP).any() else None
+        checks = {
+            "forget_le_0.15": bool(r.forget_accuracy <= FORGET_BOUND + 1e-12),
+            "utility_matched": bool(r.utility_accuracy >= r.target_utility - UTILITY_TOLERANCE - 1e-12),
+            "worst_goal_families_le_0.10": bool(g is not None and g["rate"] <= 0.10 + 1e-12),
+            "lower_than_best_baseline_p_lt_0.05": bool(
+                g is not None and g["recovered_paired"] < g["recovered_best_paired"] and g["p_vs_best"] < 0.05
+            ),
+        }
+        below = {}
+        for condition, rates_c in relearn.iterrows():
+            others = [rates_c[b] for b in base if b in rates_c and not pd.isna(rates_c[b])]
+            mine = rates_c.get(r.variant)
+            below[condition] = bool(others and mine is not None and all(mine < x - 1e-12 for x in others))
+        checks["relearning_below_every_baseline"] = bool(below) and all(below.values())
+        out[r.variant] = {
+            **checks, "met": all(checks.values()), "relearning": below,
+            "forget_accuracy": float(r.forget_accuracy), "utility_accuracy": float(r.utility_accuracy),
+            "target_utility": float(r.target_utility),
+            "worst_goal_families": None if g is None else float(g["rate"]),
+            "worst_goal_condition": None if g is None else g["condition"],
+            "best_baseline": None if g is None else g["best_baseline"],
+            "best_baseline_rate": None if g is None else float(g["best_rate"]),
+            "p_vs_best": None if g is None else float(g["p_vs_best"]),
+        }  # fmt: skip
+    return out
 
 
 # -- plots ----------------------------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class DemoConfig:
     def validate(self) -> None:
         """Cheap checks before anything is loaded or written (raise :class:`InputError`)."""
         from unpact_mech.attacks import get_attack
-        from unpact_mech.attacks.battery import ALL, BEYOND
+        from unpact_mech.attacks.battery import WORDS
         from unpact_mech.pipeline.checks import check_methods, check_training
 
         check_methods(self.methods)
@@ -95,7 +95,7 @@ class DemoConfig:
         for text in self.interventions:
             get_attack(text, kind="intervention")
         for text in self.battery or ():
-            if text not in (ALL, BEYOND):
+            if text not in WORDS:
                 get_attack(text)
         check_training(self.steps, self.lr)
         if self.layer_items < 0:

@@ -5,6 +5,7 @@ keyguard + ablations merged in a second), with bad input refused."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,12 @@ import pytest
 
 from tests.unit.test_experiments import load, run_script
 
-COMMON = ("--model", "tiny", "--n-boot", "100", "--quiet")
+#: Four attack families, two relearning step counts, a condition with a control that is not random words.
+ATTACKS = (
+    "--attacks", "focus", "patch", "quantize:scheme=int4", "relearn_unrelated:steps=1", "relearn_unrelated:steps=2",
+    "ablate_direction",
+)  # fmt: skip
+COMMON = ("--model", "tiny", "--n-boot", "100", "--quiet", *ATTACKS)
 
 
 @pytest.fixture(scope="module")
@@ -67,25 +73,111 @@ def test_tuning_split_is_fixed_disjoint_and_order_free(kau):
     assert kau.tuning_split(list(reversed(ids))) == (tuning, held)
 
 
+def rates_table(rows) -> pd.DataFrame:
+    """``(condition, kind, family, emphasis, subset, n, recovered)`` rows -> a rates.csv-shaped table."""
+    df = pd.DataFrame(rows, columns=["condition", "kind", "family", "emphasis", "subset", "n", "recovered"])
+    return df.assign(recovery_rate=df["recovered"] / df["n"])
+
+
 def test_worst_case_over_conditions(kau):
-    rates = pd.DataFrame(
+    rates = rates_table(
         [
-            ("focus", "strategy", "keywords", "all", 10, 0.2),
-            ("neutral", "strategy", "keywords", "all", 10, 0.4),
-            ("patch[0-29]", "intervention", "keywords", "all", 10, 0.3),
-            ("focus", "strategy", "random", "all", 10, 0.9),
-        ],
-        columns=["condition", "kind", "emphasis", "subset", "n", "recovery_rate"],
+            ("focus", "strategy", "keywords_named", "keywords", "all", 10, 2),
+            ("neutral", "strategy", "instruction", "keywords", "all", 10, 4),
+            ("patch[0-29]", "intervention", "activation_patching", "keywords", "all", 10, 3),
+            ("focus", "strategy", "keywords_named", "random", "all", 10, 9),
+        ]
     )
-    assert kau.worst_case(rates, "all") == (0.4, "neutral")
-    assert kau.worst_case(rates, "all", ["focus", "patch[0-29]"]) == (0.3, "patch[0-29]")
-    assert kau.worst_case(rates, "all", emphasis=("keywords", "random")) == (0.9, "focus (random words)")
+    pick = kau.worst_pick(rates, "all")
+    assert (pick["rate"], pick["condition"], pick["k"], pick["n"], pick["of"]) == (0.4, "neutral", 4, 10, 3)
+    # the exact Clopper–Pearson interval of 4 / 10: Beta(0.025; 4, 7) and Beta(0.975; 5, 6)
+    assert pick["ci_low"] == pytest.approx(0.12155, abs=1e-5) and pick["ci_high"] == pytest.approx(0.73762, abs=1e-5)
+    assert kau.worst_pick(rates, "all", ["focus", "patch[0-29]"])["condition"] == "patch[0-29]"
+    assert kau.worst_pick(rates, "all", emphasis=("keywords", "random"))["condition"] == "focus (control)"
+    assert np.isnan(kau.worst_pick(rates, "tuning")["rate"])
     cols = kau.worst_columns(rates)
     # by FAMILY: neutral (instruction, imitated by train_instruction), focus (keywords named) and patch are trained
     # against, so none of these three conditions is a held-out attack
     assert np.isnan(cols["worst_recovery_held_out_attacks"]) and cols["n_eligible_tuning"] == 0
-    rates.loc[len(rates)] = ("steer[0-14]c1.0", "intervention", "keywords", "all", 10, 0.1)
-    assert kau.worst_columns(rates)["worst_recovery_held_out_attacks"] == 0.1
+    assert (cols["worst_recovery_any"], cols["worst_recovery_all_k"]) == (0.9, 4)
+    assert (cols["worst_recovery_keywords_named"], cols["worst_recovery_activation_patching"]) == (0.2, 0.3)
+    rates = pd.concat(
+        [
+            rates,
+            rates_table(
+                [
+                    ("steer[0-14]c1.0", "intervention", "residual_steering", "keywords", "all", 10, 1),
+                    ("quantize[int4/g32]", "transform", "quantization", "keywords", "all", 10, 5),
+                    ("relearn_unrelated[k1]", "transform", "relearning", "keywords", "all", 10, 7),
+                    ("few_shot[k1]", "strategy", "few_shot", "keywords", "all", 10, 8),
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
+    cols = kau.worst_columns(rates)
+    # held-out attacks: steer, quantize, relearn_unrelated, few_shot -> few_shot's 0.8
+    assert (cols["worst_recovery_held_out_attacks"], cols["worst_condition_held_out_attacks"]) == (0.8, "few_shot[k1]")
+    # the goal's families: keyword emphasis (prompt + activations) and quantization, not relearning or few-shot
+    assert (cols["worst_recovery_goal_families"], cols["worst_condition_goal_families"]) == (0.5, "quantize[int4/g32]")
+    assert cols["recovery_relearn_unrelated[k1]"] == 0.7 and cols["worst_recovery_relearning"] == 0.7
+    assert cols["worst_recovery_all"] == 0.8
+
+
+def toy_run():
+    """Four rows on ten items eligible for all: two matched baselines, keyguard, and an equal-steps baseline row
+    (never a best baseline) that recovers nothing. Each condition recovers the first ``count`` items."""
+    ids = [f"i{k}" for k in range(10)]
+    spec = {  # variant: method, baseline, matched, utility, counts for focus / quantize / relearn
+        "b1": ("ga", True, True, 0.9, (6, 10, 3)),
+        "b2": ("rmu", True, True, 1.0, (4, 10, 2)),
+        "keyguard": ("keyguard", False, True, 1.0, (0, 10, 1)),
+        "b2@step3": ("rmu", True, False, 0.8, (0, 0, 0)),
+    }
+    conditions = {
+        "focus": "keywords_named",
+        "quantize[int4/g32]": "quantization",
+        "relearn_unrelated[k1]": "relearning",
+    }
+    table = pd.DataFrame(
+        [
+            {"variant": v, "method": m, "baseline": b, "matched": mt, "matched_step": 3, "forget_accuracy": 0.1,
+             "utility_accuracy": u, "target_utility": 1.0}
+            for v, (m, b, mt, u, _) in spec.items()
+        ]
+    )  # fmt: skip
+    rates, outcomes = [], []
+    for v, (*_, counts) in spec.items():
+        for (condition, family), count in zip(conditions.items(), counts):
+            rates.append((condition, "x", family, "keywords", "all", 10, count))
+            outcomes += [(v, i, condition, int(k < count)) for k, i in enumerate(ids)]
+    rates = rates_table(rates).assign(variant=[v for v in spec for _ in conditions])
+    return table, rates, pd.DataFrame(outcomes, columns=["variant", "item_id", "condition", "recovered"]), ids
+
+
+def test_family_table_best_baseline_and_paired_tests_by_hand(kau):
+    table, rates, outcomes, ids = toy_run()
+    fam = kau.family_table(table, rates, outcomes, {"all": ids}).set_index(["variant", "group"])
+    kg = fam.loc["keyguard"]
+    # best baseline per family: the lowest matched-baseline worst case (b2@step3's zeros never count); ties
+    # (quantization: 1.0 both) go to the higher utility accuracy (b2)
+    assert set(fam["best_baseline"]) == {"b2"}
+    # keywords_named: keyguard 0 vs b2's 4 on the same 10 items, 4 discordant pairs -> p = 2 * 0.5**4
+    assert (kg.loc["keywords_named", "recovered_best_paired"], kg.loc["keywords_named", "p_vs_best"]) == (4, 0.125)
+    # relearning: 1 vs 2 (one discordant pair) -> p = 1; quantization: equal -> 1
+    assert kg.loc["relearning", "p_vs_best"] == 1.0 and kg.loc["quantization", "p_vs_best"] == 1.0
+    # Holm over the three families of the row: 0.125 * 3; the pre-named groups are not adjusted
+    assert kg.loc["keywords_named", "p_vs_best_holm"] == pytest.approx(0.375)
+    assert kg.loc["goal_families", "rate"] == 1.0 and kg.loc["goal_families", "p_vs_best_holm"] == 1.0
+    assert kg.loc["overall", "k"] == 10 and kg.loc["overall", "of"] == 3
+    assert np.isnan(fam.loc[("b2", "keywords_named"), "p_vs_best"])  # the best baseline itself
+    goal = kau.goal(table, fam.reset_index(), rates)
+    assert list(goal) == ["keyguard"]
+    g = goal["keyguard"]
+    assert g["forget_le_0.15"] and g["utility_matched"] and not g["worst_goal_families_le_0.10"] and not g["met"]
+    # relearning: 0.1 < 0.3 (b1) and 0.2 (b2); the equal-steps row's 0.0 is not a matched baseline
+    assert g["relearning"] == {"relearn_unrelated[k1]": True} and g["relearning_below_every_baseline"]
+    assert (g["best_baseline"], g["best_baseline_rate"], g["worst_goal_families"]) == ("b2", 1.0, 1.0)
 
 
 def test_held_out_attacks_share_no_family_with_any_training_rewrite(kau):
@@ -179,6 +271,8 @@ def test_the_script_on_tiny(runs, kau):
         "variants.csv",
         "checkpoints.csv",
         "rates.csv",
+        "outcomes.csv",
+        "families.csv",
         "tradeoff.png",
         "checkpoints.png",
     ):
@@ -199,7 +293,7 @@ def test_the_script_on_tiny(runs, kau):
     ckpts = pd.read_csv(new / "checkpoints.csv")
     assert set(ckpts["variant"]) == set(table["variant"]) and (ckpts.groupby("variant")["step"].min() == 0).all()
     summary = json.loads((new / "summary.json").read_text())
-    assert summary["target"]["target_utility"] == target and summary["goal"]["evaluated"] in (True, False)
+    assert summary["target"]["target_utility"] == target
     assert set(summary["tuning_items"]).isdisjoint(summary["held_out_items"])
     for v in done["variant"]:  # merged variants keep their recovery files in their own run
         assert ((base if v in ("ga", "rmu") else kg) / "recovery" / v / "rates.csv").is_file()
@@ -208,6 +302,43 @@ def test_the_script_on_tiny(runs, kau):
     # the combined table equals its parts (worst cases recomputed from the merged rates)
     parts = pd.concat([pd.read_csv(base / "variants.csv"), pd.read_csv(kg / "variants.csv")], ignore_index=True)
     pd.testing.assert_series_equal(parts["worst_recovery_all"], table["worst_recovery_all"])
+    # every family of the attacks has its worst-case column; relearning per step count
+    rates = pd.read_csv(new / "rates.csv")
+    assert set(rates["family"]) == {
+        "keywords_named", "activation_patching", "quantization", "relearning", "direction_ablation",
+    }  # fmt: skip
+    for col in ("worst_recovery_quantization", "recovery_relearn_unrelated[k1]", "recovery_relearn_unrelated[k2]"):
+        assert done[col].between(0, 1).all(), col
+    # two paths to the same counts: rates.csv (the runner's per-item arms) and outcomes.csv (eligible x condition)
+    outcomes = pd.read_csv(new / "outcomes.csv")
+    counts = outcomes.groupby(["variant", "condition"], sort=False)["recovered"].sum()
+    keyword = rates[(rates["subset"] == "all") & (rates["emphasis"] == "keywords")]
+    assert (keyword.set_index(["variant", "condition"])["recovered"] == counts.reindex(keyword.set_index(
+        ["variant", "condition"]).index)).all()  # fmt: skip
+    # the interval is the exact one of k / n
+    from unpact_mech.stats import clopper_pearson, mcnemar_exact
+
+    r = done.iloc[-1]
+    assert (r["worst_recovery_all_ci_low"], r["worst_recovery_all_ci_high"]) == pytest.approx(
+        clopper_pearson(int(r["worst_recovery_all_k"]), int(r["worst_recovery_all_n"]))
+    )
+    # the paired test against the best baseline, recomputed from outcomes.csv
+    fam = pd.read_csv(new / "families.csv", keep_default_na=False, na_values=[""])
+    assert set(fam["group"]) == set(rates["family"]) | {"goal_families", "overall"}
+    assert set(fam["subset"]) == {"all", "tuning", "held_out"} and set(fam["best_baseline"]) <= {"ga", "rmu", ""}
+    row = fam[(fam["variant"] == "keyguard") & (fam["subset"] == "all") & (fam["group"] == "overall")].iloc[0]
+    best = fam[(fam["variant"] == row["best_baseline"]) & (fam["subset"] == "all") & (fam["group"] == "overall")]
+    wide = {
+        v: g.pivot(index="item_id", columns="condition", values="recovered") for v, g in outcomes.groupby("variant")
+    }
+    common = sorted(set(wide["keyguard"].index) & set(wide[row["best_baseline"]].index))
+    x = wide["keyguard"].loc[common, row["condition"]].astype(bool)
+    y = wide[row["best_baseline"]].loc[common, best.iloc[0]["condition"]].astype(bool)
+    assert (row["n_paired"], row["recovered_paired"], row["recovered_best_paired"]) == (len(common), x.sum(), y.sum())
+    assert row["p_vs_best"] == pytest.approx(mcnemar_exact(x, y))
+    # the goal, checked for every keyguard-family row with a matched checkpoint
+    kg_rows = set(done.loc[done["method"] == "keyguard", "variant"])
+    assert set(summary["goal"]) == kg_rows and all("met" in g and "relearning" in g for g in summary["goal"].values())
 
 
 def test_from_run_and_clashing_merge_are_refused(runs, tmp_path, capsys):
@@ -220,9 +351,28 @@ def test_from_run_and_clashing_merge_are_refused(runs, tmp_path, capsys):
         (["--methods", "ga", "--merge", base], "variant(s) ga"),
         (["--methods", "rmu", "--merge", tmp_path], "--merge"),
         (["--methods", "rmu", "--horizon", "0.5"], "--horizon"),
+        (["--methods", "rmu", "--attacks", "focus", "no_such_attack"], "no_such_attack"),
     ):
         out = tmp_path / "out"
         assert run_script("keyword_aware_unlearning", *COMMON, *map(str, argv), "--out", out) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
         assert not out.exists()
+
+
+def test_merge_takes_a_run_of_the_earlier_release(runs, tmp_path):
+    """A run written before the battery table (no family / recovered columns in rates.csv, no matched column, no
+    outcomes.csv) merges: the same worst cases, its rows without paired tests."""
+    base, kg, new = runs
+    old = tmp_path / "old"
+    shutil.copytree(base, old)
+    (old / "outcomes.csv").unlink()
+    pd.read_csv(old / "rates.csv").drop(columns=["family", "recovered"]).to_csv(old / "rates.csv", index=False)
+    pd.read_csv(old / "variants.csv").drop(columns=["matched"]).to_csv(old / "variants.csv", index=False)
+    out = tmp_path / "merged"
+    assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "--merge", old, kg, "--out", out) == 0
+    table, before = pd.read_csv(out / "variants.csv"), pd.read_csv(new / "variants.csv")
+    pd.testing.assert_series_equal(table["worst_recovery_all"], before["worst_recovery_all"])
+    pd.testing.assert_series_equal(table["worst_recovery_all_k"], before["worst_recovery_all_k"])
+    fam = pd.read_csv(out / "families.csv")
+    assert fam.loc[fam["variant"].isin(["ga", "rmu"]), "p_vs_best"].isna().all()

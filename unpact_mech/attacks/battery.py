@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 ALL = "all"
 #: ... and for the battery without the keyword-emphasis conditions (the 19 beyond emphasis).
 BEYOND = "battery"
+#: ... and for the keyword-emphasis conditions alone (:data:`~unpact_mech.attacks.DEFAULT_ATTACKS`: the 7 prompt
+#: strategies and 4 activation interventions, the suite of the paper's finding 2).
+EMPHASIS = "emphasis"
+#: The words :func:`expand_specs` expands (never registered attack names).
+WORDS = (ALL, BEYOND, EMPHASIS)
 
 
 def quantize_specs(model: "HookedLM", *, fast: bool = False) -> list[str]:
@@ -72,7 +77,8 @@ def battery_specs(model: "HookedLM", *, fast: bool = False) -> list[str]:
 
 def expand_specs(specs: list[str], model: "HookedLM") -> list[str]:
     """``all`` -> the full battery for ``model``; ``battery`` -> the same without the keyword-emphasis conditions;
-    other specs pass through in order (duplicates are the registry's error)."""
+    ``emphasis`` -> the keyword-emphasis conditions alone; other specs pass through in order (duplicates are the
+    registry's error)."""
     from unpact_mech.attacks import DEFAULT_ATTACKS
 
     out: list[str] = []
@@ -81,6 +87,8 @@ def expand_specs(specs: list[str], model: "HookedLM") -> list[str]:
             out += battery_specs(model)
         elif spec == BEYOND:
             out += [s for s in battery_specs(model) if s not in DEFAULT_ATTACKS]
+        elif spec == EMPHASIS:
+            out += list(DEFAULT_ATTACKS)
         else:
             out.append(spec)
     return out

@@ -75,7 +75,7 @@ def add_parser(sub) -> None:
         default=None,
         metavar="SPEC",
         help=f"conditions of any kind by registered name ({', '.join(attack_names())}) or 'all' for the full "
-        "battery ('battery': all but the keyword-emphasis conditions); see below",
+        "battery ('battery': all but the keyword-emphasis conditions; 'emphasis': those alone); see below",
     )
     p.add_argument(
         "--keywords",
@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     main = is_main_process()  # under `accelerate launch`: joins the process group first (a GPU per process)
     # cheap validation first: nothing is loaded or written for bad names/values
     prepare_output_path(args.out, overwrite=args.overwrite)
-    from unpact_mech.attacks.battery import ALL, BEYOND, expand_specs
+    from unpact_mech.attacks.battery import WORDS, expand_specs
 
     named = args.attack is not None
     strategies = [
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     battery = args.attack or []
     for spec in battery:  # names and options checked now; model-dependent checks after loading, before any work
-        if spec not in (ALL, BEYOND):
+        if spec not in WORDS:
             get_attack(spec)
     if named and not battery + strategies + interventions:
         raise InputError("--attack: name at least one condition (or 'all')")

@@ -4,15 +4,19 @@ over the whole run, one kind, or one family — with the number K of conditions 
 A maximum over K conditions is optimistic for the attacker (the "best of K" the README's headlines name); every
 caller reports K beside the pick, and the Holm-adjusted p-value where there is one. This is the one place the rule
 lives: the run's ``summary.json`` (``best_condition``, ``worst_case_by_family``), the demo's headline (best prompt /
-activation condition, the battery's worst case) and ``experiments/is_it_gone.py`` all call :func:`top_condition`.
+activation condition, the battery's worst case) and ``experiments/is_it_gone.py`` all call :func:`top_condition`;
+:func:`paired_worst` compares two models' worst cases on the items eligible for both
+(``experiments/keyword_aware_unlearning.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
+from unpact_mech.stats import mcnemar_exact
 from unpact_mech.utils import float_or_none
 
 
@@ -55,3 +59,20 @@ def worst_case_by_family(rates: pd.DataFrame) -> dict[str, dict[str, Any]]:
         if pick["condition"] is not None:
             out[str(family)] = pick
     return out
+
+
+def paired_worst(
+    a: pd.DataFrame, b: pd.DataFrame, condition_a: str, condition_b: str, ids: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Two unlearned models' worst cases compared on the same items: on the items eligible for BOTH (rows of both
+    ``a`` and ``b``; among ``ids`` when given) each item's outcome under its own model's worst condition
+    (``condition_a`` in ``a``, ``condition_b`` in ``b``: each picked by :func:`top_condition`'s rule, a best-of-K
+    chosen the same way for both), and the two-sided exact McNemar p-value of those paired outcomes.
+
+    ``a``, ``b``: eligible items x conditions, bool (:func:`unpact_mech.recovery.compare.recovered`). Returns ``n``
+    (items eligible for both), ``recovered_a`` / ``recovered_b`` (over those n) and ``p`` (NaN when n = 0)."""
+    keep = set(b.index) & (set(a.index) if ids is None else set(a.index) & set(ids))
+    common = [i for i in a.index if i in keep]
+    x = a.loc[common, condition_a].to_numpy(bool)
+    y = b.loc[common, condition_b].to_numpy(bool)
+    return {"n": len(common), "recovered_a": int(x.sum()), "recovered_b": int(y.sum()), "p": mcnemar_exact(x, y)}

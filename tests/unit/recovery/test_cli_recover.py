@@ -317,6 +317,9 @@ def test_recover_attack_all_runs_the_battery_with_its_details(ga_unlearned_dir, 
 
     beyond = expand_specs(["battery"], tiny)
     assert beyond == [s for s in battery_specs(tiny) if s not in DEFAULT_ATTACKS] and len(beyond) == 19
+    # 'emphasis': the keyword-emphasis conditions alone; 'emphasis' + 'battery' is 'all' (same order)
+    assert expand_specs(["emphasis"], tiny) == list(DEFAULT_ATTACKS)
+    assert expand_specs(["emphasis", "battery"], tiny) == battery_specs(tiny) == expand_specs(["all"], tiny)
     # without --attack, only the keyword-emphasis conditions run (the default list is unchanged)
     code, _, err = run_cli(BASE + ["--unlearned", ga_unlearned_dir, "--out", tmp_path / "d", "--strategy", "focus",
                                    "--intervention", "none"], capsys)  # fmt: skip

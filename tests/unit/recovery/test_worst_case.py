@@ -1,13 +1,15 @@
 """The worst-case rule on hand-built rate tables: a control is never the pick, K counts the pool, NaN rates are
-skipped, ties go to the first condition in run order."""
+skipped, ties go to the first condition in run order; two models' worst cases compared on the items eligible for
+both."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
-from unpact_mech.recovery.worst_case import top_condition, worst_case_by_family
+from unpact_mech.recovery.worst_case import paired_worst, top_condition, worst_case_by_family
 
 
 def _rates() -> pd.DataFrame:
@@ -56,3 +58,17 @@ def test_worst_case_by_family():
     assert worst["instruction"]["condition"] == "focus" and worst["instruction"]["of"] == 1
     assert worst["quantize"]["condition"] == "quantize[int4]" and worst["quantize"]["of"] == 2
     assert math.isclose(worst["quantize"]["ci_high"], 0.70)
+
+
+def test_paired_worst_compares_each_sides_own_pick_on_the_items_eligible_for_both():
+    """Items eligible for both: a's rows {i1..i4} and b's {i2..i5} share i2, i3, i4; a's pick c1 recovers i2, i3, i4
+    there (3), b's pick c2 recovers i2 only (1): the discordant pairs are (a only: i3, i4) -> McNemar p = 2 * 0.5**2
+    = 0.5; restricted to ids {i3, i4, i5}: n = 2, a 2, b 0, p = 0.5 again (two discordant pairs)."""
+    a = pd.DataFrame({"c1": [True, True, True, True], "c2": [False] * 4}, index=["i1", "i2", "i3", "i4"])
+    b = pd.DataFrame({"c1": [False] * 4, "c2": [True, False, False, True]}, index=["i2", "i3", "i4", "i5"])
+    assert paired_worst(a, b, "c1", "c2") == {"n": 3, "recovered_a": 3, "recovered_b": 1, "p": 0.5}
+    assert paired_worst(a, b, "c1", "c2", ids=["i3", "i4", "i5"]) == {
+        "n": 2, "recovered_a": 2, "recovered_b": 0, "p": 0.5,
+    }  # fmt: skip
+    out = paired_worst(a, b, "c1", "c2", ids=["i1", "i5"])  # no item eligible for both
+    assert out["n"] == 0 and np.isnan(out["p"])
