@@ -33,7 +33,8 @@ baseline at keyguard's matched step (same training length), as rows ``<baseline>
 ``--merge DIR`` adds the variants of earlier runs of this script (same model, data and seed) to the table, so the
 baselines and the keyguard variants can run separately (pass all of them the same ``--target-utility``). Outputs:
 table.csv (the headline columns), variants.csv (every column, one row per variant), families.csv (variant x subset
-x family: worst case, interval, best baseline, paired test), checkpoints.csv, rates.csv (variant x condition x
+x family: worst case, interval, best baseline, paired test), families.md (the two tables the README shows),
+checkpoints.csv, rates.csv (variant x condition x
 subset), outcomes.csv (variant x eligible item x condition), recovery/<variant>/ (the ``unpact recover`` files),
 tradeoff.png (utility accuracy vs worst-case recovery) and checkpoints.png (forget vs utility accuracy per step);
 summary.json's ``goal`` checks the issue's goal for every keyguard-family row.
@@ -538,6 +539,7 @@ def run(ctx: Context) -> StudyResult:
     atomic_write_text(ctx.out / "rates.csv", rates.to_csv(index=False))
     atomic_write_text(ctx.out / "outcomes.csv", outcomes.to_csv(index=False))
     atomic_write_text(ctx.out / "families.csv", by_family.to_csv(index=False))
+    atomic_write_text(ctx.out / "families.md", families_markdown(table, by_family, rates))
     plot_tradeoff(table, target, ctx.out / "tradeoff.png")
     plot_checkpoints(checkpoints, table, target, ctx.out / "checkpoints.png")
     results = (
@@ -669,7 +671,7 @@ def family_table(
                         float("nan"), "n_paired": 0, "recovered_paired": 0, "recovered_best_paired": 0,
                         "p_vs_best": float("nan")}  # fmt: skip
                 mine, theirs = matrices.get(v), matrices.get(best) if best else None
-                if best and v != best and pick["k"] + pick["n"] and mine is not None and theirs is not None:
+                if best and v != best and pick["n"] and mine is not None and theirs is not None:
                     b = picks[(best, subset, group)]
                     test = paired_worst(mine, theirs, pick["raw_condition"], b["raw_condition"], ids)
                     row |= {"n_paired": test["n"], "recovered_paired": test["recovered_a"],
@@ -724,6 +726,53 @@ def goal(table: pd.DataFrame, families: pd.DataFrame, rates: pd.DataFrame) -> di
             "p_vs_best": None if g is None else float(g["p_vs_best"]),
         }  # fmt: skip
     return out
+
+
+# -- the README's tables ---------------------------------------------------------------------------------------------
+def families_markdown(table: pd.DataFrame, families: pd.DataFrame, rates: pd.DataFrame) -> str:
+    """families.md: two GitHub-markdown tables. First, per variant with a matched checkpoint (columns): the matched
+    step, forget / utility accuracy, eligible items, then the worst case k/n per family, the goal's families and
+    overall (all eligible items), overall on the tuning and held-out items, and every relearning condition (equal
+    relearning steps). Second, per group: the best baseline with its k/n and each other variant's Holm-adjusted
+    exact McNemar p-value against it (``overall`` and ``goal_families`` unadjusted)."""
+    from unpact_mech.utils import markdown_table
+
+    done = table[table["matched_step"].notna()]
+    names = list(done["variant"])
+    if not names or families.empty:
+        return ""
+    fam = families.set_index(["variant", "subset", "group"])
+    groups = list(families["group"].drop_duplicates())
+
+    def kn(v: str, subset: str, group: str) -> str:
+        r = fam.loc[(v, subset, group)]
+        return f"{int(r['k'])}/{int(r['n'])}" if r["n"] else "—"
+
+    rows = [
+        ["matched step", *(int(x) for x in done["matched_step"])],
+        ["forget accuracy", *(f"{x:.2f}" for x in done["forget_accuracy"])],
+        ["utility accuracy", *(f"{x:.2f}" for x in done["utility_accuracy"])],
+        ["eligible items", *(int(x) for x in done["n_eligible"])],
+    ]
+    rows += [[f"worst: {g}", *(kn(v, "all", g) for v in names)] for g in groups]
+    rows += [[f"worst: overall, {s} items", *(kn(v, s, OVERALL) for v in names)] for s in ("tuning", "held_out")]
+    keyword = rates[(rates["subset"] == "all") & (rates["emphasis"] == "keywords")]
+    relearn = keyword[keyword["family"] == RELEARN_FAMILY].set_index(["variant", "condition"])
+    for condition in keyword.loc[keyword["family"] == RELEARN_FAMILY, "condition"].drop_duplicates():
+        cells = [relearn.loc[(v, condition)] if (v, condition) in relearn.index else None for v in names]
+        rows.append([condition, *(f"{int(c['recovered'])}/{int(c['n'])}" if c is not None else "—" for c in cells)])
+    first = markdown_table(["", *names], rows, [False, *[True] * len(names)])
+    tests = []
+    for g in groups:
+        part = families[(families["subset"] == "all") & (families["group"] == g)].set_index("variant")
+        best = str(part["best_baseline"].iloc[0]) if len(part) else ""
+        if not best:
+            continue
+        cells = ["best" if v == best else (f"{part.loc[v, 'p_vs_best_holm']:.2g}" if pd.notna(
+            part.loc[v, "p_vs_best_holm"]) else "—") for v in names]  # fmt: skip
+        tests.append([g, f"{best} ({kn(best, 'all', g)})", *cells])
+    second = markdown_table(["group", "best baseline (k/n)", *names], tests, [False, False, *[True] * len(names)])
+    return first + "\n" + second
 
 
 # -- plots ----------------------------------------------------------------------------------------------------------

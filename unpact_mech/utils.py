@@ -8,7 +8,7 @@ a terminal, so logs and pipes never receive ``\\r`` frames.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 #: Types that are iterable but stand for ONE value.
@@ -38,3 +38,11 @@ def float_or_none(value: Any) -> float | None:
     import pandas as pd
 
     return None if value is None or pd.isna(value) else float(value)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], right: Sequence[bool] | None = None) -> str:
+    """A GitHub-markdown table of ``header`` and ``rows`` (cells as given, ``str()``-ed; ``|`` escaped), columns
+    flagged in ``right`` right-aligned; one line per row, ending in a newline."""
+    rule = ["---:" if r else "---" for r in (right or [False] * len(header))]
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in rows]
+    return "\n".join("| " + " | ".join(r) + " |" for r in [list(header), rule, *cells]) + "\n"

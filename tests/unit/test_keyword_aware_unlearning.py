@@ -273,6 +273,7 @@ def test_the_script_on_tiny(runs, kau):
         "rates.csv",
         "outcomes.csv",
         "families.csv",
+        "families.md",
         "tradeoff.png",
         "checkpoints.png",
     ):
@@ -336,6 +337,13 @@ def test_the_script_on_tiny(runs, kau):
     y = wide[row["best_baseline"]].loc[common, best.iloc[0]["condition"]].astype(bool)
     assert (row["n_paired"], row["recovered_paired"], row["recovered_best_paired"]) == (len(common), x.sum(), y.sum())
     assert row["p_vs_best"] == pytest.approx(mcnemar_exact(x, y))
+    # the README's tables: a k/n cell per variant and family, the relearning conditions, the best baseline per group
+    md = (new / "families.md").read_text().splitlines()
+    assert md[0] == "|  | " + " | ".join(done["variant"]) + " |"
+    for label in [f"worst: {f}" for f in rates["family"].unique()] + ["relearn_unrelated[k2]", "worst: overall"]:
+        line = next(x for x in md if x.startswith(f"| {label} |"))
+        assert len(line.split(" | ")) == len(done) + 1, line
+    assert sum(x.startswith("| overall | ") for x in md) == 1
     # the goal, checked for every keyguard-family row with a matched checkpoint
     kg_rows = set(done.loc[done["method"] == "keyguard", "variant"])
     assert set(summary["goal"]) == kg_rows and all("met" in g and "relearning" in g for g in summary["goal"].values())

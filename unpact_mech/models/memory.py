@@ -413,10 +413,10 @@ def format_table(table: pd.DataFrame, fmt: str = "markdown") -> str:
         return "\n".join(",".join(r) for r in [header, *cells]) + "\n"
     if fmt != "markdown":
         raise ValueError(f"format must be 'markdown' or 'csv', got {fmt!r}")
+    from unpact_mech.utils import markdown_table
+
     numeric = [isinstance(v, float) for v in table.iloc[0]] if len(table) else [False] * len(header)
-    rule = ["---:" if n else "---" for n in numeric]
-    lines = ["| " + " | ".join(r) + " |" for r in [header, rule, *cells]]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, cells, numeric)
 
 
 def _llama(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int, tied: bool) -> dict:
