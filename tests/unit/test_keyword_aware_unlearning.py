@@ -193,7 +193,7 @@ def test_held_out_attacks_share_no_family_with_any_training_rewrite(kau):
     assert by_name["train_suffix"].family == ATTACKS["repeat_keywords"].family
     labels = attack_names()
     all_variants = kau.variants(list(kau.NEW_METHODS), ablations=True)
-    assert {v.method for v in all_variants} == set(kau.NEW_METHODS) and len(kau.NEW_METHODS) == 6
+    assert {v.method for v in all_variants} == set(kau.NEW_METHODS) and len(kau.NEW_METHODS) == 7
     for variant in all_variants:
         hp = UNLEARNING_METHODS[variant.method].hyperparameters | variant.hyperparameters
         families = trained_families(variant.hyperparameters, method=variant.method)
@@ -201,7 +201,9 @@ def test_held_out_attacks_share_no_family_with_any_training_rewrite(kau):
         assert all(ATTACKS[c].family not in families for c in held_out), variant.name
         trained = {a.family for a in TRAIN_PROMPTS} if hp["prompt_attacks"] > 0 or hp["retain_attacks"] > 0 else set()
         trained |= {
-            ATTACKS[a].family for a, w in (("steer", "steer_attacks"), ("quantize", "quant_weight")) if hp[w] > 0
+            ATTACKS[a].family
+            for a, w in (("steer", "steer_attacks"), ("quantize", "quant_weight"), ("quantize", "grid_snap"))
+            if hp[w] > 0
         }
         assert not set(held_out) & {c for c in labels if ATTACKS[c].family in trained}, variant.name
         assert ("steer" in held_out) == (hp["steer_attacks"] == 0), variant.name

@@ -46,7 +46,7 @@ GIB = 2**30
 #: tests/unit/test_memory.py.
 REFERENCE_METHODS: tuple[str, ...] = (
     "ga_klr", "npo_klr", "rmu", "keyguard", "keyguard_late_answer", "keyguard_steer", "keyguard_smooth",
-    "keyguard_quant", "keyguard2",
+    "keyguard_quant", "keyguard2", "keyguard_grid",
 )  # fmt: skip
 #: MLP activations HF writes in Python (several saved temporaries) rather than as one kernel.
 PYTHON_GELUS: tuple[str, ...] = ("gelu_new",)

@@ -2,7 +2,8 @@
 weights bitwise (and on, other weights); the late answer-only term, the steering direction, the noisy and quantized
 weights against hand computations; the steer rows really get the shift; the loop's extra weight passes restore the
 weights bit-exactly, add the gradient taken at the temporary weights and compose with gradient accumulation,
-checkpointing and bfloat16 master weights; ``weight_shift_vs_bin`` against hand-computed numbers; the CLI."""
+checkpointing and bfloat16 master weights; grid snapping survives re-quantization where plain training does not;
+``weight_shift_vs_bin`` against hand-computed numbers; the CLI."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from unpact_mech.unlearning.methods.keyguard_terms import (
 )
 from unpact_mech.unlearning.params import select_trainable
 
-VARIANTS = ("keyguard_late_answer", "keyguard_steer", "keyguard_smooth", "keyguard_quant", "keyguard2")
+VARIANTS = ("keyguard_late_answer", "keyguard_steer", "keyguard_smooth", "keyguard_quant", "keyguard2", "keyguard_grid")
 STEPS = 3
 
 
@@ -73,7 +74,8 @@ def test_the_variants_are_registered_keyguards_with_their_weights_on():
                 "keyguard_steer": {"steer_attacks"},
                 "keyguard_smooth": {"noise_weight"},
                 "keyguard_quant": {"quant_weight"},
-                "keyguard2": set(NEW_INGREDIENTS),
+                "keyguard2": set(NEW_INGREDIENTS) - {"grid_snap"},
+                "keyguard_grid": {"grid_snap"},
             }[name]
         )
         assert cls.hyperparameters["late_weight"] == (0.0 if name in ("keyguard_late_answer", "keyguard2") else 0.3)
@@ -307,7 +309,7 @@ def test_trained_families_follow_each_variants_own_defaults():
     for name in keyguard_methods():
         families = trained_families(method=name)
         assert (steer in families) == (name in ("keyguard_steer", "keyguard2")), name
-        assert (quant in families) == (name in ("keyguard_quant", "keyguard2")), name
+        assert (quant in families) == (name in ("keyguard_quant", "keyguard2", "keyguard_grid")), name
     assert steer not in trained_families({"steer_attacks": 0.0}, method="keyguard2")
     assert steer in trained_families({"steer_attacks": 1.0})  # keyguard with an override
     with pytest.raises(ValueError, match="keyguard-family"):
@@ -362,5 +364,38 @@ def test_weight_pass_labels_are_known_before_setup():
     labels = {m: get_unlearning_method(m).weight_pass_labels for m in ("keyguard", *VARIANTS)}
     assert labels == {
         "keyguard": (), "keyguard_late_answer": (), "keyguard_steer": (), "keyguard_smooth": ("noise",),
-        "keyguard_quant": ("quant",), "keyguard2": ("noise", "quant"),
+        "keyguard_quant": ("quant",), "keyguard2": ("noise", "quant"), "keyguard_grid": (),
     }  # fmt: skip
+
+
+def test_grid_snapped_updates_survive_requantization_where_plain_ones_do_not(synthetic_items):
+    """tiny put on the Q4_1 grid first (as the embedded SmolLM2 lies on its source grid), trained at lr 1e-4 so that
+    every update stays under half a grid step (as SmolLM2's do at keyguard's recipe): keyguard's update rounds back
+    to the base under re-quantization (up to a tenth of a step: the blocks' extremes moved too and shift their
+    scales), keyguard_grid's snapped elements come back as snapped, a whole step from the base (5% of each trained
+    matrix), its other elements round back to the base exactly (its blocks' extremes are held at the base)."""
+    from unpact_mech.attacks.quantize import bin_width, named_weights, quantized_copy
+
+    out = {}
+    for method in ("keyguard", "keyguard_grid"):
+        start = quantized_copy(load_model("tiny"), "q4_1")
+        base = {n: w.clone() for n, w in named_weights(start).items()}
+        opts = {**TINY_RUNS[method], "steps": STEPS, "lr": 1e-4}
+        unlearn(start, synthetic_items, method, hyperparameters=opts.pop("hyperparameters"), evaluate=False,
+                progress=False, **opts)  # fmt: skip
+        after, back = named_weights(start), named_weights(quantized_copy(start, "q4_1"))
+        out[method] = (base, after, back)
+    base, after, back = out["keyguard"]
+    trained = [n for n in base if not torch.equal(base[n], after[n])]
+    assert trained
+    for n in base:  # undone up to the drift of a block's scale (its extremes moved a little too)
+        assert ((back[n] - base[n]).abs() <= 0.1 * bin_width(base[n], "Q4_1", 32)).all(), n
+    base, after, back = out["keyguard_grid"]
+    assert [n for n in base if not torch.equal(base[n], after[n])] == trained
+    for n in trained:
+        snapped = (after[n] - base[n]).abs() > 0.5 * bin_width(base[n], "Q4_1", 32)
+        assert int(snapped.sum()) == int(0.05 * base[n].numel()), n
+        assert torch.allclose(back[n][snapped], after[n][snapped], atol=1e-6)
+        assert torch.allclose(back[n][~snapped], base[n][~snapped], atol=1e-6)
+        step = bin_width(base[n], "Q4_1", 32)[snapped]
+        assert torch.allclose((back[n] - base[n])[snapped].abs(), step.to(base[n].dtype), atol=1e-6)

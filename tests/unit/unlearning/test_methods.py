@@ -33,6 +33,7 @@ def test_registry_has_the_ten_methods_and_the_keyguard_variants():
         "keyguard_smooth",
         "keyguard_quant",
         "keyguard2",
+        "keyguard_grid",
     ]
     assert set(TINY_RUNS) == set(UNLEARNING_METHODS)
 

@@ -37,6 +37,10 @@ bitwise (both tested)::
 
 ``w_la`` restricts the late misdirection to the answer tokens (the question positions at ℓ' are left to the retain
 anchor); it works with ``w_l = 0`` (then ℓ', u', the late MLPs and the patch layers 0..ℓ'−1 come from it alone). The
+After training, ``grid_snap`` = ρ > 0 moves the fraction ρ of each trained matrix's weights with the largest update
+(relative to their grid step) one whole step of the same grid in the update's direction
+(:mod:`~unpact_mech.unlearning.grid_snap`): the update then survives re-quantization in those weights, where AdamW
+at this recipe moves every weight by about a tenth of a step and rounding returns the base. The
 two extra passes use the loop's :meth:`~unpact_mech.unlearning.methods.base.UnlearningMethod.extra_passes` seam (one
 more forward + backward of the micro-batch each; ``fsdp`` is refused).
 
@@ -50,8 +54,9 @@ computed once in :meth:`setup`. Trained-against attacks: the suite's ``focus`` a
 training-only rewrites of the same families as ``neutral`` and ``repeat_keywords`` (:data:`TRAIN_PROMPTS`) and
 ``patch`` below layer ℓ. A suite condition is a held-out attack only if its FAMILY is not trained against
 (:func:`trained_families`): ``repeat_question``, ``scale``, ``steer`` and ``pasta`` with the default weights;
-``steer`` is trained against once ``w_s > 0``, the ``quantize`` conditions once ``w_q > 0``. The registered variants
-(:mod:`~unpact_mech.unlearning.methods.keyguard_variants`) switch the second-round terms on.
+``steer`` is trained against once ``w_s > 0``, the ``quantize`` conditions once ``w_q > 0`` or ``grid_snap > 0``.
+The registered variants (:mod:`~unpact_mech.unlearning.methods.keyguard_variants`) switch the second-round terms
+on.
 """
 
 from __future__ import annotations
@@ -114,9 +119,10 @@ def trained_families(
     ``hyperparameters`` over ITS OWN defaults (None: the defaults; ``keyguard2``'s differ from ``keyguard``'s): the
     families of :data:`TRAIN_PROMPTS` when the prompt-attack or retain-attack term is on (both show the model those
     rewrites), ``patch``'s family when the activation-attack term is on, ``steer``'s when the steer term is on and
-    ``quantize``'s when the quantization-aware pass is on. A recovery condition counts as a HELD-OUT attack only if
-    its family is not in this set — a training rewrite that imitates a suite condition (``train_instruction`` ~
-    ``neutral``, ``train_suffix`` ~ ``repeat_keywords``) takes that condition's family with it."""
+    ``quantize``'s when the quantization-aware pass or grid snapping is on. A recovery condition counts as a HELD-OUT
+    attack only if its family is not in this set — a training rewrite that imitates a suite condition
+    (``train_instruction`` ~ ``neutral``, ``train_suffix`` ~ ``repeat_keywords``) takes that condition's family with
+    it."""
     cls = UNLEARNING_METHODS.get(method) if isinstance(method, str) else method
     if cls is None or not issubclass(cls, KeyGuard):
         raise ValueError(f"trained_families: {method!r} is not a keyguard-family method")
@@ -125,7 +131,7 @@ def trained_families(
     if hp["prompt_attacks"] > 0 or hp["retain_attacks"] > 0:
         families |= {a.family for a in TRAIN_PROMPTS}
     for weight, attack in (("activation_attacks", ACTIVATION_ATTACK), ("steer_attacks", STEER_ATTACK),
-                           ("quant_weight", QUANT_ATTACK)):  # fmt: skip
+                           ("quant_weight", QUANT_ATTACK), ("grid_snap", QUANT_ATTACK)):  # fmt: skip
         if hp[weight] > 0:
             families.add(get_attack(attack).family)
     return frozenset(families)
@@ -181,12 +187,17 @@ class KeyGuard(RMU):
     steer: "Steer | None" = None
     steer_fit: "tuple[StepBatch, dict[int, Tensor]] | None" = None
     grid: terms.QuantGrid | None = None
+    #: the grid the trained matrices are snapped onto after training (``grid_snap`` > 0); kept after teardown, which
+    #: the loop calls before :meth:`unlearned_weights`
+    snap_grid: terms.QuantGrid | None = None
 
     def check_hyperparameters(self) -> None:
         super().check_hyperparameters()
         for key in (*ALL_INGREDIENTS, "noise_scale"):
             if self.hp[key] < 0:
                 raise InputError(f"method {self.name}: {key} must be >= 0, got {self.hp[key]}")
+        if self.hp["grid_snap"] > 1:
+            raise InputError(f"method {self.name}: grid_snap is a fraction in [0, 1], got {self.hp['grid_snap']}")
         late = self.hp["late_layer"]
         if float(late) != int(late):
             raise InputError(f"method {self.name}: late_layer must be an integer (negative = from the end), got {late}")
@@ -241,6 +252,7 @@ class KeyGuard(RMU):
         self.n_layers, self.seed, self.steer_fit = model.shape.n_layers, seed, None
         if self.hp["quant_weight"] > 0:
             self.grid = terms.battery_grid(model)
+        self.snap_grid = terms.battery_grid(model) if self.hp["grid_snap"] > 0 else None
         if self.uses_late:
             self.late_control = control_vector(model.shape.d_model, self.hp["c"], seed + 1).to(model.device)
         if not self.needs_keywords:
@@ -421,3 +433,25 @@ class KeyGuard(RMU):
                 out.cache[late][retain], ref[late][:n], b.region[retain]
             )
         return loss
+
+    # -- after training: grid snapping -----------------------------------------------------------------------------
+    @property
+    def transforms_weights(self) -> bool:  # type: ignore[override]  # the base class's ClassVar, per instance here
+        """Whether the unlearned weights differ from the trained ones (``grid_snap`` > 0)."""
+        return self.hp["grid_snap"] > 0
+
+    def unlearned_weights(self, base: dict[str, Tensor], trained: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The trained matrices with the fraction ``grid_snap`` of each snapped onto the battery's first quantization
+        grid (:func:`~unpact_mech.unlearning.grid_snap.snap_to_grid`, steps from the BASE weights); the trained ones
+        when ``grid_snap`` is 0. Every evaluation during training sees these weights too."""
+        if self.hp["grid_snap"] <= 0 or self.snap_grid is None:
+            return trained
+        from unpact_mech.attacks.quantize import bin_width
+        from unpact_mech.unlearning.grid_snap import snap_to_grid
+
+        out = dict(trained)
+        for name, kind in self.snap_grid.plan.items():
+            if name in trained:
+                step = bin_width(base[name], kind, self.snap_grid.group_size).to(trained[name].dtype)
+                out[name] = snap_to_grid(base[name], trained[name], step, self.hp["grid_snap"])
+        return out

@@ -28,9 +28,11 @@ if TYPE_CHECKING:
     from unpact_mech.scoring.batching import TeacherForcedBatch
 
 #: The second round of keyguard's ingredients (weights; each 0 by default in ``keyguard``).
-NEW_INGREDIENTS = ("late_answer_weight", "steer_attacks", "noise_weight", "quant_weight")
+NEW_INGREDIENTS = ("late_answer_weight", "steer_attacks", "noise_weight", "quant_weight", "grid_snap")
 #: Their hyperparameters with keyguard's defaults (every new term off; ``steer_attack_coef`` = the ``steer``
-#: attack's own default coefficient, ``noise_scale`` = 1% of each matrix's rms).
+#: attack's own default coefficient, ``noise_scale`` = 1% of each matrix's rms; ``grid_snap`` is not a loss weight but
+#: the fraction of each trained matrix snapped onto the source grid after training,
+#: :mod:`~unpact_mech.unlearning.grid_snap`).
 NEW_HYPERPARAMETERS: dict[str, float] = {
     "late_answer_weight": 0.0,
     "steer_attacks": 0.0,
@@ -38,6 +40,7 @@ NEW_HYPERPARAMETERS: dict[str, float] = {
     "noise_weight": 0.0,
     "noise_scale": 0.01,
     "quant_weight": 0.0,
+    "grid_snap": 0.0,
 }
 #: The row kind (``TrainTarget.source`` = ``attack:steer``) of the steered copies of the forget rows.
 STEER_KIND = "steer"
