@@ -238,7 +238,7 @@ def test_ablations_cover_every_non_zero_ingredient_of_each_keyguard_variant(kau)
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Baselines in one run; keyguard + ablations in another, matched to the baselines' R* given by --target-utility;
+    """Baselines in one run; keyguard + one ablation in another, matched to the baselines' R* given by --target-utility;
     then the two combined by --merge alone (no --methods)."""
     base = tmp_path_factory.mktemp("kau") / "baselines"
     assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "ga", "rmu", "--out", base) == 0
@@ -251,6 +251,9 @@ def runs(tmp_path_factory):
             "--methods",
             "keyguard",
             "--ablations",
+            "--variants",  # two of the six rows (the naming of all six is tested above)
+            "keyguard",
+            "keyguard-no_late_weight",
             "--target-utility",
             str(target),
             "--out",
@@ -281,11 +284,11 @@ def test_the_script_on_tiny(runs, kau):
     ):
         assert (new / rel).is_file(), rel
     table = pd.read_csv(new / "variants.csv")
-    assert list(table["variant"]) == ["ga", "rmu", "keyguard"] + [f"keyguard-no_{i}" for i in kau.INGREDIENTS]
+    assert list(table["variant"]) == ["ga", "rmu", "keyguard", "keyguard-no_late_weight"]
     assert table["target_utility"].nunique() == 1
     target = float(table["target_utility"].iloc[0])
     done = table[table["matched_step"].notna()]
-    assert len(done) >= 5
+    assert len(done) >= 3
     # matched = utility within 2 points of the target; re-training to the step reproduces the recorded accuracies
     assert (done["utility_accuracy"] >= target - 0.02 - 1e-9).all()
     assert (done["forget_accuracy"] - done["forget_accuracy_retrained"]).abs().max() < 1e-9
