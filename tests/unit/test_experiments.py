@@ -324,6 +324,36 @@ def test_the_recipe_table_script_reports_utility_apart(tmp_path):
         assert r.utility_destructive_ci_low <= r.utility_destructive_rate <= r.utility_destructive_ci_high
 
 
+def test_the_keyguard_tuning_trail_attacks_tuning_items_only(tmp_path, capsys):
+    """experiments/tuning/keyguard_tuning.py on tiny: one row per configuration (appended to --out), the recovery
+    conditions counted on the TUNING forget items only (never more eligible items than tuning items), grid snapping
+    as a config key; a config without '=' exits 2 with one line before any training."""
+    import importlib.util
+
+    from unpact_mech.data import FORGET, load_items, split_items
+    from unpact_mech.data.splits import tuning_split
+
+    path = EXPERIMENTS / "tuning" / "keyguard_tuning.py"
+    spec = importlib.util.spec_from_file_location("keyguard_tuning", path)
+    tuning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tuning)
+    out = tmp_path / "trail.csv"
+    argv = ["--model", "tiny", "--data", "builtin:synthetic_facts", "--method", "keyguard_grid", "--attacks", "focus",
+            "quantize:scheme=q4_1", "--out", str(out)]  # fmt: skip
+    assert tuning.main([*argv, "--config", "steps=2,grid_snap=0"]) == 0
+    assert tuning.main([*argv, "--config", "steps=2,grid_snap=0.05"]) == 0
+    table = pd.read_csv(out)
+    assert list(table["config"]) == ["steps=2,grid_snap=0", "steps=2,grid_snap=0.05"]
+    forget = [it.id for it in split_items(load_items("builtin:synthetic_facts"), FORGET)]
+    assert (table["n_eligible_tuning"] <= len(tuning_split(forget)[0])).all()
+    assert {"R:focus", "R:quantize[q4_1]"} <= set(table.columns) and table["utility"].between(0, 1).all()
+    capsys.readouterr()
+    assert tuning.main([*argv, "--config", "steps"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "key=value" in err
+    assert len(pd.read_csv(out)) == 2
+
+
 def test_quantization_probe_on_the_tiny_demo(demo, tmp_path, capsys):
     """Every demo model x scheme gets a row with the original-model control; a scheme the model cannot take and a
     missing run exit 2 with one line, before anything is written."""
