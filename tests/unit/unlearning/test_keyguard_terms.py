@@ -372,7 +372,7 @@ def test_grid_snapped_updates_survive_requantization_where_plain_ones_do_not(syn
     """tiny put on the Q4_1 grid first (as the embedded SmolLM2 lies on its source grid), trained at lr 1e-4 so that
     every update stays under half a grid step (as SmolLM2's do at keyguard's recipe): keyguard's update rounds back
     to the base under re-quantization (up to a tenth of a step: the blocks' extremes moved too and shift their
-    scales), keyguard_grid's snapped elements come back as snapped, a whole step from the base (5% of each trained
+    scales), keyguard_grid's snapped elements come back as snapped, a whole step from the base (3% of each trained
     matrix), its other elements round back to the base exactly (its blocks' extremes are held at the base)."""
     from unpact_mech.attacks.quantize import bin_width, named_weights, quantized_copy
 
@@ -394,7 +394,7 @@ def test_grid_snapped_updates_survive_requantization_where_plain_ones_do_not(syn
     assert [n for n in base if not torch.equal(base[n], after[n])] == trained
     for n in trained:
         snapped = (after[n] - base[n]).abs() > 0.5 * bin_width(base[n], "Q4_1", 32)
-        assert int(snapped.sum()) == int(0.05 * base[n].numel()), n
+        assert int(snapped.sum()) == int(0.03 * base[n].numel()), n
         assert torch.allclose(back[n][snapped], after[n][snapped], atol=1e-6)
         assert torch.allclose(back[n][~snapped], base[n][~snapped], atol=1e-6)
         step = bin_width(base[n], "Q4_1", 32)[snapped]

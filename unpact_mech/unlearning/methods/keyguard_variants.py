@@ -9,7 +9,7 @@ keyguard_steer        steer_attacks 1 (misdirection under the steer attack re-fi
 keyguard_smooth       noise_weight 1 (the forget part also at randomly perturbed weights, σ = noise_scale)
 keyguard_quant        quant_weight 1 (the forget part also at the re-quantized weights, straight-through)
 keyguard2             late_weight 0 and all four above on
-keyguard_grid         grid_snap 0.05 (after training, the 5% largest updates per matrix snapped onto the grid)
+keyguard_grid         grid_snap 0.03 (after training, the 3% largest updates per matrix snapped onto the grid)
 ====================  ==========================================================================================
 """
 
@@ -66,4 +66,4 @@ class KeyGuardGrid(KeyGuard):
     summary = (
         "keyguard + grid snapping: the largest updates moved one whole step of the source grid (vs requantization)"
     )
-    hyperparameters = KeyGuard.hyperparameters | {"grid_snap": 0.05}
+    hyperparameters = KeyGuard.hyperparameters | {"grid_snap": 0.03}
