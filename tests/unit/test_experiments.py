@@ -354,6 +354,40 @@ def test_the_keyguard_tuning_trail_attacks_tuning_items_only(tmp_path, capsys):
     assert len(pd.read_csv(out)) == 2
 
 
+def test_the_grid_snap_probe_on_tiny(tmp_path, capsys):
+    """experiments/tuning/grid_snap_probe.py on a tiny keyguard model: one row per fraction with accuracies in [0, 1]
+    and more weights off the base at ρ = 1 than at ρ = 0.05; a fraction above 1 and a directory without a model exit
+    2 with one line."""
+    import importlib.util
+
+    from tests.cli_helpers import run_cli
+
+    unlearned = tmp_path / "kg"
+    code, _, err = run_cli(["unlearn", "--model", "tiny", "--data", "builtin:synthetic_facts", "--method", "keyguard",
+                            "--steps", "2", "--out", str(unlearned), "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    path = EXPERIMENTS / "tuning" / "grid_snap_probe.py"
+    spec = importlib.util.spec_from_file_location("grid_snap_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    argv = ["--unlearned", str(unlearned), "--model", "tiny", "--data", "builtin:synthetic_facts", "--scheme", "q4_1"]
+    out = tmp_path / "probe.csv"
+    assert probe.main([*argv, "--fractions", "0.05", "1", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table["fraction"]) == [0.05, 1.0]
+    cols = ["forget", "forget_tuning", "utility", "requantized_forget", "requantized_forget_held_out"]
+    assert table[cols].stack().between(0, 1).all()
+    assert table["off_base_share"].iloc[1] > table["off_base_share"].iloc[0]
+    for bad, message in (
+        (["--fractions", "1.5"], "--fractions"),
+        (["--unlearned", str(tmp_path)], "model.safetensors"),
+    ):
+        capsys.readouterr()
+        assert probe.main([*argv, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+
 def test_quantization_probe_on_the_tiny_demo(demo, tmp_path, capsys):
     """Every demo model x scheme gets a row with the original-model control; a scheme the model cannot take and a
     missing run exit 2 with one line, before anything is written."""
