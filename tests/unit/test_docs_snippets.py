@@ -87,6 +87,7 @@ SUBSTITUTIONS = (
     ),
     Sub(r"(quantization_probe\.py .*--schemes )source ", r"\1", "tiny was never a GGUF file: it has no source grid"),
     Sub(r"\bquantize:scheme=source\b", "quantize:scheme=q4_1", "tiny was never a GGUF file: it has no source grid"),
+    Sub(r"(grid_snap_probe\.py .*--scheme )source\b", r"\1q4_1", "tiny was never a GGUF file: it has no source grid"),
     Sub(
         r"^(python experiments/(?:is_it_gone|keyword_aware_unlearning)\.py)(?!.*--attacks )",
         r"\1 --attacks quantize:scheme=int4 relearn_split logit_lens few_shot:shots=1",
