@@ -34,10 +34,10 @@ baseline at keyguard's matched step (same training length), as rows ``<baseline>
 baselines and the keyguard variants can run separately (pass all of them the same ``--target-utility``). Outputs:
 table.csv (the headline columns), variants.csv (every column, one row per variant), families.csv (variant x subset
 x family: worst case, interval, best baseline, paired test), families.md (the two tables the README shows),
-checkpoints.csv, rates.csv (variant x condition x
-subset), outcomes.csv (variant x eligible item x condition), recovery/<variant>/ (the ``unpact recover`` files),
-tradeoff.png (utility accuracy vs worst-case recovery) and checkpoints.png (forget vs utility accuracy per step);
-summary.json's ``goal`` checks the issue's goal for every keyguard-family row.
+checkpoints.csv, rates.csv (variant x condition x subset), outcomes.csv (variant x eligible item x condition),
+recovery/<variant>/ (the ``unpact recover`` files), tradeoff.png (utility accuracy vs worst-case recovery) and
+checkpoints.png (forget vs utility accuracy per step); summary.json's ``goal`` checks the issue's goal for every
+keyguard-family row.
 """
 
 from __future__ import annotations
