@@ -346,12 +346,18 @@ def train(ctx: Context, v: Variant, steps: int, *, evaluate: bool, eval_every: i
     return model, result
 
 
-def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def load_merged(
+    dirs: Sequence[str], ctx: Context, subsets: dict[str, Sequence[str]]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The tables of earlier runs (``variants.csv``, ``checkpoints.csv``, ``rates.csv``, ``outcomes.csv``), checked
-    to be runs of this script on the same model, data and seed. Runs of an earlier release lack some columns: the
-    attack family is looked up from the condition, k from rate x n, ``matched`` from the row name, and a run
-    without ``outcomes.csv`` has no paired tests (NaN)."""
+    to be runs of this script on the same model, data and seed. A variant whose recovery files are there
+    (``recovery/<variant>/per_item.csv`` and ``rates.csv``) has its rates and outcomes recomputed from them
+    (:func:`variant_tables`, families from the recovery run), so a merge applies this release's rules to any earlier
+    run. Without them, the run's own tables are taken; runs of an earlier release lack some columns: the attack
+    family is looked up from the condition, k from rate x n, ``matched`` from the row name, and a run without
+    ``outcomes.csv`` has no paired tests (NaN)."""
     from unpact_mech.errors import InputError
+    from unpact_mech.recovery.compare import eligible_ids
 
     tables, checkpoints, rates, outcomes = [], [], [], []
     for d in dirs:
@@ -361,8 +367,8 @@ def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.Dat
             table = pd.read_csv(path / "variants.csv", keep_default_na=False, na_values=[""])
             rate = pd.read_csv(path / "rates.csv")
             checkpoints.append(pd.read_csv(path / "checkpoints.csv"))
-            if (path / "outcomes.csv").is_file():
-                outcomes.append(pd.read_csv(path / "outcomes.csv", dtype={"item_id": str}))
+            saved = path / "outcomes.csv"
+            own = [pd.read_csv(saved, dtype={"item_id": str})] if saved.is_file() else []
         except (OSError, ValueError) as err:
             raise InputError(f"--merge {d}: not a run of keyword_aware_unlearning ({err})") from None
         if summary.get("study") != "keyword_aware_unlearning":
@@ -376,8 +382,19 @@ def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.Dat
             rate["family"] = [condition_family(c) for c in rate["condition"]]
         if "recovered" not in rate:
             rate["recovered"] = (rate["recovery_rate"].fillna(0) * rate["n"]).round().astype(int)
+        for v in table["variant"].astype(str):
+            found = path / "recovery" / v
+            if (found / "per_item.csv").is_file() and (found / "rates.csv").is_file():
+                per_item = pd.read_csv(found / "per_item.csv", dtype={"item_id": str})
+                run_rates = pd.read_csv(found / "rates.csv")
+                family_of = dict(zip(run_rates["condition"].astype(str), run_rates["family"].astype(str)))
+                r, o = variant_tables(per_item, eligible_ids(per_item), subsets, family_of, v)
+                rates.append(r)
+                outcomes.append(o)
+            else:
+                rates.append(rate[rate["variant"] == v])
+                outcomes += [o[o["variant"] == v] for o in own]
         tables.append(table)
-        rates.append(rate)
     if not tables:
         return pd.DataFrame(), pd.DataFrame(), pd.DataFrame(columns=RATE_COLUMNS), pd.DataFrame(columns=OUTCOME_COLUMNS)
     return (
@@ -388,14 +405,22 @@ def load_merged(dirs: Sequence[str], ctx: Context) -> tuple[pd.DataFrame, pd.Dat
     )
 
 
-def outcome_rows(rec: "RecoveryResult", variant: str) -> pd.DataFrame:
-    """The long ``outcomes`` rows of one recovery run: per eligible forget item and keyword-emphasis condition,
-    whether the answer came back (``variant, item_id, condition, recovered``)."""
+def variant_tables(
+    per_item: pd.DataFrame,
+    eligible: Sequence[str],
+    subsets: dict[str, Sequence[str]],
+    family_of: dict[str, str],
+    variant: str,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One recovery run's ``rates`` rows (:func:`condition_rates`) and long ``outcomes`` rows — per eligible forget
+    item and keyword-emphasis condition, whether the answer came back (``variant, item_id, condition, recovered``)."""
     from unpact_mech.recovery.compare import recovered
 
-    wide = recovered(rec.per_item, rec.eligible_ids)
+    rates = condition_rates(per_item, eligible, subsets, family_of).assign(variant=variant)
+    wide = recovered(per_item, list(eligible))
     long = wide.reset_index(names="item_id").melt(id_vars="item_id", var_name="condition", value_name="recovered")
-    return long.assign(variant=variant, recovered=long["recovered"].astype(int)).reindex(columns=OUTCOME_COLUMNS)
+    outcomes = long.assign(variant=variant, recovered=long["recovered"].astype(int)).reindex(columns=OUTCOME_COLUMNS)
+    return rates, outcomes
 
 
 def run(ctx: Context) -> StudyResult:
@@ -417,14 +442,19 @@ def run(ctx: Context) -> StudyResult:
     fixed = ctx.args.target_utility
     if fixed is not None and not 0.0 <= fixed <= 1.0:
         raise InputError(f"--target-utility must be in [0, 1], got {fixed}")
-    merged_table, merged_ckpt, merged_rates, merged_outcomes = load_merged(ctx.args.merge, ctx)
+    forget_ids = [it.id for it in ctx.split("forget")]
+    tuning, held_out = tuning_split(forget_ids, SPLIT_SEED)
+    subsets = {"all": forget_ids, "tuning": tuning, "held_out": held_out}
+    merged_table, merged_ckpt, merged_rates, merged_outcomes = load_merged(ctx.args.merge, ctx, subsets)
     clash = sorted(set(merged_table.get("variant", [])) & {v.name for v in todo})
     if clash:
         raise InputError(f"--merge: variant(s) {', '.join(clash)} are in a merged run and in --methods")
     steps = {v.name: horizon_steps(v.method, ctx.args.horizon) for v in todo}
     # the conditions, resolved against the model before any training (a bad spec is a one-line error now)
     attacks = resolve_attacks(expand_specs(list(ctx.args.attacks), ctx.original), ctx.original) if todo else []
-    family_of = {a.label: a.family for a in attacks if not a.is_control}
+    # every condition counts, the registry's controls too: `neutral` (the instruction without keywords) is a prompt
+    # an attacker can use, and it brings back answers (RMU: 17 of 29 in the first round)
+    family_of = {a.label: a.family for a in attacks}
 
     # 1. checkpoints of every variant
     rows = []
@@ -470,16 +500,14 @@ def run(ctx: Context) -> StudyResult:
     # 4. the battery on each matched checkpoint
     keywords = ctx.original_keywords() if any(a.uses_keywords for a in attacks) else None
     rcfg = ctx.recovery_config(attacks, max_control_items=ctx.args.max_control_items)
-    forget_ids = [it.id for it in ctx.split("forget")]
-    tuning, held_out = tuning_split(forget_ids, SPLIT_SEED)
-    subsets = {"all": forget_ids, "tuning": tuning, "held_out": held_out}
     table_rows, rate_frames, outcome_frames, long = [], [], [], []
 
     def attack(v: Variant, name: str, step: int) -> "RecoveryResult":
         model, _ = train(ctx, v, step, evaluate=False)
         rec = ctx.recover(model, name, rcfg, keywords)
-        rate_frames.append(condition_rates(rec.per_item, rec.eligible_ids, subsets, family_of).assign(variant=name))
-        outcome_frames.append(outcome_rows(rec, name))
+        rates, outcomes = variant_tables(rec.per_item, rec.eligible_ids, subsets, family_of, name)
+        rate_frames.append(rates)
+        outcome_frames.append(outcomes)
         long.append(long_results(rec).assign(method=v.method, variant=name))
         return rec
 

@@ -13,10 +13,11 @@ import pytest
 
 from tests.unit.test_experiments import load, run_script
 
-#: Four attack families, two relearning step counts, a condition with a control that is not random words.
+#: Five attack families, two relearning step counts, a condition with a control that is not random words, and the
+#: registry's `neutral` control (a condition here too).
 ATTACKS = (
-    "--attacks", "focus", "patch", "quantize:scheme=int4", "relearn_unrelated:steps=1", "relearn_unrelated:steps=2",
-    "ablate_direction",
+    "--attacks", "focus", "neutral", "patch", "quantize:scheme=int4", "relearn_unrelated:steps=1",
+    "relearn_unrelated:steps=2", "ablate_direction",
 )  # fmt: skip
 COMMON = ("--model", "tiny", "--n-boot", "100", "--quiet", *ATTACKS)
 
@@ -311,7 +312,7 @@ def test_the_script_on_tiny(runs, kau):
     # every family of the attacks has its worst-case column; relearning per step count
     rates = pd.read_csv(new / "rates.csv")
     assert set(rates["family"]) == {
-        "keywords_named", "activation_patching", "quantization", "relearning", "direction_ablation",
+        "keywords_named", "instruction", "activation_patching", "quantization", "relearning", "direction_ablation",
     }  # fmt: skip
     for col in ("worst_recovery_quantization", "recovery_relearn_unrelated[k1]", "recovery_relearn_unrelated[k2]"):
         assert done[col].between(0, 1).all(), col
@@ -373,13 +374,22 @@ def test_from_run_and_clashing_merge_are_refused(runs, tmp_path, capsys):
         assert not out.exists()
 
 
-def test_merge_takes_a_run_of_the_earlier_release(runs, tmp_path):
-    """A run written before the battery table (no family / recovered columns in rates.csv, no matched column, no
-    outcomes.csv) merges: the same worst cases, its rows without paired tests."""
+def test_merge_recomputes_from_the_recovery_files_and_takes_a_run_of_the_earlier_release(runs, tmp_path):
+    """A merged run's rates come from its recovery files when they are there (a rates.csv that says otherwise is
+    not read); a run written before the battery table (no family / recovered columns in rates.csv, no matched
+    column, no outcomes.csv, no recovery files) merges with the same worst cases, its rows without paired tests."""
     base, kg, new = runs
+    tampered = tmp_path / "tampered"
+    shutil.copytree(base, tampered)
+    rates = pd.read_csv(tampered / "rates.csv")
+    rates.assign(recovery_rate=0.0, recovered=0).to_csv(tampered / "rates.csv", index=False)
+    out = tmp_path / "recomputed"
+    assert run_script("keyword_aware_unlearning", *COMMON, "--methods", "--merge", tampered, kg, "--out", out) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "families.csv"), pd.read_csv(new / "families.csv"))
     old = tmp_path / "old"
     shutil.copytree(base, old)
     (old / "outcomes.csv").unlink()
+    shutil.rmtree(old / "recovery")
     pd.read_csv(old / "rates.csv").drop(columns=["family", "recovered"]).to_csv(old / "rates.csv", index=False)
     pd.read_csv(old / "variants.csv").drop(columns=["matched"]).to_csv(old / "variants.csv", index=False)
     out = tmp_path / "merged"
