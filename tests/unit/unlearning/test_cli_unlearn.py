@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -105,10 +106,13 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_weights(tmp_path, capsys):
 
     out = tmp_path / "killed"
     ckpt = tmp_path / "killed.checkpoints"
+    # the killed run computes its steps with this process's torch thread count (the straight run's and the resumed
+    # run's): another count sums in another order, and the weights would differ in the last bits
     proc = subprocess.Popen(
         [sys.executable, "-m", "unpact_mech.cli", *map(str, args), "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env=os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())},
     )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
