@@ -48,9 +48,7 @@ def snap_to_grid(base: Tensor, trained: Tensor, step: Tensor, fraction: float, b
         )
     delta = (trained.double() - base.double()).flatten()
     eligible = (delta != 0) & ~scale_setting(base, block).flatten() & (step.flatten() > 0)
-    score = torch.where(
-        eligible, delta.abs() / step.double().flatten().clamp_min(1e-30), torch.tensor(-1.0, dtype=torch.float64)
-    )
+    score = torch.where(eligible, delta.abs() / step.double().flatten().clamp_min(1e-30), -1.0)  # on any device
     k = min(int(fraction * base.numel()), int(eligible.sum()))
     out = trained.detach().clone().flatten()
     if fraction > 0:
