@@ -47,12 +47,12 @@ def snap_to_grid(base: Tensor, trained: Tensor, step: Tensor, fraction: float, b
             f"shapes differ: base {tuple(base.shape)}, trained {tuple(trained.shape)}, step {tuple(step.shape)}"
         )
     delta = (trained.double() - base.double()).flatten()
-    eligible = (delta != 0) & ~scale_setting(base, block).flatten() & (step.flatten() > 0)
+    fixed = scale_setting(base, block).flatten()
+    eligible = (delta != 0) & ~fixed & (step.flatten() > 0)
     score = torch.where(eligible, delta.abs() / step.double().flatten().clamp_min(1e-30), -1.0)  # on any device
     k = min(int(fraction * base.numel()), int(eligible.sum()))
     out = trained.detach().clone().flatten()
     if fraction > 0:
-        fixed = scale_setting(base, block).flatten()
         out[fixed] = base.flatten()[fixed].to(out.dtype)
     if k:
         chosen = torch.argsort(score, descending=True, stable=True)[:k]
