@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     from unpact_mech.models import load_model
     from unpact_mech.runtime import offline_and_quiet, seed_everything
     from unpact_mech.scoring.evaluate import evaluate_items
-    from unpact_mech.unlearning.grid_snap import snap_to_grid
+    from unpact_mech.unlearning.grid_snap import snap_matrices
 
     offline_and_quiet()
     seed_everything(args.seed)
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     steps = {k: bin_width(base[k], plan[k], 32).to(trained[k].dtype) for k in moved}
     rows = []
     for rho in args.fractions:
-        snapped = {k: snap_to_grid(base[k], trained[k], steps[k], rho) for k in moved}
+        snapped = snap_matrices(base, {k: trained[k] for k in moved}, plan, rho)
         with torch.no_grad():
             for k, p in model.state_dict().items():
                 if k in snapped:

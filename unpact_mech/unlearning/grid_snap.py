@@ -59,3 +59,20 @@ def snap_to_grid(base: Tensor, trained: Tensor, step: Tensor, fraction: float, b
         target = base.double().flatten()[chosen] + torch.sign(delta[chosen]) * step.double().flatten()[chosen]
         out[chosen] = target.to(out.dtype)
     return out.reshape(trained.shape)
+
+
+def snap_matrices(
+    base: dict[str, Tensor], trained: dict[str, Tensor], plan: dict[str, str], fraction: float, group_size: int = BLOCK
+) -> dict[str, Tensor]:
+    """:func:`snap_to_grid` on every tensor of ``plan`` (name -> quantization kind, e.g. ``"q4_1"`` or ``"int4"``;
+    :func:`~unpact_mech.attacks.quantize.scheme_plan`) present in ``trained``, each with the grid step of its BASE
+    weights (:func:`~unpact_mech.attacks.quantize.bin_width` with ``group_size``, used by the RTN kinds). Returns a
+    new dict: ``trained``'s entries, the planned ones snapped (same shapes and dtypes)."""
+    from unpact_mech.attacks.quantize import bin_width
+
+    out = dict(trained)
+    for name, kind in plan.items():
+        if name in trained:
+            step = bin_width(base[name], kind, group_size).to(trained[name].dtype)
+            out[name] = snap_to_grid(base[name], trained[name], step, fraction)
+    return out

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unpact_mech.attacks.quantize import gguf_bin_width, gguf_roundtrip
-from unpact_mech.unlearning.grid_snap import scale_setting, snap_to_grid
+from unpact_mech.unlearning.grid_snap import scale_setting, snap_matrices, snap_to_grid
 
 
 def q4_1_block() -> torch.Tensor:
@@ -73,3 +73,16 @@ def test_q8_0_snapped_elements_survive_requantization():
     back = gguf_roundtrip(out, "Q8_0")
     assert torch.allclose(back[snapped], out[snapped], atol=1e-6)
     assert torch.allclose(back[~snapped], base[~snapped], atol=1e-6)
+
+
+def test_snap_matrices_snaps_the_planned_tensors_with_their_base_steps_and_leaves_the_rest():
+    base = {"a": q4_1_block(), "b": q4_1_block() * 2, "c": torch.ones(3)}
+    torch.manual_seed(0)
+    trained = {k: v + 0.03 * torch.randn_like(v) for k, v in base.items()}
+    out = snap_matrices(base, trained, {"a": "Q4_1", "b": "Q4_1", "missing": "Q4_1"}, fraction=0.25)
+    assert set(out) == set(trained)
+    for k in ("a", "b"):  # each with its own base's grid step (b's step is twice a's)
+        want = snap_to_grid(base[k], trained[k], gguf_bin_width(base[k], "Q4_1").float(), 0.25)
+        assert torch.equal(out[k], want)
+        assert not torch.equal(out[k], trained[k])
+    assert out["c"] is trained["c"]  # not in the plan: untouched

@@ -442,16 +442,10 @@ class KeyGuard(RMU):
 
     def unlearned_weights(self, base: dict[str, Tensor], trained: dict[str, Tensor]) -> dict[str, Tensor]:
         """The trained matrices with the fraction ``grid_snap`` of each snapped onto the battery's first quantization
-        grid (:func:`~unpact_mech.unlearning.grid_snap.snap_to_grid`, steps from the BASE weights); the trained ones
+        grid (:func:`~unpact_mech.unlearning.grid_snap.snap_matrices`, steps from the BASE weights); the trained ones
         when ``grid_snap`` is 0. Every evaluation during training sees these weights too."""
         if self.hp["grid_snap"] <= 0 or self.snap_grid is None:
             return trained
-        from unpact_mech.attacks.quantize import bin_width
-        from unpact_mech.unlearning.grid_snap import snap_to_grid
+        from unpact_mech.unlearning.grid_snap import snap_matrices
 
-        out = dict(trained)
-        for name, kind in self.snap_grid.plan.items():
-            if name in trained:
-                step = bin_width(base[name], kind, self.snap_grid.group_size).to(trained[name].dtype)
-                out[name] = snap_to_grid(base[name], trained[name], step, self.hp["grid_snap"])
-        return out
+        return snap_matrices(base, trained, self.snap_grid.plan, self.hp["grid_snap"], self.snap_grid.group_size)
