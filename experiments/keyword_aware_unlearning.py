@@ -28,7 +28,9 @@ split, listed in summary.json); the table also reports the worst case on the HEL
 held-out attacks: the conditions whose FAMILY no keyguard variant of the table trains on (``trained_families``: a
 training rewrite that imitates a condition takes that condition's family out of the held-out list). Collateral
 damage and the match use the held-out UTILITY items, which no method trains on. ``--equal-steps`` also attacks every
-baseline at keyguard's matched step (same training length), as rows ``<baseline>@step<N>``.
+baseline at keyguard's matched step (same training length), as rows ``<baseline>@step<N>``; ``--equal-steps N`` at
+step N (a baselines-only run can then be merged with keyguard's); the baselines train on to that step if their
+horizon is shorter, and the match is still looked for within the horizon.
 
 ``--merge DIR`` adds the variants of earlier runs of this script (same model, data and seed) to the table, so the
 baselines and the keyguard variants can run separately (pass all of them the same ``--target-utility``). Outputs:
@@ -270,8 +272,13 @@ def add_options(p) -> None:
     )
     p.add_argument(
         "--equal-steps",
-        action="store_true",
-        help="also attack every baseline at keyguard's matched step (rows <baseline>@step<N>)",
+        nargs="?",
+        type=positive_int,
+        const=0,
+        default=None,
+        metavar="N",
+        help="also attack every baseline at step N (rows <baseline>@step<N>; baselines then train for at least N "
+        "steps); without N at keyguard's matched step (needs keyguard in --methods)",
     )
     p.add_argument(
         "--horizon",
@@ -449,7 +456,18 @@ def run(ctx: Context) -> StudyResult:
     clash = sorted(set(merged_table.get("variant", [])) & {v.name for v in todo})
     if clash:
         raise InputError(f"--merge: variant(s) {', '.join(clash)} are in a merged run and in --methods")
-    steps = {v.name: horizon_steps(v.method, ctx.args.horizon) for v in todo}
+    horizon = {v.name: horizon_steps(v.method, ctx.args.horizon) for v in todo}  # where a match is looked for
+    steps = dict(horizon)  # how far each variant trains
+    equal_at = ctx.args.equal_steps
+    if equal_at and equal_at % ctx.args.eval_every:
+        raise InputError(f"--equal-steps {equal_at}: not a multiple of --eval-every {ctx.args.eval_every}, so no "
+                         "checkpoint would be evaluated there")  # fmt: skip
+    if equal_at == 0 and "keyguard" not in steps:
+        raise InputError("--equal-steps without N attacks the baselines at keyguard's matched step: add keyguard to "
+                         "--methods, or give the step (--equal-steps 6)")  # fmt: skip
+    if equal_at is not None:  # every baseline trains far enough to have that step (constant lr: earlier steps equal)
+        reach = equal_at or steps["keyguard"]
+        steps |= {v.name: max(steps[v.name], reach) for v in todo if v.is_baseline}
     # the conditions, resolved against the model before any training (a bad spec is a one-line error now)
     attacks = resolve_attacks(expand_specs(list(ctx.args.attacks), ctx.original), ctx.original) if todo else []
     # every condition counts, the registry's controls too: `neutral` (the instruction without keywords) is a prompt
@@ -512,7 +530,7 @@ def run(ctx: Context) -> StudyResult:
         return rec
 
     for v in progress_bar(todo, enabled=ctx.progress, desc="battery"):
-        mine = checkpoints[checkpoints["variant"] == v.name]
+        mine = checkpoints[(checkpoints["variant"] == v.name) & (checkpoints["step"] <= horizon[v.name])]
         chosen = matched_checkpoint(mine, target["target_utility"])
         row: dict[str, Any] = {
             "variant": v.name,
@@ -520,7 +538,7 @@ def run(ctx: Context) -> StudyResult:
             "baseline": v.is_baseline,
             "matched": True,
             "hyperparameters": " ".join(f"{k}={x:g}" for k, x in v.hyperparameters.items()),
-            "horizon_steps": steps[v.name],
+            "horizon_steps": horizon[v.name],
             **target,
         }
         if chosen is None:
@@ -528,18 +546,19 @@ def run(ctx: Context) -> StudyResult:
             continue
         table_rows.append(row | summarise(chosen, attack(v, v.name, int(chosen["step"]))))
 
-    # 5. --equal-steps: every baseline attacked at keyguard's matched step (the same training length)
-    kg_step = next(
+    # 5. --equal-steps: every baseline attacked at one step (N, or keyguard's matched step: the same training length)
+    kg_step = equal_at or next(
         (r["matched_step"] for r in table_rows if r["variant"] == "keyguard" and r.get("matched_step")), None
     )
-    for v in [v for v in todo if v.is_baseline] if ctx.args.equal_steps and kg_step else []:
+    for v in [v for v in todo if v.is_baseline] if equal_at is not None and kg_step else []:
         mine = checkpoints[(checkpoints["variant"] == v.name) & (checkpoints["step"] == kg_step)]
-        if mine.empty:
-            continue
+        if mine.empty:  # only with --eval-every > 1: the step was trained but not evaluated
+            raise InputError(f"--equal-steps: {v.name} has no checkpoint at step {kg_step} (--eval-every "
+                             f"{ctx.args.eval_every}); pick a step that is a multiple of --eval-every")  # fmt: skip
         name = f"{v.name}@step{kg_step}"
         rec = attack(v, name, int(kg_step))
         row = {"variant": name, "method": v.method, "baseline": True, "matched": False, "hyperparameters": "",
-               "horizon_steps": steps[v.name], **target}  # fmt: skip
+               "horizon_steps": horizon[v.name], **target}  # fmt: skip
         table_rows.append(row | summarise(mine.iloc[0], rec))
 
     rates = pd.concat([merged_rates, *rate_frames], ignore_index=True)

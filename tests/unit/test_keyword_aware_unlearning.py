@@ -366,6 +366,8 @@ def test_from_run_and_clashing_merge_are_refused(runs, tmp_path, capsys):
         (["--methods", "rmu", "--merge", tmp_path], "--merge"),
         (["--methods", "rmu", "--horizon", "0.5"], "--horizon"),
         (["--methods", "rmu", "--attacks", "focus", "no_such_attack"], "no_such_attack"),
+        (["--methods", "ga", "--equal-steps"], "add keyguard"),
+        (["--methods", "ga", "--equal-steps", "3", "--eval-every", "2"], "--equal-steps 3"),
     ):
         out = tmp_path / "out"
         assert run_script("keyword_aware_unlearning", *COMMON, *map(str, argv), "--out", out) == 2
@@ -399,3 +401,21 @@ def test_merge_recomputes_from_the_recovery_files_and_takes_a_run_of_the_earlier
     pd.testing.assert_series_equal(table["worst_recovery_all_k"], before["worst_recovery_all_k"])
     fam = pd.read_csv(out / "families.csv")
     assert fam.loc[fam["variant"].isin(["ga", "rmu"]), "p_vs_best"].isna().all()
+
+
+def test_equal_steps_n_trains_the_baselines_on_and_still_matches_within_the_horizon(tmp_path):
+    """``--equal-steps 8`` in a baselines-only run: ga (4 steps at --horizon 1) trains on to step 8 and is
+    attacked there as row ga@step8 with that checkpoint's accuracies; its matched row is still chosen in steps 1-4."""
+    out = tmp_path / "eq"
+    argv = ("--model", "tiny", "--quiet", "--attacks", "quantize:scheme=int4", "--methods", "ga", "--horizon", "1")
+    assert run_script("keyword_aware_unlearning", *argv, "--equal-steps", "8", "--out", out) == 0
+    ckpts = pd.read_csv(out / "checkpoints.csv")
+    assert sorted(ckpts["step"]) == list(range(9))
+    table = pd.read_csv(out / "variants.csv").set_index("variant")
+    assert list(table.index) == ["ga", "ga@step8"]
+    assert table.loc["ga", "matched"] and not table.loc["ga@step8", "matched"]
+    assert 1 <= table.loc["ga", "matched_step"] <= table.loc["ga", "horizon_steps"] == 4  # ga's recipe: 4 steps
+    assert table.loc["ga@step8", "matched_step"] == 8
+    at8 = ckpts[ckpts["step"] == 8].iloc[0]
+    assert table.loc["ga@step8", "forget_accuracy"] == pytest.approx(at8["forget_accuracy"])
+    assert table.loc["ga@step8", "forget_accuracy_retrained"] == pytest.approx(at8["forget_accuracy"])
