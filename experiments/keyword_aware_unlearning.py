@@ -17,11 +17,14 @@ without one of its non-zero ingredients at a time):
    overall, the worst-case recovery rate = the highest rate over that family's conditions, k / n of the eligible
    items with its exact (Clopper–Pearson) interval and the number K of conditions it is the maximum of.
 
-The paired test: per family (and overall, and over the goal's families together — keyword emphasis in the prompt
-and the activations, and quantization) the BEST BASELINE is the matched baseline with the lowest worst case there;
-every other row is compared with it by the exact McNemar test of each side's worst condition on the items eligible
-for both, Holm-adjusted over the families of the row (families.csv). Relearning is also reported per condition
-(``recovery_relearn_unrelated[k1]``, ``[k5]``, ``[k10]``: the same number of relearning steps for every method).
+The paired test: per family (and overall, and over the goal's families together — keyword emphasis in the prompt and
+the activations, and quantization) the BEST BASELINE is the matched baseline with the lowest worst case there, among
+the baselines that unlearn (forget accuracy <= 0.15 at their matched checkpoint, the bound the goal sets keyguard;
+all matched baselines if none does — a baseline that still answers most forget items has too few eligible items for
+its worst case to mean anything, and stays in the table); every other row is compared with it by the exact McNemar
+test of each side's worst condition on the items eligible for both, Holm-adjusted over the families of the row
+(families.csv). Relearning is also reported per condition (``recovery_relearn_unrelated[k1]``, ``[k5]``, ``[k10]``:
+the same number of relearning steps for every method).
 
 Generalisation: keyguard's hyperparameters were chosen on the TUNING half of the forget items (a fixed seeded
 split, listed in summary.json); the table also reports the worst case on the HELD-OUT half alone, and over the
@@ -682,16 +685,26 @@ def outcome_matrix(outcomes: pd.DataFrame, variant: str) -> pd.DataFrame | None:
     return wide.fillna(0).astype(bool)
 
 
+def comparators(table: pd.DataFrame) -> list[str]:
+    """The baselines a keyguard row is compared with: the matched baseline rows (not ``@step`` rows) that unlearn —
+    forget accuracy <= ``FORGET_BOUND`` at their matched checkpoint, the bound the goal sets keyguard. A baseline that
+    still answers most forget items has few eligible items, and a worst case of 0 on two of them says nothing about
+    recovery; its rows stay in every table. If no matched baseline unlearns, all matched baselines (table order)."""
+    done = table[table["matched_step"].notna() & table["baseline"].astype(bool) & table["matched"].astype(bool)]
+    unlearned = done[done["forget_accuracy"] <= FORGET_BOUND + 1e-12]
+    return list((unlearned if len(unlearned) else done)["variant"])
+
+
 def family_table(
     table: pd.DataFrame, rates: pd.DataFrame, outcomes: pd.DataFrame, subsets: dict[str, Sequence[str]]
 ) -> pd.DataFrame:
     """Per row of ``table`` with a matched checkpoint (or an equal-steps row), per subset and per GROUP (each attack
     family, ``goal_families`` = :func:`goal_families` together, ``overall``): the worst case (condition, k / n, exact
-    interval, of K) and the paired test against the BEST BASELINE of that group and subset — the matched baseline
-    row with the lowest worst case there (ties: higher utility accuracy, then table order): the exact McNemar test of
-    each side's worst condition on the items eligible for both (:func:`~unpact_mech.recovery.worst_case.
-    paired_worst`), Holm-adjusted over the families of the row and subset (``overall`` and ``goal_families`` are
-    single pre-named tests, not adjusted)."""
+    interval, of K) and the paired test against the BEST BASELINE of that group and subset — the baseline of
+    :func:`comparators` with the lowest worst case there (ties: higher utility accuracy, then table order): the exact
+    McNemar test of each side's worst condition on the items eligible for both
+    (:func:`~unpact_mech.recovery.worst_case.paired_worst`), Holm-adjusted over the families of the row and subset
+    (``overall`` and ``goal_families`` are single pre-named tests, not adjusted)."""
     done = table[table["matched_step"].notna()]
     keyword = rates[rates["emphasis"] == "keywords"]
     groups = {str(f): sorted(set(g["condition"])) for f, g in keyword.groupby("family", sort=False)}
@@ -701,7 +714,7 @@ def family_table(
         for v in done["variant"] for subset in subsets for group, conditions in groups.items()
     }  # fmt: skip
     matrices = {v: outcome_matrix(outcomes, v) for v in done["variant"]}
-    candidates = done[done["baseline"].astype(bool) & done["matched"].astype(bool)]
+    candidates = done[done["variant"].isin(comparators(table))]
     rows = []
     for subset, ids in subsets.items():
         for group in groups:
@@ -736,11 +749,11 @@ def goal(table: pd.DataFrame, families: pd.DataFrame, rates: pd.DataFrame) -> di
     """The issue's goal for every keyguard-family row with a matched checkpoint (``{variant: checks}``): forget
     accuracy <= 0.15 at utility accuracy >= R* - 0.02; worst-case recovery <= 0.10 over the goal's families (keyword
     emphasis in the prompt and the activations, and quantization), lower than the best baseline's with the paired
-    test at 0.05; and under every relearning condition a lower rate than EVERY matched baseline at the same number
-    of relearning steps (the same condition). ``met``: all of them."""
+    test at 0.05; and under every relearning condition a lower rate than EVERY baseline of :func:`comparators` at the
+    same number of relearning steps (the same condition). ``met``: all of them."""
     out: dict[str, Any] = {}
     done = table[table["matched_step"].notna() & table["matched"].astype(bool)]
-    base = done[done["baseline"].astype(bool)]["variant"].tolist()
+    base = comparators(table)
     keyword = rates[(rates["subset"] == "all") & (rates["emphasis"] == "keywords")]
     relearn = keyword[keyword["family"] == RELEARN_FAMILY].pivot_table(
         index="condition", columns="variant", values="recovery_rate", aggfunc="first", sort=False

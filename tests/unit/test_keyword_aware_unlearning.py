@@ -181,6 +181,24 @@ def test_family_table_best_baseline_and_paired_tests_by_hand(kau):
     assert (g["best_baseline"], g["best_baseline_rate"], g["worst_goal_families"]) == ("b2", 1.0, 1.0)
 
 
+def test_a_baseline_that_does_not_unlearn_is_never_the_best_baseline(kau):
+    """b2 at forget accuracy 0.5 (above the goal's 0.15) is no comparator: b1 becomes the best baseline everywhere,
+    with b2's lower rates ignored, and the relearning check compares with b1 alone; with no baseline under the bound
+    every matched baseline counts again."""
+    table, rates, outcomes, ids = toy_run()
+    table.loc[table["variant"] == "b2", "forget_accuracy"] = 0.5
+    assert kau.comparators(table) == ["b1"]
+    fam = kau.family_table(table, rates, outcomes, {"all": ids}).set_index(["variant", "group"])
+    assert set(fam["best_baseline"]) == {"b1"}
+    # keywords_named: keyguard 0 vs b1's 6 -> p = 2 * 0.5**6
+    assert fam.loc[("keyguard", "keywords_named"), "p_vs_best"] == pytest.approx(2 * 0.5**6)
+    assert fam.loc[("b2", "keywords_named"), "p_vs_best"] == pytest.approx(2 * 0.5**2)  # b2 is compared, too
+    g = kau.goal(table, fam.reset_index(), rates)["keyguard"]
+    assert g["best_baseline"] == "b1" and g["relearning_below_every_baseline"]
+    table.loc[table["variant"] == "b1", "forget_accuracy"] = 0.9
+    assert kau.comparators(table) == ["b1", "b2"]
+
+
 def test_held_out_attacks_share_no_family_with_any_training_rewrite(kau):
     """The family rule, for every keyguard variant and each of its ablations: a held-out condition's family is never
     a family the variant trains on (its training rewrites included, from ITS OWN defaults + overrides), and the
