@@ -42,7 +42,7 @@ format: install
 # each, a test file's tests in one process): `make test XDIST=` runs them in one, `XDIST="-n 8"` in eight.
 XDIST ?= -n 2 --dist loadfile
 test: install
-	$(BIN)/python -m pytest -q --ignore=tests/benchmarks --durations=15 $(XDIST) $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -q --ignore=tests/benchmarks --durations=40 $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-fast: install
