@@ -1,6 +1,6 @@
 """Unlearning on the real SmolLM2-135M (slow tier, affordable in CI: a few optimizer steps per method).
 
-One GA-family and one NPO-family method, each for 6 of the 8 default-recipe steps on builtin:real_facts: the
+One GA-family and one NPO-family method, each for 4 of the 8 default-recipe steps on builtin:real_facts: the
 forget answers' log-prob (in the model's own answer context, the training target) must fall clearly more than the
 retain answers' and more than the bare answer's log-prob right after the prompt (the paper's LP), and the updated
 weights must be the ones the backend sees (no reload).
@@ -16,6 +16,10 @@ from unpact_mech.scoring.logprob import score_answers
 from unpact_mech.scoring.tokens import encode_items
 from unpact_mech.unlearning import unlearn
 from unpact_mech.unlearning.batches import UnlearningSet
+
+#: Optimizer steps per method: at 4, ga_gdr's forget answers drop 0.57 nats/token and npo_gdr's 0.78 (retain: -0.11),
+#: well clear of the bounds below.
+STEPS = 4
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +50,14 @@ def test_a_few_steps_unlearn_forget_more_than_retain(method, real_facts, targets
     ids = torch.tensor([list(data.forget[0].input_prefix)])
     with torch.no_grad():
         logits_before = model.forward(ids).logits
-    result = unlearn(model, real_facts, method, steps=6, evaluate=False, progress=False, targets=data)  # built once
+    result = unlearn(model, real_facts, method, steps=STEPS, evaluate=False, progress=False, targets=data)  # built once
     after = {s: _target_logprob(model, getattr(data, s)) for s in ("forget", "retain")}
     drop = {s: before[s] - after[s] for s in before}
     bare_drop = bare_before - _bare_logprob(model, forget_items)
     print(
-        f"\n{method}, 6 steps on SmolLM2: forget answer log-prob drop {drop['forget']:.3f} nats/token in the model's "
-        f"own answer sentence (answer_in_context, the training target) vs {bare_drop:.3f} for the bare answer after "
-        f"the prompt (answer); retain (own sentence) {drop['retain']:.3f}"
+        f"\n{method}, {STEPS} steps on SmolLM2: forget answer log-prob drop {drop['forget']:.3f} nats/token in the "
+        f"model's own answer sentence (answer_in_context, the training target) vs {bare_drop:.3f} for the bare "
+        f"answer after the prompt (answer); retain (own sentence) {drop['retain']:.3f}"
     )
     # the training target moves more than the bare answer the paper scores: why attribution defaults to it on chat
     assert drop["forget"] > bare_drop, (drop, bare_drop)
