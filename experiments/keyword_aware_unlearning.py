@@ -38,7 +38,8 @@ horizon is shorter, and the match is still looked for within the horizon.
 ``--merge DIR`` adds the variants of earlier runs of this script (same model, data and seed) to the table, so the
 baselines and the keyguard variants can run separately (pass all of them the same ``--target-utility``). Outputs:
 table.csv (the headline columns), variants.csv (every column, one row per variant), families.csv (variant x subset
-x family: worst case, interval, best baseline, paired test), families.md (the two tables the README shows),
+x family: worst case, interval, best baseline, paired test), families.md (the tables the README shows: per family,
+the paired tests, and forget / utility accuracy of every variant at equal training steps),
 checkpoints.csv, rates.csv (variant x condition x subset), outcomes.csv (variant x eligible item x condition),
 recovery/<variant>/ (the ``unpact recover`` files), tradeoff.png (utility accuracy vs worst-case recovery) and
 checkpoints.png (forget vs utility accuracy per step); summary.json's ``goal`` checks the issue's goal for every
@@ -589,7 +590,9 @@ def run(ctx: Context) -> StudyResult:
     atomic_write_text(ctx.out / "rates.csv", rates.to_csv(index=False))
     atomic_write_text(ctx.out / "outcomes.csv", outcomes.to_csv(index=False))
     atomic_write_text(ctx.out / "families.csv", by_family.to_csv(index=False))
-    atomic_write_text(ctx.out / "families.md", families_markdown(table, by_family, rates))
+    atomic_write_text(
+        ctx.out / "families.md", families_markdown(table, by_family, rates) + "\n" + steps_markdown(checkpoints)
+    )
     plot_tradeoff(table, target, ctx.out / "tradeoff.png")
     plot_checkpoints(checkpoints, table, target, ctx.out / "checkpoints.png")
     results = (
@@ -789,6 +792,23 @@ def goal(table: pd.DataFrame, families: pd.DataFrame, rates: pd.DataFrame) -> di
 
 
 # -- the README's tables ---------------------------------------------------------------------------------------------
+def steps_markdown(checkpoints: pd.DataFrame) -> str:
+    """Every variant at equal training steps: a GitHub-markdown table, one row per step (0 = the original) and one
+    column per variant, each cell ``forget / utility`` accuracy at that checkpoint (``—`` where a variant has none)."""
+    from unpact_mech.utils import markdown_table
+
+    if checkpoints.empty:
+        return ""
+    names = list(checkpoints["variant"].drop_duplicates())
+    at = checkpoints.drop_duplicates(["variant", "step"]).set_index(["variant", "step"])
+    rows = [
+        [int(step), *(f"{at.loc[(v, step), 'forget_accuracy']:.2f} / {at.loc[(v, step), 'utility_accuracy']:.2f}"
+                      if (v, step) in at.index else "—" for v in names)]
+        for step in sorted(checkpoints["step"].unique())
+    ]  # fmt: skip
+    return markdown_table(["step", *names], rows, [True] * (len(names) + 1))
+
+
 def families_markdown(table: pd.DataFrame, families: pd.DataFrame, rates: pd.DataFrame) -> str:
     """families.md: two GitHub-markdown tables. First, per variant with a matched checkpoint (columns): the matched
     step, forget / utility accuracy, eligible items, then the worst case k/n per family, the goal's families and

@@ -368,6 +368,9 @@ def test_the_script_on_tiny(runs, kau):
         line = next(x for x in md if x.startswith(f"| {label} |"))
         assert len(line.split(" | ")) == len(done) + 1, line
     assert sum(x.startswith("| overall | ") for x in md) == 1
+    # the third table: every variant at equal training steps, from checkpoints.csv
+    head = md.index("| step | " + " | ".join(ckpts["variant"].drop_duplicates()) + " |")
+    assert len(md) - head - 2 == ckpts["step"].nunique()
     # the goal, checked for every keyguard-family row with a matched checkpoint
     kg_rows = set(done.loc[done["method"] == "keyguard", "variant"])
     assert set(summary["goal"]) == kg_rows and all("met" in g and "relearning" in g for g in summary["goal"].values())
@@ -437,3 +440,14 @@ def test_equal_steps_n_trains_the_baselines_on_and_still_matches_within_the_hori
     at8 = ckpts[ckpts["step"] == 8].iloc[0]
     assert table.loc["ga@step8", "forget_accuracy"] == pytest.approx(at8["forget_accuracy"])
     assert table.loc["ga@step8", "forget_accuracy_retrained"] == pytest.approx(at8["forget_accuracy"])
+
+
+def test_steps_table_by_hand(kau):
+    ckpts = pd.DataFrame(
+        [("a", 0, 1.0, 1.0), ("a", 1, 0.5, 0.99), ("b", 0, 1.0, 1.0), ("b", 1, 0.8, 1.0), ("b", 2, 0.25, 0.875)],
+        columns=["variant", "step", "forget_accuracy", "utility_accuracy"],
+    )
+    lines = kau.steps_markdown(ckpts).splitlines()
+    assert lines[0] == "| step | a | b |"
+    assert lines[2:] == ["| 0 | 1.00 / 1.00 | 1.00 / 1.00 |", "| 1 | 0.50 / 0.99 | 0.80 / 1.00 |",
+                         "| 2 | — | 0.25 / 0.88 |"]  # fmt: skip
